@@ -1,0 +1,171 @@
+"""The `selfsup` command line: convert, verify, train, eval, methods.
+
+Every command turns its arguments into plain function calls; user errors (a wrong path, a bad
+config key, a corrupt checkpoint) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from methods.registry import METHODS
+from pipeline.dataset import DatasetError
+from pipeline.recipes import RecipeError
+from trainer.checkpoint import CheckpointError, latest_checkpoint
+from trainer.config import ConfigError, load_config
+
+USER_ERRORS = (DatasetError, ConfigError, CheckpointError, RecipeError, FileNotFoundError)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from pipeline.convert import convert, format_summary
+
+    summary = convert(args.source, args.output, shard_size=args.shard_size, max_side=args.max_side,
+                      val_fraction=args.val_fraction, workers=args.workers, seed=args.seed,
+                      progress=not args.quiet)
+    print(format_summary(summary))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pipeline.verify import format_report, verify
+
+    report = verify(args.output, progress=not args.quiet)
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.path={Path(args.data).resolve()}")
+    config = load_config(args.config, overrides)
+    if not config.data.path:
+        raise ConfigError("no dataset: pass --data OUT (a folder written by `selfsup convert`)")
+    from cluster.train_job import run_training
+
+    metrics = run_training(config, args.output, workers=args.workers, use_gpu=args.gpus_per_worker > 0,
+                           cpus_per_worker=args.cpus_per_worker, address=args.address,
+                           max_failures=args.max_failures)
+    checkpoint = latest_checkpoint(Path(args.output) / "checkpoints")
+    loss = metrics.get("loss")
+    print(f"trained {metrics.get('step', '?')} steps" + (f", final loss {loss:.4f}" if loss is not None else ""))
+    print(f"checkpoint: {checkpoint}")
+    print(f"tensorboard: tensorboard --logdir {Path(args.output) / 'tensorboard'}")
+    return 0
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder, its checkpoints folder, a step folder or a state.pt file -> a checkpoint."""
+    path = Path(path)
+    for candidate in (path / "checkpoints", path):
+        if candidate.is_dir() and not (candidate / "state.pt").exists():
+            found = latest_checkpoint(candidate)
+            if found is not None:
+                return found
+    if path.exists():
+        return path
+    raise CheckpointError(f"{path}: no checkpoint there (expected a run folder, a checkpoints folder, "
+                          "a step-NNNNNNNN folder or a state.pt file)")
+
+
+def _eval_knn(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainer.evaluate import knn_evaluate, load_backbone
+
+    backbone, config = load_backbone(resolve_checkpoint(args.checkpoint), random_init=args.random_init)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = knn_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
+                          batch_size=args.batch_size or config.eval.batch_size,
+                          k=args.k or config.eval.knn_k,
+                          temperature=args.temperature or config.eval.knn_temperature, device=device)
+    result["weights"] = "random-init" if args.random_init else "pretrained"
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"kNN ({result['weights']}, k={result['k']}, T={result['temperature']}): "
+              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+              f"({result['query_samples']} {result['query_split']} queries, {result['bank_samples']} in the bank)")
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    for name, entry in sorted(METHODS.items()):
+        print(f"{name:20s} {entry.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual pretraining at scale.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert", help="convert an image folder into WebDataset shards")
+    convert.add_argument("source", help="a folder of class folders, or a flat folder of images")
+    convert.add_argument("output", help="the dataset folder to write")
+    convert.add_argument("--shard-size", default="256MB", help="bytes per shard, e.g. 256MB, 1GB (default 256MB)")
+    convert.add_argument("--max-side", type=int, default=None, help="downscale so the longer side is at most N")
+    convert.add_argument("--val-fraction", type=float, default=0.0, help="fraction held out as the val split")
+    convert.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    convert.add_argument("--seed", type=int, default=0)
+    convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.set_defaults(run=_convert)
+
+    verify = commands.add_parser("verify", help="check every shard against the manifest and decode every image")
+    verify.add_argument("output")
+    verify.add_argument("--quiet", action="store_true")
+    verify.set_defaults(run=_verify)
+
+    train = commands.add_parser("train", help="pretrain a backbone (Ray Train, local Ray by default)")
+    train.add_argument("--config", required=True, help="a YAML config, e.g. configs/simclr.yaml")
+    train.add_argument("--data", help="a converted dataset folder (sets data.path)")
+    train.add_argument("--output", required=True, help="the run folder (checkpoints/, tensorboard/)")
+    train.add_argument("--workers", type=int, default=1, help="DDP workers (default 1)")
+    train.add_argument("--gpus-per-worker", type=float, default=1.0 if _has_gpu() else 0.0)
+    train.add_argument("--cpus-per-worker", type=float, default=1.0)
+    train.add_argument("--address", default=None, help="a running Ray cluster ('auto'); default: local Ray")
+    train.add_argument("--max-failures", type=int, default=0, help="worker failures to recover from")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a pretrained backbone")
+    protocols = evaluate.add_subparsers(dest="protocol", required=True)
+    knn = protocols.add_parser("knn", help="weighted kNN accuracy on a labeled dataset")
+    knn.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint")
+    knn.add_argument("--data", required=True, help="a labeled converted dataset")
+    knn.add_argument("--k", type=int, default=None)
+    knn.add_argument("--temperature", type=float, default=None)
+    knn.add_argument("--image-size", type=int, default=None)
+    knn.add_argument("--batch-size", type=int, default=None)
+    knn.add_argument("--device", default=None)
+    knn.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
+    knn.add_argument("--json", action="store_true", help="print one JSON object")
+    knn.set_defaults(run=_eval_knn)
+
+    methods = commands.add_parser("methods", help="list the pretraining methods")
+    methods.set_defaults(run=_methods)
+    return parser
+
+
+def _has_gpu() -> bool:
+    return bool(os.environ.get("CUDA_VISIBLE_DEVICES", "x")) and Path("/dev/nvidia0").exists()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except USER_ERRORS as error:
+        print(f"selfsup: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("selfsup: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

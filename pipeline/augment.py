@@ -1,0 +1,134 @@
+"""DALI operations that turn encoded images into finished views.
+
+Each function takes and returns DALI data nodes and is meant to be called while a DALI pipeline
+is being defined (inside a `pipeline_def` with `enable_conditionals=True`). The same functions
+serve GPU nodes (`decoder_device="mixed"`: the hardware/nvJPEG decoder, then GPU kernels) and
+CPU-only machines (`decoder_device="cpu"`). Every random parameter is drawn per sample inside
+the graph, so a fixed pipeline seed reproduces a batch exactly.
+
+Images stay uint8 HWC until `flip_and_normalize`, the single fused crop/mirror/normalize step
+that produces float CHW.
+"""
+
+from __future__ import annotations
+
+from nvidia.dali import fn, types
+
+from pipeline.recipes import EvalRecipe, ViewSpec
+
+
+def decode_random_resized_crop(encoded, view: ViewSpec, decoder_device: str):
+    """Decode only a random region (area fraction `view.scale`, aspect `view.ratio`) and resize it.
+
+    DALI decodes just the region of interest, which costs no more than one full decode.
+    encoded: encoded image bytes -> uint8 HWC of (view.size, view.size, 3).
+    """
+    images = fn.decoders.image_random_crop(
+        encoded,
+        device=decoder_device,
+        output_type=types.RGB,
+        random_area=list(view.scale),
+        random_aspect_ratio=list(view.ratio),
+        num_attempts=10,
+    )
+    return fn.resize(images, resize_x=view.size, resize_y=view.size, interp_type=types.INTERP_LINEAR,
+                     antialias=False)
+
+
+def color_jitter(images, view: ViewSpec):
+    """Brightness/contrast/saturation/hue jitter with p=view.jitter_probability, grayscale with
+    p=view.grayscale_probability, fused into one `color_twist` (saturation 0 = grayscale).
+
+    When a sample draws neither, its parameters are the identity.
+    """
+    if view.jitter_probability == 0.0 and view.grayscale_probability == 0.0:
+        return images
+    jitter = fn.random.coin_flip(probability=view.jitter_probability)
+    grayscale = fn.random.coin_flip(probability=view.grayscale_probability)
+
+    def factor(strength: float):
+        return 1.0 + jitter * fn.random.uniform(range=[-strength, strength])
+
+    hue_degrees = view.hue * 360.0
+    return fn.color_twist(
+        images,
+        brightness=factor(view.brightness),
+        contrast=factor(view.contrast),
+        saturation=factor(view.saturation) * (1 - grayscale),
+        hue=jitter * fn.random.uniform(range=[-hue_degrees, hue_degrees]),
+    )
+
+
+def random_gaussian_blur(images, view: ViewSpec):
+    """Gaussian blur with p=view.blur_probability, sigma uniform in view.blur_sigma.
+
+    The window follows sigma (DALI sizes it per sample), and samples that draw no blur skip the
+    kernel entirely through a DALI conditional.
+    """
+    if view.blur_probability == 0.0:
+        return images
+    if view.blur_probability == 1.0:
+        return fn.gaussian_blur(images, sigma=fn.random.uniform(range=list(view.blur_sigma)))
+    if fn.random.coin_flip(probability=view.blur_probability, dtype=types.BOOL):
+        images = fn.gaussian_blur(images, sigma=fn.random.uniform(range=list(view.blur_sigma)))
+    return images
+
+
+def solarize(images):
+    """Invert every channel value >= 128 (BYOL's solarization): x -> 255 - x = x XOR 255."""
+    return fn.cast(images ^ ((images >= 128) * 255), dtype=types.UINT8)
+
+
+def random_solarize(images, view: ViewSpec):
+    """Solarize with p=view.solarize_probability."""
+    if view.solarize_probability == 0.0:
+        return images
+    if view.solarize_probability == 1.0:
+        return solarize(images)
+    if fn.random.coin_flip(probability=view.solarize_probability, dtype=types.BOOL):
+        images = solarize(images)
+    return images
+
+
+def flip_and_normalize(images, mean, std, flip_probability: float):
+    """Random horizontal flip, uint8 HWC -> float32 CHW normalized by mean/std (given in [0, 1])."""
+    mirror = fn.random.coin_flip(probability=flip_probability) if flip_probability > 0 else 0
+    return fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        mean=[255.0 * m for m in mean],
+        std=[255.0 * s for s in std],
+        mirror=mirror,
+    )
+
+
+def augmented_view(encoded, view: ViewSpec, mean, std, decoder_device: str):
+    """The full view: crop, colour, blur, solarize, flip, normalize."""
+    images = decode_random_resized_crop(encoded, view, decoder_device)
+    images = color_jitter(images, view)
+    images = random_gaussian_blur(images, view)
+    images = random_solarize(images, view)
+    return flip_and_normalize(images, mean, std, view.flip_probability)
+
+
+def eval_view(encoded, recipe: EvalRecipe, decoder_device: str):
+    """Decode, resize the shorter side to size/crop_fraction, center crop, normalize."""
+    images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
+    images = fn.resize(images, resize_shorter=round(recipe.size / recipe.crop_fraction),
+                       interp_type=types.INTERP_LINEAR)
+    return fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        crop=(recipe.size, recipe.size),
+        crop_pos_x=0.5,
+        crop_pos_y=0.5,
+        mean=[255.0 * m for m in recipe.mean],
+        std=[255.0 * s for s in recipe.std],
+    )
+
+
+def label_digits(class_bytes, width: int = 8):
+    """The `.cls` member (ASCII digits) padded with zeros to `width` bytes; parsed in torch."""
+    return fn.pad(class_bytes, shape=[width], fill_value=0)

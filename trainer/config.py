@@ -1,0 +1,239 @@
+"""Typed run configuration: YAML -> dataclasses, strict keys, `--set key=value` overrides.
+
+A config is a tree of dataclasses. `load_config` reads a YAML file, applies command-line
+overrides and checks every key and type; a typo raises `ConfigError` naming the valid keys.
+The method section is typed by the method's own options dataclass, looked up in
+`methods.registry.METHODS` by `method.name`. `config_to_dict` turns a config back into plain
+Python values for checkpoints, `config.yaml` and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from methods.registry import METHODS, method_entry
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot be used; the message names the key and what is valid."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # a converted dataset folder (set by `--data`)
+    batch_size: int = 256  # per worker
+    image_size: int = 224
+    num_threads: int = 0  # DALI threads per worker; 0 = this worker's share of the cores
+    shuffle_buffer: int = 1024
+    prefetch_depth: int = 2
+    recipe: dict = field(default_factory=dict)  # view options passed to the method's recipe
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    small_input: bool = False  # CIFAR-style stem for images of 64 px or less (ResNets)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"  # lars | sgd | adamw | lamb
+    lr: float = 0.3  # for a global batch of `reference_batch_size`, scaled by `lr_scaling`
+    lr_scaling: str = "linear"  # linear | sqrt | none
+    reference_batch_size: int = 256
+    final_lr: float = 0.0  # absolute, reached at the last step
+    warmup_epochs: float = 10.0
+    weight_decay: float = 1e-6
+    final_weight_decay: float | None = None  # None = constant weight decay
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    exclude_bias_and_norm: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 100
+    max_steps: int | None = None  # overrides epochs when set
+    checkpoint_every: int = 1000  # steps; a checkpoint is always written at the end
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    grad_clip: float | None = None
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    method: Any = None  # the method's options dataclass (has a `name`)
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check and convert one YAML value to the annotated type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        return _from_dict(annotation, value, where)
+    if origin is tuple:
+        item_types = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ConfigError(f"{where}: expected a list of {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(item, item_type, f"{where}[{index}]")
+                     for index, (item, item_type) in enumerate(zip(value, item_types)))
+    if annotation is Any:
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {annotation!r}")
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in data if key not in names]
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys{' in ' + where if where else ''}: "
+            f"{', '.join(names)}"
+        )
+    values = {key: _coerce(value, hints[key], f"{where}.{key}" if where else key)
+              for key, value in data.items()}
+    return cls(**values)
+
+
+def _method_from_dict(data: Any) -> Any:
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError(f"method: expected a mapping with a 'name' (one of {', '.join(sorted(METHODS))})")
+    try:
+        entry = method_entry(data["name"])
+    except KeyError as error:
+        raise ConfigError(f"method.name: {error.args[0]}") from None
+    return _from_dict(entry.options, data, "method")
+
+
+def config_from_dict(data: dict) -> Config:
+    """A checked Config from plain values (a parsed YAML file or a checkpoint's config)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    data = dict(data)
+    method = _method_from_dict(data.pop("method", None))
+    config = _from_dict(Config, data, "")
+    config.method = method
+    return config
+
+
+def config_to_dict(config: Config) -> dict:
+    """Plain nested dicts/lists/scalars (tuples become lists), safe for YAML and weights_only."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one `dotted.key=value` (value parsed as YAML) to a plain config dict, in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. optim.lr=0.3")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[:depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Read a YAML config (or start from `base`), apply overrides, check everything."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    else:
+        data = dict(base or {})
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return config_from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path else str(error)) from None
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    temporary.replace(path)
