@@ -6,6 +6,7 @@ everything else is `trainer.loop.train`, which runs unchanged outside Ray.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import ray.train
@@ -29,7 +30,7 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     save_config(config, output / "config.yaml")
-    ensure_ray(address, num_cpus=None if address else max(workers * cpus_per_worker, 1))
+    ensure_ray(address, num_cpus=workers * cpus_per_worker)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"config": config_to_dict(config), "output": str(output)},
@@ -39,5 +40,6 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
         run_config=RunConfig(name="ray", storage_path=str(output),
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
-    result = trainer.fit()
-    return dict(result.metrics or {})
+    trainer.fit()
+    summary = output / "metrics.json"
+    return json.loads(summary.read_text()) if summary.exists() else {}

@@ -11,6 +11,7 @@ the cluster layer passes Ray's reporting there.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -205,5 +206,10 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
     finally:
         logger.close()
         loader.close()
-    return {"step": step, "total_steps": total_steps, "checkpoint": str(latest_checkpoint(checkpoints)),
-            **metrics}
+    summary = {"step": step, "total_steps": total_steps, "checkpoint": str(latest_checkpoint(checkpoints)),
+               **metrics}
+    if context.is_main:
+        temporary = output_dir / ".metrics.json.tmp"
+        temporary.write_text(json.dumps(summary, indent=1))
+        temporary.replace(output_dir / "metrics.json")
+    return summary

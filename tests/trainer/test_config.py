@@ -1,0 +1,67 @@
+"""The typed config: YAML and overrides in, checked dataclasses out, clear errors on typos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from methods.simclr import SimCLROptions
+from trainer.config import ConfigError, config_from_dict, config_to_dict, load_config, save_config
+
+SIMCLR = Path(__file__).resolve().parents[2] / "configs" / "simclr.yaml"
+
+
+def test_shipped_simclr_config_loads_typed():
+    config = load_config(SIMCLR)
+    assert isinstance(config.method, SimCLROptions)
+    assert config.method.temperature == 0.1
+    assert config.model.backbone == "resnet50"
+    assert config.optim.betas == (0.9, 0.999)
+    assert config.trainer.max_steps is None
+
+
+def test_overrides_are_parsed_and_typed():
+    config = load_config(SIMCLR, ["optim.lr=0.6", "trainer.max_steps=5", "method.temperature=0.2",
+                                  "data.recipe={scale: [0.2, 1.0]}", "optim.weight_decay=1e-5"])
+    assert config.optim.lr == 0.6 and isinstance(config.optim.lr, float)
+    assert config.trainer.max_steps == 5
+    assert config.method.temperature == 0.2
+    assert config.data.recipe == {"scale": [0.2, 1.0]}
+    assert config.optim.weight_decay == 1e-5
+
+
+def test_typo_names_the_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key optim\.lrr.*valid keys in optim: name, lr"):
+        load_config(SIMCLR, ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown config key method\.temprature.*temperature"):
+        load_config(SIMCLR, ["method.temprature=0.1"])
+
+
+def test_wrong_type_and_unknown_method_are_refused():
+    with pytest.raises(ConfigError, match=r"trainer\.epochs: expected an integer, got 'ten'"):
+        load_config(SIMCLR, ["trainer.epochs=ten"])
+    with pytest.raises(ConfigError, match=r"unknown method 'simclrr'; known methods: .*simclr"):
+        load_config(SIMCLR, ["method.name=simclrr"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(SIMCLR, ["optim.lr"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_round_trip_through_plain_dict_and_yaml(tmp_path):
+    config = load_config(SIMCLR, ["trainer.max_steps=7"])
+    plain = config_to_dict(config)
+    assert plain["optim"]["betas"] == [0.9, 0.999]
+    assert config_from_dict(plain) == config
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["method"]["name"] == "simclr"

@@ -1,0 +1,200 @@
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainer.optimizers import (
+    LAMB, LARS, OPTIMIZERS, build_optimizer, parameter_groups, scale_learning_rate,
+)
+
+
+def _param(values):
+    return nn.Parameter(torch.tensor(values, dtype=torch.float64))
+
+
+def _lars_reference(w, g, weight_decay, eta):
+    """One LARS local update computed with Python floats (You et al. 2017, Algorithm 1)."""
+    w_norm = math.sqrt(sum(x * x for x in w))
+    g_norm = math.sqrt(sum(x * x for x in g))
+    ratio = eta * w_norm / (g_norm + weight_decay * w_norm) if w_norm > 0 and g_norm > 0 else 1.0
+    return [ratio * (gi + weight_decay * wi) for wi, gi in zip(w, g)]
+
+
+def test_lars_two_steps_match_hand_computation():
+    lr, momentum, weight_decay, eta = 0.5, 0.9, 0.1, 0.001
+    weight = _param([3.0, 4.0])
+    optimizer = LARS([weight], lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta)
+
+    w = [3.0, 4.0]
+    g1 = [0.6, 0.8]
+    # ||w|| = 5, ||g|| = 1: ratio = 0.001 * 5 / (1 + 0.1 * 5) = 1/300
+    update1 = [(1 / 300) * (0.6 + 0.3), (1 / 300) * (0.8 + 0.4)]
+    assert _lars_reference(w, g1, weight_decay, eta) == pytest.approx(update1)
+    weight.grad = torch.tensor(g1, dtype=torch.float64)
+    optimizer.step()
+    w = [wi - lr * ui for wi, ui in zip(w, update1)]
+    assert weight.tolist() == pytest.approx(w, abs=1e-12)
+
+    g2 = [-1.0, 2.0]
+    update2 = _lars_reference(w, g2, weight_decay, eta)
+    buffer = [momentum * b + u for b, u in zip(update1, update2)]
+    weight.grad = torch.tensor(g2, dtype=torch.float64)
+    optimizer.step()
+    w = [wi - lr * bi for wi, bi in zip(w, buffer)]
+    assert weight.tolist() == pytest.approx(w, abs=1e-12)
+
+
+def test_lars_nesterov_and_excluded_group():
+    lr, momentum = 0.1, 0.9
+    weight, bias = _param([1.0, 2.0, 2.0]), _param([0.5])
+    optimizer = LARS([{"params": [weight], "weight_decay": 0.0},
+                      {"params": [bias], "weight_decay": 0.0, "lars_exclude": True}],
+                     lr=lr, momentum=momentum, eta=0.01, nesterov=True)
+    weight.grad = torch.tensor([0.0, 3.0, 4.0], dtype=torch.float64)
+    bias.grad = torch.tensor([2.0], dtype=torch.float64)
+    optimizer.step()
+    # weight: ratio = 0.01 * 3 / 5; nesterov first step: update + momentum * buffer = 1.9 * update
+    ratio = 0.01 * 3 / 5
+    expected_weight = [w - lr * 1.9 * ratio * g for w, g in zip((1.0, 2.0, 2.0), (0.0, 3.0, 4.0))]
+    assert weight.tolist() == pytest.approx(expected_weight, abs=1e-12)
+    # bias: plain SGD, no adaptation
+    assert bias.tolist() == pytest.approx([0.5 - lr * 1.9 * 2.0])
+
+
+def test_lars_ratio_is_one_for_zero_norms():
+    zero_weight, zero_grad = _param([0.0, 0.0]), _param([1.0, 1.0])
+    optimizer = LARS([zero_weight, zero_grad], lr=1.0, momentum=0.0, weight_decay=0.5, eta=0.001)
+    zero_weight.grad = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    zero_grad.grad = torch.zeros(2, dtype=torch.float64)
+    optimizer.step()
+    assert zero_weight.tolist() == pytest.approx([-1.0, 1.0])      # ratio 1, no decay term (w = 0)
+    assert zero_grad.tolist() == pytest.approx([0.5, 0.5])          # ratio 1, decay only
+
+
+def test_lars_with_every_group_excluded_equals_sgd():
+    torch.manual_seed(0)
+    reference, model = nn.Linear(4, 3), nn.Linear(4, 3)
+    model.load_state_dict(reference.state_dict())
+    lars = LARS(model.parameters(), lr=0.1, momentum=0.9, lars_exclude=True)
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        inputs = torch.randn(8, 4)
+        for network, optimizer in ((model, lars), (reference, sgd)):
+            optimizer.zero_grad()
+            network(inputs).pow(2).sum().backward()
+            optimizer.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_lamb_two_steps_match_hand_computation():
+    lr, beta1, beta2, eps, weight_decay = 0.1, 0.9, 0.999, 1e-6, 0.01
+    weight = _param([3.0, 4.0])
+    optimizer = LAMB([weight], lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+    w, m, v = [3.0, 4.0], [0.0, 0.0], [0.0, 0.0]
+    for t, g in enumerate(([0.6, 0.8], [-0.2, 0.5]), start=1):
+        m = [beta1 * mi + (1 - beta1) * gi for mi, gi in zip(m, g)]
+        v = [beta2 * vi + (1 - beta2) * gi * gi for vi, gi in zip(v, g)]
+        m_hat = [mi / (1 - beta1 ** t) for mi in m]
+        v_hat = [vi / (1 - beta2 ** t) for vi in v]
+        r = [mh / (math.sqrt(vh) + eps) + weight_decay * wi for mh, vh, wi in zip(m_hat, v_hat, w)]
+        ratio = math.sqrt(sum(x * x for x in w)) / math.sqrt(sum(x * x for x in r))
+        w = [wi - lr * ratio * ri for wi, ri in zip(w, r)]
+        weight.grad = torch.tensor(g, dtype=torch.float64)
+        optimizer.step()
+        assert weight.tolist() == pytest.approx(w, abs=1e-12)
+
+
+def test_lamb_excluded_group_is_adam():
+    torch.manual_seed(0)
+    reference, model = nn.Linear(4, 3), nn.Linear(4, 3)
+    model.load_state_dict(reference.state_dict())
+    lamb = LAMB(model.parameters(), lr=0.01, eps=1e-6, weight_decay=0.3, exclude_from_adaptation=True)
+    adam = torch.optim.Adam(reference.parameters(), lr=0.01, eps=1e-6)
+    for _ in range(3):
+        inputs = torch.randn(8, 4)
+        for network, optimizer in ((model, lamb), (reference, adam)):
+            optimizer.zero_grad()
+            network(inputs).pow(2).sum().backward()
+            optimizer.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.layer_norm = nn.LayerNorm(4)
+        self.group_norm = nn.GroupNorm(2, 4)
+        self.linear = nn.Linear(4, 2)
+        self.frozen = nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, images):
+        features = self.group_norm(self.norm(self.conv(images))).mean(dim=(2, 3))
+        return self.linear(self.layer_norm(features))
+
+
+def test_parameter_groups_split_bias_and_norm():
+    model = _Net()
+    groups = parameter_groups(model, weight_decay=1e-4)
+    by_name = {group["name"]: group for group in groups}
+    assert set(by_name) == {"decay", "no_decay"}
+    decay_ids = {id(p) for p in by_name["decay"]["params"]}
+    no_decay_ids = {id(p) for p in by_name["no_decay"]["params"]}
+    assert decay_ids == {id(model.conv.weight), id(model.linear.weight)}
+    expected_no_decay = [model.conv.bias, model.norm.weight, model.norm.bias, model.layer_norm.weight,
+                         model.layer_norm.bias, model.group_norm.weight, model.group_norm.bias, model.linear.bias]
+    assert no_decay_ids == {id(p) for p in expected_no_decay}
+    assert by_name["decay"]["weight_decay"] == 1e-4 and by_name["decay"]["apply_weight_decay"] is True
+    assert by_name["decay"]["lars_exclude"] is False and by_name["decay"]["exclude_from_adaptation"] is False
+    no_decay = by_name["no_decay"]
+    assert no_decay["weight_decay"] == 0.0 and no_decay["apply_weight_decay"] is False
+    assert no_decay["lars_exclude"] is True and no_decay["exclude_from_adaptation"] is True
+
+    single = parameter_groups(model, weight_decay=1e-4, exclude_bias_and_norm=False)
+    assert [group["name"] for group in single] == ["decay"]
+    assert len(single[0]["params"]) == 10  # all trainable parameters, frozen ones skipped
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_build_optimizer_every_name(name):
+    torch.manual_seed(0)
+    model = _Net()
+    optimizer = build_optimizer(name, model, lr=0.1, weight_decay=1e-4, momentum=0.9, betas=[0.9, 0.99])
+    assert all("name" in group and "apply_weight_decay" in group for group in optimizer.param_groups)
+    before = model.linear.weight.detach().clone()
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    for group in optimizer.param_groups:  # what the trainer does every step
+        group["lr"] = 0.05
+        if group["apply_weight_decay"]:
+            group["weight_decay"] = 2e-4
+    optimizer.step()
+    assert not torch.equal(before, model.linear.weight)
+    # the optimizer state must survive a weights_only round trip
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    restored = build_optimizer(name, model, lr=0.1, weight_decay=1e-4)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert len(restored.state) == len(optimizer.state)
+
+
+def test_build_optimizer_unknown_name_lists_known():
+    with pytest.raises(ValueError, match="lamb, lars, sgd"):
+        build_optimizer("adam_typo", _Net(), lr=0.1, weight_decay=0.0)
+
+
+def test_scale_learning_rate():
+    assert scale_learning_rate(0.3, 4096) == pytest.approx(4.8)
+    assert scale_learning_rate(0.3, 1024, rule="sqrt") == pytest.approx(0.6)
+    assert scale_learning_rate(0.3, 4096, rule="none") == pytest.approx(0.3)
+    assert scale_learning_rate(1.0, 64, reference_batch_size=128) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="linear, sqrt, none"):
+        scale_learning_rate(0.3, 256, rule="cubic")
+    with pytest.raises(ValueError):
+        scale_learning_rate(0.3, 0)

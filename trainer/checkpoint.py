@@ -1,0 +1,284 @@
+"""Atomic, safely loadable checkpoints: one `step-XXXXXXXX/state.pt` directory per save.
+
+Layout of a checkpoint directory:
+
+    directory/
+      step-00001000/state.pt     complete checkpoints (only ever appear complete)
+      step-00002000/state.pt
+      latest                     text file: the name of the newest complete checkpoint
+      .tmp-...                   leftovers of an interrupted save; ignored, removed by the next save
+
+A save writes into a temporary directory, fsyncs the file, renames the directory into place
+(rename is atomic on POSIX file systems), then replaces `latest` (temp file + os.replace) and
+prunes old checkpoints. A crash at any point leaves the previous checkpoints and a valid (or
+recoverable) `latest`. Loading uses `torch.load(weights_only=True)`, so a state holds only tensors,
+dicts, lists, tuples, numbers, strings, bools and None; `rng_state()` captures the random
+generators in that form.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "check_compatible",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "restore_rng_state",
+    "rng_state",
+    "save_checkpoint",
+]
+
+STATE_FILE = "state.pt"
+LATEST_FILE = "latest"
+TEMP_PREFIX = ".tmp-"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or does not fit this run; the message names the path."""
+
+
+def _step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make renames inside `directory` durable (no-op where directories cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _complete_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `step-*` directory holding a state file, sorted by step."""
+    found = []
+    if not directory.is_dir():
+        return found
+    for entry in directory.iterdir():
+        match = _STEP_DIR.match(entry.name)
+        if match and (entry / STATE_FILE).is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Delete `.tmp-*` entries left by interrupted saves."""
+    for entry in directory.glob(TEMP_PREFIX + "*"):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _write_latest(directory: Path, name: str) -> None:
+    temporary = directory / f"{TEMP_PREFIX}latest-{uuid.uuid4().hex}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(name + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, directory / LATEST_FILE)
+    _fsync_directory(directory)
+
+
+def save_checkpoint(directory: Path, step: int, state: dict, keep_last: int = 3) -> Path:
+    """Write `state` to `directory/step-{step:08d}/state.pt` atomically; return that directory.
+
+    Steps: clean leftovers of interrupted saves; torch.save into `directory/.tmp-step-...`
+    and fsync; rename it to its final name (an existing checkpoint of the same step is renamed
+    aside first and deleted after); point `directory/latest` at it; delete the oldest `step-*`
+    directories so that `keep_last` remain (the one just written is always kept). If torch.save
+    fails, the temporary directory is removed and the error propagates: no new checkpoint
+    appears and `latest` is unchanged.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last={keep_last}: at least one checkpoint must be kept")
+    if step < 0:
+        raise ValueError(f"step={step} must be >= 0")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(directory)
+
+    name = _step_name(step)
+    temporary = directory / f"{TEMP_PREFIX}{name}-{uuid.uuid4().hex}"
+    temporary.mkdir()
+    try:
+        with open(temporary / STATE_FILE, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_directory(temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+    final = directory / name
+    if final.exists():
+        replaced = directory / f"{TEMP_PREFIX}replaced-{name}-{uuid.uuid4().hex}"
+        os.rename(final, replaced)
+        os.rename(temporary, final)
+        _fsync_directory(directory)
+        shutil.rmtree(replaced, ignore_errors=True)
+    else:
+        os.rename(temporary, final)
+        _fsync_directory(directory)
+    _write_latest(directory, name)
+
+    checkpoints = _complete_checkpoints(directory)
+    keep = {path for _, path in checkpoints[-keep_last:]} | {final}
+    for _, path in checkpoints:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint directory in `directory`, or None if there is none.
+
+    `directory/latest` decides when it names a `step-*` directory that holds a state file;
+    otherwise (missing, stale or damaged `latest`) the highest complete step directory wins.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    try:
+        name = (directory / LATEST_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    if _STEP_DIR.match(name) and (directory / name / STATE_FILE).is_file():
+        return directory / name
+    checkpoints = _complete_checkpoints(directory)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The state saved at `path` (a step directory or its state.pt), loaded on the CPU.
+
+    Uses `torch.load(..., weights_only=True)`. Raises CheckpointError naming the path when the
+    file is missing, unreadable, holds objects weights_only refuses, or is not a dict.
+    """
+    path = Path(path)
+    file = path / STATE_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(f"{path}: no checkpoint here; expected a step directory containing "
+                              f"{STATE_FILE} (as written by save_checkpoint) or a {STATE_FILE} file")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        raise CheckpointError(f"{file}: cannot load the checkpoint ({type(error).__name__}: {error}); "
+                              "expected a complete file written by save_checkpoint holding only tensors, "
+                              "dicts, lists, numbers and strings") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a dict of checkpoint state, found {type(state).__name__}")
+    return state
+
+
+def rng_state() -> dict:
+    """The state of the torch (CPU and CUDA), numpy-global and Python `random` generators.
+
+    Only tensors, ints, floats, strings and None, so that `torch.load(weights_only=True)` accepts it.
+    """
+    algorithm, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": [state.cpu() for state in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None,
+        "numpy": {
+            "algorithm": str(algorithm),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": None if gauss_next is None else float(gauss_next),
+        },
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Put the generators back as `rng_state()` found them.
+
+    CUDA states are restored for as many devices as both the saved state and this process have.
+    """
+    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        for device, device_state in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state.cpu().to(torch.uint8), device)
+    numpy_state = state["numpy"]
+    np.random.set_state((
+        numpy_state["algorithm"],
+        numpy_state["keys"].numpy().astype(np.uint32),
+        int(numpy_state["position"]),
+        int(numpy_state["has_gauss"]),
+        float(numpy_state["cached_gaussian"]),
+    ))
+    python_state = state["python"]
+    random.setstate((
+        int(python_state["version"]),
+        tuple(int(value) for value in python_state["internal"].tolist()),
+        python_state["gauss_next"],
+    ))
+
+
+_MISSING = object()
+
+
+def _lookup(config: dict, dotted_key: str) -> Any:
+    value: Any = config
+    for part in dotted_key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that a value survives a round trip through YAML unchanged."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def _describe(value: Any) -> str:
+    return "no value" if value is _MISSING else repr(value)
+
+
+def check_compatible(saved_config: dict, current_config: dict, keys: Sequence[str]) -> None:
+    """Raise CheckpointError if the configs differ at any of the dotted `keys`.
+
+    The message has one line per differing key, e.g.
+    "method.name: checkpoint has 'simclr', this run has 'byol'". A key missing on both sides
+    is not a difference.
+    """
+    differences = []
+    for key in keys:
+        saved, current = _lookup(saved_config, key), _lookup(current_config, key)
+        if saved is _MISSING and current is _MISSING:
+            continue
+        if saved is _MISSING or current is _MISSING or _plain(saved) != _plain(current):
+            differences.append(f"{key}: checkpoint has {_describe(saved)}, this run has {_describe(current)}")
+    if differences:
+        raise CheckpointError("the checkpoint does not fit this run:\n  " + "\n  ".join(differences))
