@@ -1,0 +1,46 @@
+"""Loss functions: pure tensor functions, one file per family, each citing its paper.
+
+contrastive  nt_xent (SimCLR), infonce (MoCo v1/v2), moco_v3_loss, nnclr_loss
+bootstrap    negative_cosine (BYOL, SimSiam), dino_loss, dino_update_center
+redundancy   barlow_twins, vicreg, vicreg_terms
+clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV)
+masked       patchify, unpatchify, mae_loss (MAE), simmim_loss (SimMIM)
+pretext      classification_loss (rotation, jigsaw, relative location), colorization_loss,
+             rebalancing_weights (colorization), inpainting_loss (context encoder)
+"""
+
+from methods.losses.bootstrap import dino_loss, dino_update_center, negative_cosine
+from methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
+from methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, nt_xent
+from methods.losses.masked import mae_loss, patchify, simmim_loss, unpatchify
+from methods.losses.pretext import (
+    classification_loss,
+    colorization_loss,
+    inpainting_loss,
+    rebalancing_weights,
+)
+from methods.losses.redundancy import barlow_twins, vicreg, vicreg_terms
+
+__all__ = [
+    "barlow_twins",
+    "classification_loss",
+    "colorization_loss",
+    "dino_loss",
+    "dino_update_center",
+    "infonce",
+    "inpainting_loss",
+    "mae_loss",
+    "moco_v3_loss",
+    "negative_cosine",
+    "nnclr_loss",
+    "nt_xent",
+    "patchify",
+    "rebalancing_weights",
+    "simmim_loss",
+    "sinkhorn_knopp",
+    "swav_loss",
+    "swav_swapped_prediction",
+    "unpatchify",
+    "vicreg",
+    "vicreg_terms",
+]
