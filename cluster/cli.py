@@ -46,6 +46,7 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if not config.data.path:
         raise ConfigError("no dataset: pass --data OUT (a folder written by `selfsup convert`)")
+    _check_before_launch(config)
     from cluster.train_job import run_training
 
     metrics = run_training(config, args.output, workers=args.workers, use_gpu=args.gpus_per_worker > 0,
@@ -57,6 +58,16 @@ def _train(args: argparse.Namespace) -> int:
     print(f"checkpoint: {checkpoint}")
     print(f"tensorboard: tensorboard --logdir {Path(args.output) / 'tensorboard'}")
     return 0
+
+
+def _check_before_launch(config) -> None:
+    """Catch a bad dataset or recipe here, with a one-line error, before any worker starts."""
+    from methods.registry import method_entry
+    from pipeline.dataset import load_dataset_info
+    from pipeline.recipes import build_recipe
+
+    load_dataset_info(config.data.path)
+    build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -1,0 +1,23 @@
+"""Shared fixtures: a small labeled image folder converted into real WebDataset shards."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.demo_images import make_demo_folder
+
+
+@pytest.fixture(scope="session")
+def demo_folder(tmp_path_factory):
+    """10 shape classes x 16 images of 64 px, as JPEG files in class folders."""
+    return make_demo_folder(tmp_path_factory.mktemp("images") / "shapes", images_per_class=16, size=64, seed=1)
+
+
+@pytest.fixture(scope="session")
+def demo_shards(demo_folder, tmp_path_factory):
+    """The demo folder converted: 120 train + 40 val samples over several small shards."""
+    from pipeline.convert import convert
+
+    output = tmp_path_factory.mktemp("shards") / "shapes"
+    convert(demo_folder, output, shard_size="64KB", val_fraction=0.25, workers=1, seed=0, progress=False)
+    return output
