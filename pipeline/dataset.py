@@ -1,0 +1,246 @@
+"""A converted dataset on disk: `dataset.json`, `manifest.parquet`, and how to read them.
+
+`selfsup convert SRC OUT` writes into OUT:
+
+- `train-000000.tar`, `train-000001.tar`, ... (and `val-...` when a validation split was asked
+  for): WebDataset shards, each with its DALI index `NAME.idx` beside it;
+- `manifest.parquet`: one row per sample (see `MANIFEST_COLUMNS`);
+- `errors.jsonl`: one `{"path": ..., "reason": ...}` object per source file that was skipped;
+- `dataset.json`, written last (its presence marks a finished conversion)::
+
+    {"format_version": 1, "source": "/abs/src", "labeled": true, "classes": ["cat", "dog"],
+     "fingerprint": "...", "options": {"shard_size": ..., "max_side": ..., "val_fraction": ...,
+     "seed": ...}, "skipped": 3,
+     "splits": {"train": {"count": N, "shards": ["train-000000.tar"], "class_counts": [n0, n1]}},
+     "created": "2024-01-01T00:00:00+00:00"}
+
+This module is the reading side (`load_dataset_info`) plus the few writers that must agree with
+it (`write_manifest`, `write_atomically`). It imports no DALI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT_VERSION = 1
+DATASET_FILE = "dataset.json"
+MANIFEST_FILE = "manifest.parquet"
+ERRORS_FILE = "errors.jsonl"
+
+# name -> pyarrow type name. `offset`/`bytes` locate the image member's data inside its shard;
+# `crc32` is the zlib CRC-32 of the stored image bytes (used by `verify`).
+MANIFEST_COLUMNS = {
+    "key": "string",
+    "split": "string",
+    "shard": "string",
+    "offset": "int64",
+    "bytes": "int64",
+    "label": "int32",
+    "width": "int32",
+    "height": "int32",
+    "source": "string",
+    "crc32": "int64",
+}
+
+
+SPLIT_NAMES = ("train", "val")
+
+
+def shard_name(split: str, index: int) -> str:
+    """'train', 3 -> 'train-000003.tar'."""
+    return f"{split}-{index:06d}.tar"
+
+
+def is_dataset_file(name: str) -> bool:
+    """Whether `name` is one that `convert` writes into OUT (shards, indexes, summaries, temporaries)."""
+    base = name[:-len(".partial")] if name.endswith(".partial") else name
+    if base in (DATASET_FILE, MANIFEST_FILE, ERRORS_FILE):
+        return True
+    split, _, rest = base.partition("-")
+    return split in SPLIT_NAMES and len(rest) == 10 and rest[:6].isdigit() and rest[6:] in (".tar", ".idx")
+
+
+class DatasetError(ValueError):
+    """A dataset folder, shard, index or conversion input is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split of a converted dataset: its sample count and shard/index files (absolute)."""
+
+    name: str
+    count: int
+    shards: tuple[Path, ...]
+    indexes: tuple[Path, ...]
+    class_counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What `dataset.json` says about a converted dataset folder."""
+
+    root: Path
+    labeled: bool
+    classes: tuple[str, ...]
+    splits: dict[str, SplitInfo]
+    format_version: int
+
+    def split(self, name: str) -> SplitInfo:
+        """The split called `name`; a DatasetError naming the available splits otherwise."""
+        if name not in self.splits:
+            available = ", ".join(repr(split) for split in self.splits) or "none"
+            raise DatasetError(f"{self.root}: no split {name!r} in this dataset (available: {available})")
+        return self.splits[name]
+
+
+def write_atomically(path: str | Path, data: bytes, *, sync_parent: bool = True) -> None:
+    """Write `data` to `path` via `path.partial` + fsync + os.replace, so readers see all or nothing.
+
+    `sync_parent=False` skips the folder fsync (for callers that sync the folder themselves, or
+    whose file may be lost on a power cut without harm).
+    """
+    path = Path(path)
+    temporary = path.with_name(path.name + ".partial")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    if sync_parent:
+        sync_folder(path.parent)
+
+
+def sync_folder(folder: str | Path) -> None:
+    """fsync a folder so that renames inside it survive a power loss (best effort)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def read_description(root: str | Path) -> dict:
+    """The parsed `ROOT/dataset.json`; a DatasetError when the folder or the file is unusable."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder (run `selfsup convert SRC {root}` first)")
+    path = root / DATASET_FILE
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing; {root} is not a finished conversion "
+                           f"(run `selfsup convert SRC {root}` first)")
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{path}: not readable JSON ({error})") from error
+    if not isinstance(description, dict):
+        raise DatasetError(f"{path}: expected a JSON object, got {type(description).__name__}")
+    version = description.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DatasetError(f"{path}: unsupported format_version {version!r} (this selfsup reads "
+                           f"version {FORMAT_VERSION}; convert the images again)")
+    for key, kind in (("labeled", bool), ("classes", list), ("splits", dict)):
+        if not isinstance(description.get(key), kind):
+            raise DatasetError(f"{path}: key {key!r} must be a {kind.__name__}, "
+                               f"got {description.get(key)!r}")
+    return description
+
+
+def load_dataset_info(path: str | Path) -> DatasetInfo:
+    """Read `PATH/dataset.json` and check that every shard and `.idx` file it lists exists."""
+    root = Path(path).resolve()
+    description = read_description(root)
+    description_path = root / DATASET_FILE
+    splits = {}
+    for name, split in description["splits"].items():
+        try:
+            count = int(split["count"])
+            shard_names = [str(shard) for shard in split["shards"]]
+            class_counts = tuple(int(value) for value in split.get("class_counts", []))
+        except (KeyError, TypeError, ValueError) as error:
+            raise DatasetError(f"{description_path}: split {name!r} is malformed, expected "
+                               f"count, shards and class_counts ({error!r})") from error
+        shards = tuple(root / shard for shard in shard_names)
+        indexes = tuple(shard.with_suffix(".idx") for shard in shards)
+        for file in shards + indexes:
+            if not file.is_file():
+                raise DatasetError(f"{file}: missing (listed in {description_path}); the dataset "
+                                   f"is incomplete, run `selfsup verify {root}` or convert again")
+        splits[name] = SplitInfo(name, count, shards, indexes, class_counts)
+    return DatasetInfo(root=root, labeled=description["labeled"],
+                       classes=tuple(str(name) for name in description["classes"]),
+                       splits=splits, format_version=description["format_version"])
+
+
+def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: int = 65536) -> None:
+    """Stream manifest rows (dicts with the keys of MANIFEST_COLUMNS) into a parquet file, atomically."""
+    import pyarrow
+    import pyarrow.parquet as parquet
+
+    schema = pyarrow.schema([(name, getattr(pyarrow, kind)()) for name, kind in MANIFEST_COLUMNS.items()])
+    path = Path(path)
+    temporary = path.with_name(path.name + ".partial")
+    with parquet.ParquetWriter(temporary, schema) as writer:
+        group: list[dict] = []
+        for row in rows:
+            group.append(row)
+            if len(group) == rows_per_group:
+                writer.write_table(pyarrow.Table.from_pylist(group, schema=schema))
+                group = []
+        if group:
+            writer.write_table(pyarrow.Table.from_pylist(group, schema=schema))
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    sync_folder(path.parent)
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """The rows of a `manifest.parquet` as dicts; a DatasetError when it cannot be read."""
+    import pyarrow.parquet as parquet
+
+    try:
+        return parquet.read_table(path).to_pylist()
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read the manifest ({error})") from error
+
+
+def write_dataset_files(output: Path, *, source: Path, fingerprint: str, options: dict, labeled: bool,
+                        classes: list[str], splits: list[str], rows: Iterable[dict], errors: list[dict]) -> None:
+    """Write OUT's manifest.parquet, errors.jsonl and, last, dataset.json (each atomically).
+
+    `rows` streams every manifest row, split by split in shard order; `splits` names the splits
+    to describe, in that order (one left without samples is left out); `errors` holds the {"path", "reason"} objects
+    of the skipped files.
+    """
+    described = {split: {"count": 0, "shards": [], "class_counts": [0] * len(classes)} for split in splits}
+
+    def counted(rows: Iterable[dict]) -> Iterator[dict]:
+        """Pass rows through while counting samples, shards and classes per split."""
+        for row in rows:
+            split = described[row["split"]]
+            split["count"] += 1
+            if not split["shards"] or split["shards"][-1] != row["shard"]:
+                split["shards"].append(row["shard"])
+            if row["label"] >= 0:
+                split["class_counts"][row["label"]] += 1
+            yield row
+
+    write_manifest(output / MANIFEST_FILE, counted(rows))
+    write_atomically(output / ERRORS_FILE,
+                     "".join(json.dumps(error, ensure_ascii=False) + "\n" for error in errors).encode("utf-8"))
+    description = {"format_version": FORMAT_VERSION, "source": str(source), "labeled": labeled,
+                   "classes": list(classes), "fingerprint": fingerprint, "options": options,
+                   "skipped": len(errors),
+                   "splits": {name: split for name, split in described.items() if split["count"]},
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_atomically(output / DATASET_FILE, (json.dumps(description, indent=2) + "\n").encode("utf-8"))

@@ -1,0 +1,253 @@
+"""`verify`: re-read a converted dataset and report every problem, shard by shard and key by key.
+
+For each shard listed in `dataset.json` it checks: the shard and its `.idx` exist; the index
+matches what the tar really contains (keys, members, data offsets, sizes); the tar is complete
+(every member's data inside the file, end-of-archive marker present); its samples match the
+manifest rows (same keys, image offset, size, checksum, label); every sample has an image, a
+`.json` and (when labeled) a `.cls` holding a class index in range; every image decodes fully
+with PIL to the manifest's size; and the counts match `dataset.json`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.dataset import MANIFEST_FILE, DatasetError, read_description, read_manifest
+from pipeline.shards import END_OF_ARCHIVE, TAR_BLOCK, read_index_entries, split_member_name
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong: in which shard (or file), for which sample key (None: the whole shard)."""
+
+    shard: str
+    key: str | None
+    message: str
+
+
+@dataclass
+class VerifyReport:
+    """Everything `verify` found; `ok` when nothing."""
+
+    root: Path
+    problems: list[Problem] = field(default_factory=list)
+    samples_checked: int = 0
+    shards_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def add(self, shard: str, key: str | None, message: str) -> None:
+        """Record one problem."""
+        self.problems.append(Problem(shard, key, message))
+
+
+def _tar_samples(path: Path, report: VerifyReport) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """(key, {ext: (data offset, size)}) per sample in tar order, as far as the tar is readable."""
+    shard = path.name
+    file_size = path.stat().st_size
+    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    end = 0
+    try:
+        with tarfile.open(path, mode="r:") as archive:
+            for member in archive:
+                end = member.offset_data + -(-member.size // TAR_BLOCK) * TAR_BLOCK
+                if not member.isreg():
+                    continue
+                key, ext = split_member_name(member.name)
+                if member.offset_data + member.size > file_size:
+                    report.add(shard, key, f"member {member.name} ends at byte {member.offset_data + member.size}"
+                                           f" but the file has {file_size} bytes (truncated shard)")
+                    continue
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, {}))
+                samples[-1][1][ext] = (member.offset_data, member.size)
+    except (tarfile.TarError, OSError) as error:
+        where = f"after byte {end}" if end else "from the start"
+        report.add(shard, None, f"truncated or corrupt tar: unreadable {where} ({error})")
+        return samples
+    if file_size < end + END_OF_ARCHIVE or file_size % TAR_BLOCK:
+        report.add(shard, None, f"truncated: {file_size} bytes, expected the members ({end} bytes) "
+                                f"followed by the {END_OF_ARCHIVE}-byte end-of-archive marker")
+    else:
+        with open(path, "rb") as handle:
+            handle.seek(end)
+            if handle.read(END_OF_ARCHIVE).strip(b"\0"):
+                report.add(shard, None, f"unreadable tar header at byte {end}: the members after it are lost")
+    return samples
+
+
+def _check_index(path: Path, samples: list, report: VerifyReport) -> None:
+    """Compare the shard's `.idx` with what the tar contains."""
+    index_path = path.with_suffix(".idx")
+    if not index_path.is_file():
+        report.add(path.name, None, f"index {index_path.name} is missing (DALI cannot read this shard)")
+        return
+    try:
+        entries = read_index_entries(index_path)
+    except DatasetError as error:
+        report.add(path.name, None, f"index {index_path.name} is malformed: {error}")
+        return
+    indexed, actual = dict(entries), dict(samples)
+    if len(entries) != len(samples):
+        report.add(path.name, None, f"index {index_path.name} lists {len(entries)} samples, "
+                                    f"the tar holds {len(samples)}")
+    for key, components in actual.items():
+        if key not in indexed:
+            report.add(path.name, key, f"sample is in the tar but not in {index_path.name}")
+        elif indexed[key] != components:
+            report.add(path.name, key, f"{index_path.name} says {indexed[key]}, the tar holds {components}")
+    for key in indexed.keys() - actual.keys():
+        report.add(path.name, key, f"sample is in {index_path.name} but not in the tar")
+
+
+def _check_sample(handle, shard: str, key: str, components: dict, row: dict | None, labeled: bool,
+                  class_count: int, report: VerifyReport) -> None:
+    """Check one sample's members against its manifest row and decode its image."""
+    def read(ext: str) -> bytes:
+        """The data of the sample's member with extension `ext`."""
+        offset, size = components[ext]
+        handle.seek(offset)
+        return handle.read(size)
+
+    images = [ext for ext in components if ext in IMAGE_EXTENSIONS]
+    if len(images) != 1:
+        report.add(shard, key, f"expected exactly one image member, found {images or 'none'}")
+        return
+    image_ext = images[0]
+    if "json" not in components:
+        report.add(shard, key, "missing the .json member")
+    else:
+        try:
+            json.loads(read("json").decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            report.add(shard, key, f".json member is not valid UTF-8 JSON ({error})")
+    if labeled:
+        if "cls" not in components:
+            report.add(shard, key, "missing the .cls member (the dataset is labeled)")
+        else:
+            text = read("cls").decode("ascii", errors="replace")
+            if not text.isdigit() or int(text) >= class_count:
+                report.add(shard, key, f".cls is {text!r}, expected a class index in 0..{class_count - 1}")
+            elif row is not None and int(text) != row["label"]:
+                report.add(shard, key, f".cls is {text}, the manifest says label {row['label']}")
+    data = read(image_ext)
+    if row is not None:
+        offset, size = components[image_ext]
+        if (row["offset"], row["bytes"]) != (offset, size):
+            report.add(shard, key, f"image {key}.{image_ext} is at offset {offset} with {size} bytes, the "
+                                   f"manifest says offset {row['offset']} with {row['bytes']} bytes")
+        elif row.get("crc32") is not None and zlib.crc32(data) != row["crc32"]:
+            report.add(shard, key, f"image {key}.{image_ext} bytes differ from the manifest checksum "
+                                   "(the shard was modified or corrupted)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            size = image.size
+    except Exception as error:  # PIL raises many types for corrupt data
+        report.add(shard, key, f"image {key}.{image_ext} does not decode ({type(error).__name__}: {error})")
+        return
+    if row is not None and size != (row["width"], row["height"]):
+        report.add(shard, key, f"image decodes to {size[0]}x{size[1]}, the manifest says "
+                               f"{row['width']}x{row['height']}")
+
+
+def _check_shard(path: Path, rows: dict[str, dict] | None, labeled: bool, class_count: int,
+                 report: VerifyReport) -> int:
+    """Check one shard; returns how many samples it holds."""
+    shard = path.name
+    if not path.is_file():
+        report.add(shard, None, "shard file is missing")
+        return 0
+    samples = _tar_samples(path, report)
+    report.shards_checked += 1
+    _check_index(path, samples, report)
+    keys = [key for key, _ in samples]
+    for key, times in Counter(keys).items():
+        if times > 1:
+            report.add(shard, key, f"key appears in {times} separate places in the tar")
+    if rows is not None:
+        for key in sorted(rows.keys() - set(keys)):
+            report.add(shard, key, "sample is in the manifest but not in the shard (lost or truncated)")
+        for key in sorted(set(keys) - rows.keys()):
+            report.add(shard, key, "sample is in the shard but not in the manifest")
+    with open(path, "rb") as handle:
+        for key, components in samples:
+            row = rows.get(key) if rows is not None else None
+            _check_sample(handle, shard, key, components, row, labeled, class_count, report)
+            report.samples_checked += 1
+    return len(samples)
+
+
+def verify(output: str | Path, *, progress: bool = False) -> VerifyReport:
+    """Check a converted dataset folder; never raises on corrupt data (see the module docstring).
+
+    Raises DatasetError only when OUT itself is unusable (no folder, no readable dataset.json).
+    """
+    root = Path(output).expanduser().resolve()
+    description = read_description(root)
+    report = VerifyReport(root=root)
+    labeled, class_count = description["labeled"], len(description["classes"])
+    manifest: list[dict] | None = None
+    try:
+        manifest = read_manifest(root / MANIFEST_FILE)
+    except DatasetError as error:
+        report.add(MANIFEST_FILE, None, str(error))
+    by_shard: dict[str, dict[str, dict]] = {}
+    for row in manifest or []:
+        by_shard.setdefault(row["shard"], {})[row["key"]] = row
+    listed = {shard for split in description["splits"].values() for shard in split.get("shards", [])}
+    for shard in sorted(by_shard.keys() - listed):
+        report.add(shard, None, f"{len(by_shard[shard])} manifest rows name this shard, dataset.json does not")
+    work = [(name, split, shard) for name, split in description["splits"].items() for shard in split.get("shards", [])]
+    from tqdm import tqdm
+
+    found = Counter()
+    for name, split, shard in tqdm(work, desc="verify", unit="shard", disable=not progress):
+        rows = by_shard.get(shard, {}) if manifest is not None else None
+        found[name] += _check_shard(root / shard, rows, labeled, class_count, report)
+    for name, split in description["splits"].items():
+        if found[name] != split.get("count"):
+            report.add("dataset.json", None, f"split {name!r}: dataset.json says {split.get('count')} samples, "
+                                             f"its shards hold {found[name]}")
+        if manifest is not None:
+            split_rows = [row for row in manifest if row["split"] == name]
+            if len(split_rows) != split.get("count"):
+                report.add(MANIFEST_FILE, None, f"split {name!r}: {len(split_rows)} manifest rows, "
+                                                f"dataset.json says {split.get('count')}")
+            counts = [0] * class_count
+            for row in split_rows:
+                if 0 <= row["label"] < class_count:
+                    counts[row["label"]] += 1
+            if labeled and counts != list(split.get("class_counts", [])):
+                report.add("dataset.json", None, f"split {name!r}: class_counts {split.get('class_counts')} "
+                                                 f"differ from the manifest's {counts}")
+    return report
+
+
+def format_report(report: VerifyReport) -> str:
+    """Console lines: a one-line verdict, then each problem grouped by shard."""
+    head = (f"{report.root}: {report.samples_checked} sample{'s' if report.samples_checked != 1 else ''} in "
+            f"{report.shards_checked} shard{'s' if report.shards_checked != 1 else ''} checked")
+    if report.ok:
+        return f"{head}, no problems"
+    lines = [f"{head}, {len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}:"]
+    by_shard: dict[str, list[Problem]] = {}
+    for problem in report.problems:
+        by_shard.setdefault(problem.shard, []).append(problem)
+    for shard, problems in by_shard.items():
+        lines.append(f"  {shard}:")
+        lines.extend(f"    {problem.key + ': ' if problem.key else ''}{problem.message}" for problem in problems)
+    return "\n".join(lines)
