@@ -12,6 +12,8 @@ exactly the gradient of the single-process loss on the concatenated batch.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -41,7 +43,10 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    with warnings.catch_warnings():
+        # torch suggests a private replacement (_functional_collectives); the public API stays
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x), dim=0)
 
 
 @torch.no_grad()

@@ -49,8 +49,9 @@ SHAPES = {
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    """One of four textures in random colours."""
-    colors = rng.integers(0, 256, size=(2, 3))
+    """One of four low-contrast textures in a random colour."""
+    base = rng.integers(40, 216, size=3)
+    colors = np.stack([base, np.clip(base + rng.integers(-40, 41, size=3), 0, 255)])  # low contrast
     kind = rng.integers(4)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if kind == 0:
@@ -74,7 +75,7 @@ def draw_image(shape: str, rng: np.random.Generator, size: int = 96) -> Image.Im
     """One image of `shape` with random colour, size, position, rotation and background."""
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
-    radius = rng.uniform(0.22, 0.4) * size
+    radius = rng.uniform(0.28, 0.42) * size
     center = rng.uniform(radius, size - radius, size=2)
     angle = rng.uniform(0, 2 * math.pi)
     fill = tuple(int(c) for c in rng.integers(0, 256, size=3))
