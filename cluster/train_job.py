@@ -18,6 +18,10 @@ from trainer.config import Config, config_from_dict, config_to_dict, save_config
 from trainer.loop import train
 
 
+# Ray Train would otherwise both log and echo every print() of the workers (each line twice).
+WORKER_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
 def _train_worker(loop_config: dict) -> None:
     """Runs in every Ray Train worker, after Ray has set up the process group."""
     config = config_from_dict(loop_config["config"])
@@ -38,7 +42,8 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name="ray", storage_path=str(output),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             worker_runtime_env={"env_vars": WORKER_ENVIRONMENT}),
     )
     trainer.fit()
     summary = output / "metrics.json"
