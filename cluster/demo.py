@@ -32,14 +32,14 @@ DEMO_OVERRIDES = [
     "data.shuffle_buffer=512",
     # colour carries no class information in the demo images: make it useless to the views too
     "data.recipe={scale: [0.25, 1.0], blur_probability: 0.0, hue: 0.5, saturation: 0.6, grayscale_probability: 0.3}",
-    "method.temperature=0.2",
+    "method.temperature=0.1",
     "method.projection_hidden_dim=512",
     "optim.name=adamw",
     "optim.lr=2.0e-3",
     "optim.lr_scaling=none",
     "optim.weight_decay=1.0e-4",
     "optim.warmup_epochs=1",
-    "trainer.epochs=15",
+    "trainer.epochs=20",
     "trainer.log_every=5",
     "trainer.checkpoint_every=100",
 ]
