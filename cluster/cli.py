@@ -24,9 +24,16 @@ USER_ERRORS = (DatasetError, ConfigError, CheckpointError, RecipeError, FileNotF
 def _convert(args: argparse.Namespace) -> int:
     from pipeline.convert import convert, format_summary
 
+    map_in_order = None
+    if args.ray:  # Ray tasks read the images; the shards are written here, as on the local path
+        from cluster.convert_tasks import ray_map_in_order
+        from cluster.local_ray import ensure_ray
+
+        ensure_ray(args.address, dashboard=False)
+        map_in_order = ray_map_in_order
     summary = convert(args.source, args.output, shard_size=args.shard_size, max_side=args.max_side,
                       val_fraction=args.val_fraction, workers=args.workers, seed=args.seed,
-                      progress=not args.quiet)
+                      progress=not args.quiet, map_in_order=map_in_order)
     print(format_summary(summary))
     return 0
 
@@ -42,7 +49,9 @@ def _verify(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.data:
-        overrides.append(f"data.path={Path(args.data).resolve()}")
+        overrides.append(f"data.path={data_location(args.data)}")
+    if args.resume:
+        overrides.append(f"trainer.resume={resolve_checkpoint(args.resume).resolve()}")
     config = load_config(args.config, overrides)
     if not config.data.path:
         raise ConfigError("no dataset: pass --data OUT (a folder written by `selfsup convert`)")
@@ -50,14 +59,24 @@ def _train(args: argparse.Namespace) -> int:
     from cluster.train_job import run_training
 
     metrics = run_training(config, args.output, workers=args.workers, use_gpu=args.gpus_per_worker > 0,
-                           cpus_per_worker=args.cpus_per_worker, address=args.address,
-                           max_failures=args.max_failures)
+                           gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                           address=args.address, max_failures=args.max_failures, storage=args.storage,
+                           spread=args.spread)
     checkpoint = latest_checkpoint(Path(args.output) / "checkpoints")
     loss = metrics.get("loss")
     print(f"trained {metrics.get('step', '?')} steps" + (f", final loss {loss:.4f}" if loss is not None else ""))
+    if metrics.get("stopped"):
+        print(f"stopped early ({metrics['stopped']}); run the same command again to continue")
     print(f"checkpoint: {checkpoint}")
     print(f"tensorboard: tensorboard --logdir {Path(args.output) / 'tensorboard'}")
     return 0
+
+
+def data_location(data: str) -> str:
+    """--data as the workers should see it: a URI (s3://, gs://, file://) as given, a path made absolute."""
+    from pipeline.staging import is_uri
+
+    return data if is_uri(data) else str(Path(data).resolve())
 
 
 def _check_before_launch(config) -> None:
@@ -65,8 +84,10 @@ def _check_before_launch(config) -> None:
     from methods.registry import method_entry
     from pipeline.dataset import load_dataset_info
     from pipeline.recipes import build_recipe
+    from pipeline.staging import is_uri
 
-    load_dataset_info(config.data.path)
+    if not is_uri(str(config.data.path)):  # a URI is checked by each node as it stages it
+        load_dataset_info(config.data.path)
     build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
 
 
@@ -105,6 +126,37 @@ def _eval_knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_linear(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainer.evaluate import load_backbone
+    from trainer.linear_probe import linear_evaluate
+
+    backbone, config = load_backbone(resolve_checkpoint(args.checkpoint), random_init=args.random_init)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = linear_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
+                             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             feature_batch_size=config.eval.batch_size, weight_decay=args.weight_decay,
+                             device=device, seed=config.seed)
+    result["weights"] = "random-init" if args.random_init else "pretrained"
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"linear ({result['weights']}, {result['epochs']} epochs, lr {result['lr']}): "
+              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  (train top-1 {result['train_top1']:.2f}%; "
+              f"{result['eval_samples']} {result['eval_split']} samples, {result['train_samples']} to train on)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from trainer.export import export_backbone
+
+    sidecar = export_backbone(resolve_checkpoint(args.checkpoint), args.output, weights=args.weights)
+    print(f"exported {sidecar['backbone']} ({sidecar['weights']} weights, step {sidecar['step']}) to {args.output}; "
+          f"build it with {Path(args.output).with_suffix('.json')}")
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     for name, entry in sorted(METHODS.items()):
         print(f"{name:20s} {entry.description}")
@@ -124,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     convert.add_argument("--seed", type=int, default=0)
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.add_argument("--ray", action="store_true", help="read the images with Ray tasks (a cluster's CPUs)")
+    convert.add_argument("--address", default=None, help="with --ray: a running Ray cluster ('auto'); "
+                         "default: local Ray")
     convert.set_defaults(run=_convert)
 
     verify = commands.add_parser("verify", help="check every shard against the manifest and decode every image")
@@ -140,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cpus-per-worker", type=float, default=1.0)
     train.add_argument("--address", default=None, help="a running Ray cluster ('auto'); default: local Ray")
     train.add_argument("--max-failures", type=int, default=0, help="worker failures to recover from")
+    train.add_argument("--storage", default=None, help="where Ray keeps checkpoints: a shared folder or a "
+                       "URI (s3://bucket/runs); default OUTPUT/ray")
+    train.add_argument("--spread", action="store_true", help="place the workers on different nodes")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    train.add_argument("--resume", default=None, metavar="CKPT",
+                       help="continue from this checkpoint (the run's own newer checkpoints win)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a pretrained backbone")
@@ -156,9 +216,32 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
     knn.add_argument("--json", action="store_true", help="print one JSON object")
     knn.set_defaults(run=_eval_knn)
+    linear = protocols.add_parser("linear", help="linear classifier on frozen features (top-1/top-5)")
+    linear.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint")
+    linear.add_argument("--data", required=True, help="a labeled converted dataset")
+    linear.add_argument("--epochs", type=int, default=100, help="epochs over the cached features (default 100)")
+    linear.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, cosine to 0 (default 0.1)")
+    linear.add_argument("--batch-size", type=int, default=256, help="classifier batch size (default 256)")
+    linear.add_argument("--weight-decay", type=float, default=0.0)
+    linear.add_argument("--image-size", type=int, default=None)
+    linear.add_argument("--device", default=None)
+    linear.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
+    linear.add_argument("--json", action="store_true", help="print one JSON object")
+    linear.set_defaults(run=_eval_linear)
+
+    export = commands.add_parser("export", help="write a pretrained backbone as a plain state_dict file")
+    export.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint")
+    export.add_argument("--output", required=True, help="the file to write, e.g. backbone.pt (+ backbone.json)")
+    export.add_argument("--weights", choices=("student", "teacher"), default="student",
+                        help="the online backbone, or the momentum teacher/target where the method has one")
+    export.set_defaults(run=_export)
 
     methods = commands.add_parser("methods", help="list the pretraining methods")
     methods.set_defaults(run=_methods)
+
+    from cluster.cli_cluster import add_cluster_commands  # tune, submit, jobs
+
+    add_cluster_commands(commands)
     return parser
 
 

@@ -20,6 +20,7 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, dashbo
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job: join that cluster
     if address:
         ray.init(address=address, log_to_driver=True)
         return

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,9 +271,14 @@ def _prepared_in_order(tasks: list[tuple[str, str, int | None]], workers: int) -
         executor.shutdown(wait=False, cancel_futures=True)
 
 
+# tasks -> prepare_image(*task) for each task, yielded in task order. The default is a local process
+# pool (`_prepared_in_order`); `cluster/convert_tasks.py` has one that spreads chunks over Ray tasks.
+MapInOrder = Callable[[list[tuple[str, str, int | None]]], Iterator[dict]]
+
+
 def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "256MB",
             max_side: int | None = None, val_fraction: float = 0.0, workers: int | None = None,
-            seed: int = 0, progress: bool = True) -> ConvertSummary:
+            seed: int = 0, progress: bool = True, map_in_order: MapInOrder | None = None) -> ConvertSummary:
     """Convert the image folder SRC into WebDataset shards in OUT; resumes an interrupted run.
 
     Layout: class folders (`SRC/cat/*.jpg`, `SRC/dog/x/y.png`, ...) give a labeled dataset
@@ -292,6 +297,9 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
     `OUT/.selfsup-convert/`, partial files are deleted, and work goes on after the last
     completed shard. `OUT/dataset.json`, written last, marks completion; calling again then
     does nothing (`already_complete=True`). A different dataset in OUT is refused.
+
+    `map_in_order` (optional) replaces the local worker processes for reading the images, e.g.
+    with tasks on a cluster; the outputs are the same, since writing stays here and in order.
     """
     started = time.monotonic()
     source, output = Path(source).expanduser().resolve(), Path(output).expanduser().resolve()
@@ -349,7 +357,7 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
 
     bar = tqdm(total=len(plan), initial=len(plan) - len(remaining), unit="img", desc="convert",
                disable=not progress, dynamic_ncols=True)
-    results = _prepared_in_order(tasks, workers)
+    results = map_in_order(tasks) if map_in_order is not None else _prepared_in_order(tasks, workers)
     try:
         current = None
         for (split, index, item), result in zip(remaining, results):
@@ -365,7 +373,8 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
             writer.abort()
         raise
     finally:
-        results.close()  # stops the worker pool
+        if hasattr(results, "close"):
+            results.close()  # stops the worker pool (or the cluster's tasks)
         bar.close()
     records = _load_records(state, {split: len(items) for split, items in by_split.items()})
     present = [split for split in ("train", "val") if records[split]]

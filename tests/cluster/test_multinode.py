@@ -1,0 +1,66 @@
+"""Two Ray nodes on loopback (a head and a second node, one CPU each), a 2-worker DDP run spread
+over them: the workers land on different nodes, read the dataset from a `file://` URI (staged
+onto each node's local cache) and Ray keeps the checkpoints at a `file://` storage URI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs in a fresh interpreter: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported.
+TWO_NODES = """
+import json, os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray service on 127.0.0.1
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+from ray.cluster_utils import Cluster
+from cluster.train_job import run_training
+from trainer.config import load_config
+
+data, output, storage = sys.argv[1:4]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                         "node_ip_address": "127.0.0.1"})
+cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+cluster.wait_for_nodes()
+config = load_config("configs/simclr.yaml", [
+    f"data.path={data}", "model.backbone=resnet18", "data.image_size=32", "data.batch_size=8",
+    "method.projection_hidden_dim=64", "optim.warmup_epochs=0", "trainer.max_steps=4",
+    "trainer.checkpoint_every=2", "trainer.log_every=1", "data.num_threads=1", "data.shuffle_buffer=16"])
+try:
+    metrics = run_training(config, output, workers=2, address=cluster.address, spread=True, storage=storage)
+    node_ids = sorted(node["NodeID"] for node in __import__("ray").nodes() if node["Alive"])
+    print("RESULT " + json.dumps({"metrics": metrics, "cluster_nodes": node_ids}))
+finally:
+    __import__("ray").shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_on_two_nodes(demo_shards, tmp_path):
+    output, storage, cache = tmp_path / "run", tmp_path / "storage", tmp_path / "staging"
+    environment = {**os.environ, "SELFSUP_STAGING_DIR": str(cache)}
+    result = subprocess.run(
+        [sys.executable, "-c", TWO_NODES, demo_shards.resolve().as_uri(), str(output), storage.as_uri()],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    answer = json.loads(line[len("RESULT "):])
+    metrics = answer["metrics"]
+    assert metrics["step"] == 4
+    workers = metrics["worker_nodes"]
+    assert len(workers) == 2 and workers[0] != workers[1]  # one rank per node
+    assert set(workers) == set(answer["cluster_nodes"])
+
+    staged = [folder for folder in cache.iterdir() if folder.is_dir()]
+    assert len(staged) == 1 and (staged[0] / "dataset.json").exists()
+    config = yaml.safe_load((output / "config.yaml").read_text())
+    assert config["data"]["path"] == demo_shards.resolve().as_uri()  # the run records the URI
+    assert (storage / "run" / "step-00000004" / "state.pt").exists()  # Ray's copy at the storage URI
