@@ -8,8 +8,8 @@ On a GPU (`device="cuda:N"`) decoding is `mixed` (nvJPEG / the hardware decoder)
 augmentation runs on that GPU; the tensors arrive on it. On a CPU-only machine the same graph
 runs in DALI's CPU mode (`device_id=None`) and the tensors arrive on the CPU.
 
-Batch keys: `view_0`, `view_1`, ... (float32, B x 3 x S x S, normalized) and, for labeled
-datasets, `label` (int64, B).
+Batch keys: `view_0`, `view_1`, ... (float32, B x 3 x S x S, normalized), the recipe's pretext
+keys (listed in `pipeline.recipes`) and, for labeled datasets, `label` (int64, B).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from nvidia.dali import fn, pipeline_def
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from pipeline.augment import augmented_view, eval_view, label_digits
+from pipeline.augment import eval_view, label_digits
 from pipeline.dataset import DatasetError, DatasetInfo
+from pipeline.graph import finish_batch, recipe_outputs
 from pipeline.recipes import EvalRecipe, Recipe, validate_recipe
 
 IMAGE_EXTENSIONS = "jpg;jpeg;png;webp;bmp;tif;tiff"
@@ -39,6 +40,12 @@ def parse_label_digits(digits: torch.Tensor) -> torch.Tensor:
         step = values * 10 + (digits[:, column] - ord("0"))
         values = torch.where(present[:, column], step, values)
     return values
+
+
+def read_components(outputs) -> list:
+    """The webdataset reader's outputs as a list: with one `ext` it returns a bare node, which
+    `[0]` would index byte-wise (the first byte of every file) instead of selecting it."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
 def dali_device(device: str | torch.device) -> tuple[str, int | None]:
@@ -65,16 +72,26 @@ class DaliLoader:
     batch_size: int
     steps_per_epoch: int
     samples: int
+    recipe: Recipe | None = None  # finishes pretext outputs (masks, ...) when set
 
     def __iter__(self):
         for outputs in self.iterator:
             batch = dict(outputs[0])
             if "label" in batch:
                 batch["label"] = parse_label_digits(batch["label"])
-            yield batch
+            yield finish_batch(batch, self.recipe) if self.recipe is not None else batch
+
+    def checkpoint(self) -> bytes:
+        """DALI's serialized state after the last batch handed out (`resumable=True` loaders only)."""
+        return self.iterator.checkpoints()[0]
 
     def close(self) -> None:
         self.iterator = None
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The DALI seed of one rank's graph in one epoch: a pure function of (seed, epoch, rank)."""
+    return ((seed * 1_000_003 + epoch) * 65_537 + rank) % 2**31
 
 
 def _split_files(dataset: DatasetInfo, split: str):
@@ -97,12 +114,19 @@ def build_train_loader(
     num_threads: int | None = None,
     prefetch_depth: int = 2,
     shuffle_buffer: int = 1024,
+    epoch: int = 0,
+    resumable: bool = False,
+    dali_checkpoint: bytes | None = None,
 ) -> DaliLoader:
     """An endless stream of augmented batches for one rank.
 
-    Rank r of W reads the r-th of W contiguous parts of the split (DALI's shard_id/num_shards);
-    after each pass it moves on to the next part, so over epochs every rank sees all data.
-    A fixed `seed` gives the same batches; each rank's graph is seeded differently.
+    Rank r of W reads part (r + epoch) mod W of the W contiguous parts of the split (DALI's
+    shard_id/num_shards); after each pass it moves on to the next part, so over epochs every rank
+    sees all data. The graph's seed is `epoch_seed(seed, epoch, rank)`: a loader built for a
+    given (seed, epoch, rank) yields the same batches every time, which is how the trainer
+    rebuilds each epoch reproducibly. `resumable=True` enables DALI checkpointing
+    (`DaliLoader.checkpoint()`); `dali_checkpoint` (from that method) restores a loader built
+    with the same arguments to the position where the checkpoint was taken.
     """
     validate_recipe(recipe)
     info, paths, index_paths = _split_files(dataset, split)
@@ -114,38 +138,39 @@ def build_train_loader(
         )
     decoder_device, device_id = dali_device(device)
     with_label = recipe.with_label and dataset.labeled
+    names: list[str] = []  # filled while the graph is defined
 
-    @pipeline_def(enable_conditionals=True)
+    @pipeline_def(enable_conditionals=True, enable_checkpointing=resumable)
     def views_pipeline():
-        components = fn.readers.webdataset(
+        components = read_components(fn.readers.webdataset(
             paths=paths,
             index_paths=index_paths,
             ext=[IMAGE_EXTENSIONS, "cls"] if with_label else [IMAGE_EXTENSIONS],
             missing_component_behavior="error",
-            shard_id=rank,
+            shard_id=(rank + epoch) % world_size,
             num_shards=world_size,
             random_shuffle=True,
             initial_fill=max(2, min(shuffle_buffer, info.count // world_size)),
             name=READER_NAME,
-        )
-        encoded = components[0]
-        outputs = [augmented_view(encoded, view, recipe.mean, recipe.std, decoder_device)
-                   for view in recipe.views]
+        ))
+        outputs = recipe_outputs(components[0], recipe, decoder_device)
         if with_label:
-            outputs.append(label_digits(components[1]))
-        return tuple(outputs)
+            label = label_digits(components[1])
+            outputs["label"] = label.gpu() if decoder_device == "mixed" else label
+        names.extend(outputs)
+        return tuple(outputs.values())
 
     pipeline = views_pipeline(
         batch_size=batch_size,
         num_threads=num_threads or default_threads(),
         device_id=device_id,
-        seed=seed * 1_000_003 + rank,
+        seed=epoch_seed(seed, epoch, rank),
         prefetch_queue_depth=prefetch_depth,
+        checkpoint=dali_checkpoint,
     )
     pipeline.build()
-    names = tuple(f"view_{index}" for index in range(len(recipe.views))) + (("label",) if with_label else ())
-    iterator = DALIGenericIterator([pipeline], list(names), auto_reset=False)
-    return DaliLoader(iterator, names, batch_size, steps_per_epoch, info.count)
+    iterator = DALIGenericIterator([pipeline], list(names), auto_reset=False)  # no reader_name: endless
+    return DaliLoader(iterator, tuple(names), batch_size, steps_per_epoch, info.count, recipe)
 
 
 def build_eval_loader(
@@ -164,7 +189,7 @@ def build_eval_loader(
 
     @pipeline_def
     def eval_pipeline():
-        components = fn.readers.webdataset(
+        components = read_components(fn.readers.webdataset(
             paths=paths,
             index_paths=index_paths,
             ext=[IMAGE_EXTENSIONS, "cls"] if labeled else [IMAGE_EXTENSIONS],
@@ -172,7 +197,7 @@ def build_eval_loader(
             random_shuffle=False,
             pad_last_batch=True,
             name=READER_NAME,
-        )
+        ))
         images = eval_view(components[0], recipe, decoder_device)
         return (images, label_digits(components[1])) if labeled else (images,)
 

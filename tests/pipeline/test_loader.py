@@ -111,3 +111,40 @@ def test_mixed_decoding_on_gpu(demo_shards):
     loader = build_train_loader(dataset, simclr_recipe(image_size=32), batch_size=8, device="cuda:0")
     batch = first_batches(loader, 1)[0]
     assert batch["view_0"].is_cuda and batch["view_0"].shape == (8, 3, 32, 32)
+
+
+def test_unlabeled_datasets_decode_whole_images(tmp_path):
+    """With one reader extension DALI returns a bare node: views must still be real images."""
+    from PIL import Image
+
+    from pipeline.convert import convert
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for index in range(8):
+        Image.new("RGB", (40, 30), (30 * index, 100, 200)).save(folder / f"{index}.png")
+    convert(folder, tmp_path / "shards", workers=1, progress=False)
+    dataset = load_dataset_info(tmp_path / "shards")
+    assert not dataset.labeled
+    recipe = simclr_recipe(image_size=16, jitter_probability=0.0, grayscale_probability=0.0, blur_probability=0.0)
+    batch = first_batches(build_train_loader(dataset, recipe, batch_size=4, num_threads=1), 1)[0]
+    assert set(batch) == {"view_0", "view_1"}
+    blue = batch["view_0"][:, 2] * 0.225 + 0.406  # a plain colour: every pixel of a view alike
+    assert torch.allclose(blue, torch.full_like(blue, 200 / 255), atol=0.01)
+    images = first_batches(build_eval_loader(dataset, EvalRecipe(size=16), batch_size=8, split="train",
+                                             num_threads=1), 1)[0]["image"]
+    assert images.shape == (8, 3, 16, 16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name, size, options", [
+    ("byol", 32, {}), ("dino", 32, {"local_size": 16, "local_crops": 2}), ("rotation", 32, {"mode": "one"}),
+    ("jigsaw", 48, {}), ("relative_location", 48, {}), ("mae", 32, {"patch_size": 8}),
+    ("beit", 32, {"patch_size": 8}), ("colorization", 32, {}), ("inpainting", 32, {"region": "random"}),
+])
+def test_every_pretext_graph_runs_on_gpu(demo_shards, name, size, options):
+    dataset = load_dataset_info(demo_shards)
+    loader = build_train_loader(dataset, build_recipe(name, size, **options), batch_size=8, device="cuda:0")
+    batch = first_batches(loader, 1)[0]
+    assert all(value.is_cuda for value in batch.values()), {key: value.device for key, value in batch.items()}
