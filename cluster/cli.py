@@ -157,6 +157,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.preview import render_preview
+
+    options = {}
+    for assignment in args.option or []:
+        key, _, value = assignment.partition("=")
+        if not value:
+            raise ConfigError(f"--option {assignment!r}: expected NAME=VALUE, e.g. --option mode=one")
+        options[key.strip()] = yaml.safe_load(value)
+    path = render_preview(args.data, args.recipe, args.out, count=args.count, seed=args.seed,
+                          image_size=args.image_size, options=options)
+    print(f"wrote {path}")
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     for name, entry in sorted(METHODS.items()):
         print(f"{name:20s} {entry.description}")
@@ -235,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", choices=("student", "teacher"), default="student",
                         help="the online backbone, or the momentum teacher/target where the method has one")
     export.set_defaults(run=_export)
+
+    preview = commands.add_parser("preview", help="draw originals beside a recipe's views and pretext labels")
+    preview.add_argument("data", help="a converted dataset folder")
+    preview.add_argument("--recipe", required=True, help="a view recipe, e.g. simclr, dino, rotation, jigsaw")
+    preview.add_argument("--out", required=True, help="the PNG file to write")
+    preview.add_argument("--count", type=int, default=4, help="images to show")
+    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--image-size", type=int, default=None)
+    preview.add_argument("--option", action="append", metavar="NAME=VALUE", help="a recipe option")
+    preview.set_defaults(run=_preview)
 
     methods = commands.add_parser("methods", help="list the pretraining methods")
     methods.set_defaults(run=_methods)

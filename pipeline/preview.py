@@ -26,7 +26,7 @@ from pipeline.loader import IMAGE_EXTENSIONS, read_components
 from pipeline.pretext import (
     ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
 )
-from pipeline.recipes import RECIPES, Recipe, build_recipe
+from pipeline.recipes import RECIPES, Recipe, RecipeError, build_recipe
 
 ROW = 128  # pixel height of a row's main pictures
 GAP = 6
@@ -36,6 +36,8 @@ NEIGHBOUR_NAMES = ("top-left", "top", "top-right", "left", "right", "bottom-left
 
 
 def _default_size(name: str) -> int:
+    if name not in RECIPES:
+        raise RecipeError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
     return inspect.signature(RECIPES[name]).parameters["image_size"].default
 
 
