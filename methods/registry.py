@@ -12,7 +12,10 @@ from typing import Callable
 
 from torch import nn
 
-from methods import simclr
+from methods import (
+    barlow_twins, byol, colorization, deepcluster_v2, dino, inpainting, jigsaw, mae, moco_v2, moco_v3,
+    nnclr, npid, relative_location, rotation, simclr, simmim, simsiam, swav, vicreg,
+)
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,72 @@ class MethodEntry:
 
 
 METHODS: dict[str, MethodEntry] = {
+    # contrastive
     "simclr": MethodEntry(simclr.SimCLROptions, simclr.build_simclr, "simclr",
                           "contrastive: two views, NT-Xent over the global batch (Chen et al. 2020)"),
+    "moco_v2": MethodEntry(moco_v2.MoCoV2Options, moco_v2.build_moco_v2, "simclr",
+                           "contrastive: momentum key encoder, InfoNCE against a queue of 65536 keys "
+                           "(He et al. 2020; Chen et al. 2020)"),
+    "moco_v3": MethodEntry(moco_v3.MoCoV3Options, moco_v3.build_moco_v3, "byol",
+                           "contrastive: ViT, symmetric InfoNCE against momentum-encoder keys of the "
+                           "batch, predictor (Chen, Xie & He 2021)"),
+    "nnclr": MethodEntry(nnclr.NNCLROptions, nnclr.build_nnclr, "byol",
+                         "contrastive: the positive is the nearest neighbour in a support-set queue "
+                         "(Dwibedi et al. 2021)"),
+    # bootstrap / self-distillation
+    "byol": MethodEntry(byol.BYOLOptions, byol.build_byol, "byol",
+                        "bootstrap: predict an EMA target network's projection, no negatives "
+                        "(Grill et al. 2020)"),
+    "simsiam": MethodEntry(simsiam.SimSiamOptions, simsiam.build_simsiam, "simclr",
+                           "bootstrap: Siamese predictor with a stop-gradient, no momentum encoder "
+                           "(Chen & He 2021)"),
+    "dino": MethodEntry(dino.DINOOptions, dino.build_dino, "dino",
+                        "self-distillation: multi-crop student matches a centered, sharpened EMA "
+                        "teacher (Caron et al. 2021)"),
+    # redundancy reduction
+    "barlow_twins": MethodEntry(barlow_twins.BarlowTwinsOptions, barlow_twins.build_barlow_twins,
+                                "barlow_twins", "redundancy reduction: cross-correlation of two views "
+                                "towards the identity (Zbontar et al. 2021)"),
+    "vicreg": MethodEntry(vicreg.VICRegOptions, vicreg.build_vicreg, "vicreg",
+                          "redundancy reduction: variance, invariance and covariance terms "
+                          "(Bardes, Ponce & LeCun 2022)"),
+    # clustering
+    "swav": MethodEntry(swav.SwAVOptions, swav.build_swav, "swav",
+                        "clustering: swapped prediction of Sinkhorn-Knopp codes over prototypes, "
+                        "multi-crop, queue (Caron et al. 2020)"),
+    "deepcluster_v2": MethodEntry(deepcluster_v2.DeepClusterV2Options,
+                                  deepcluster_v2.build_deepcluster_v2, "swav",
+                                  "clustering: k-means on a memory bank every epoch, crops classify "
+                                  "their image's cluster (Caron et al. 2020)"),
+    "npid": MethodEntry(npid.NPIDOptions, npid.build_npid, "simclr",
+                        "instance discrimination: memory bank of per-image features, NCE or "
+                        "softmax over the bank (Wu et al. 2018)"),
+    # masked image modeling
+    "mae": MethodEntry(mae.MAEOptions, mae.build_mae, "mae",
+                       "masked: ViT encoder on the visible 25% of patches, light decoder, "
+                       "normalized-pixel MSE on the masked ones (He et al. 2022)"),
+    "simmim": MethodEntry(simmim.SimMIMOptions, simmim.build_simmim, "simmim",
+                          "masked: mask tokens in the ViT input, linear head, L1 on masked pixels "
+                          "(Xie et al. 2022)"),
+    # pretext tasks
+    "rotation": MethodEntry(rotation.RotationOptions, rotation.build_rotation, "rotation",
+                            "pretext: classify the rotation (0/90/180/270) of each image "
+                            "(Gidaris et al. 2018)"),
+    "jigsaw": MethodEntry(jigsaw.JigsawOptions, jigsaw.build_jigsaw, "jigsaw",
+                          "pretext: name the permutation of 3x3 shuffled tiles, context-free "
+                          "network (Noroozi & Favaro 2016)"),
+    "relative_location": MethodEntry(relative_location.RelativeLocationOptions,
+                                     relative_location.build_relative_location,
+                                     "relative_location",
+                                     "pretext: classify where a patch sits relative to the centre "
+                                     "patch, 8 positions (Doersch et al. 2015)"),
+    "colorization": MethodEntry(colorization.ColorizationOptions,
+                                colorization.build_colorization, "colorization",
+                                "pretext: predict 313 quantized ab colour bins from lightness, "
+                                "class-rebalanced (Zhang et al. 2016)"),
+    "inpainting": MethodEntry(inpainting.InpaintingOptions, inpainting.build_inpainting,
+                              "inpainting", "pretext: context encoder reconstructs a removed "
+                              "region, masked L2 (Pathak et al. 2016)"),
 }
 
 

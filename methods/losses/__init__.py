@@ -1,6 +1,7 @@
 """Loss functions: pure tensor functions, one file per family, each citing its paper.
 
-contrastive  nt_xent (SimCLR), infonce (MoCo v1/v2), moco_v3_loss, nnclr_loss
+contrastive  nt_xent (SimCLR), infonce (MoCo v1/v2), moco_v3_loss, nnclr_loss,
+             npid_nce_loss (NPID)
 bootstrap    negative_cosine (BYOL, SimSiam), dino_loss, dino_update_center
 redundancy   barlow_twins, vicreg, vicreg_terms
 clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV)
@@ -11,7 +12,7 @@ pretext      classification_loss (rotation, jigsaw, relative location), coloriza
 
 from methods.losses.bootstrap import dino_loss, dino_update_center, negative_cosine
 from methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
-from methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, nt_xent
+from methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, npid_nce_loss, nt_xent
 from methods.losses.masked import mae_loss, patchify, simmim_loss, unpatchify
 from methods.losses.pretext import (
     classification_loss,
@@ -33,6 +34,7 @@ __all__ = [
     "moco_v3_loss",
     "negative_cosine",
     "nnclr_loss",
+    "npid_nce_loss",
     "nt_xent",
     "patchify",
     "rebalancing_weights",

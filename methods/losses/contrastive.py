@@ -135,3 +135,36 @@ def nnclr_loss(
     batch = predictions.shape[0]
     labels = torch.arange(batch, device=predictions.device) + distributed.rank() * batch
     return F.cross_entropy(logits, labels)
+
+
+def npid_nce_loss(
+    positive_scores: torch.Tensor,
+    negative_scores: torch.Tensor,
+    normalizer: torch.Tensor | float,
+    num_samples: int,
+    temperature: float = 0.07,
+) -> torch.Tensor:
+    """Noise-contrastive estimation of the non-parametric softmax of instance discrimination.
+
+    Wu, Xiong, Yu & Lin, "Unsupervised Feature Learning via Non-Parametric Instance
+    Discrimination", CVPR 2018, Eq. 2 and 5-6 (NCE: Gutmann & Hyvarinen 2010).
+
+    Args:
+        positive_scores: (B,) ``v_i . f_i``, the feature against its own memory-bank entry.
+        negative_scores: (B, M) ``v_j . f_i`` against M noise entries drawn uniformly from the
+            bank (P_n = 1 / n).
+        normalizer: Z, the partition-function estimate (the official code fixes it from the
+            first batch: ``Z = n * mean(exp(scores / tau))``).
+        num_samples: n, the number of instances (memory-bank rows).
+        temperature: tau (0.07).
+
+    With ``P(i | v) = exp(v . f_i / tau) / Z`` and ``h(i, v) = P(i|v) / (P(i|v) + M P_n)``,
+    returns the scalar ``mean_b [ -log h(i, v_i) - sum_j log(1 - h(i, v_j)) ]`` (Eq. 6, summed
+    over the M noise samples and averaged over the batch, as the official NCECriterion).
+    """
+    noise = negative_scores.shape[1] / num_samples  # M * P_n
+    positive = torch.exp(positive_scores / temperature) / normalizer  # (B,)
+    negative = torch.exp(negative_scores / temperature) / normalizer  # (B, M)
+    log_h_positive = torch.log(positive / (positive + noise))
+    log_one_minus_h_negative = torch.log(noise / (negative + noise))
+    return -(log_h_positive + log_one_minus_h_negative.sum(dim=1)).mean()

@@ -93,6 +93,29 @@ def test_nnclr_loss_matches_formula():
     assert losses.nnclr_loss(neighbours, predictions, tau) == pytest.approx(expected / 5)
 
 
+def test_npid_nce_loss_matches_loop():
+    # the official NCECriterion, sample by sample: P = exp(s / tau) / Z, h = P / (P + M / n)
+    positive, negative = randn(3), randn(3, 5)
+    normalizer, n, tau = 7.5, 40, 0.5
+    total = 0.0
+    for b in range(3):
+        p_pos = math.exp(float(positive[b]) / tau) / normalizer
+        term = -math.log(p_pos / (p_pos + 5 / n))
+        for j in range(5):
+            p_neg = math.exp(float(negative[b, j]) / tau) / normalizer
+            term -= math.log(1 - p_neg / (p_neg + 5 / n))
+        total += term
+    loss = losses.npid_nce_loss(positive, negative, normalizer, n, temperature=tau)
+    assert math.isclose(float(loss), total / 3, rel_tol=1e-9)
+
+
+def test_npid_nce_loss_prefers_the_own_entry():
+    positive = torch.ones(4, dtype=torch.float64)
+    low = losses.npid_nce_loss(positive, -torch.ones(4, 8, dtype=torch.float64), 10.0, 100, 0.1)
+    high = losses.npid_nce_loss(-positive, torch.ones(4, 8, dtype=torch.float64), 10.0, 100, 0.1)
+    assert float(low) < float(high)
+
+
 # ------------------------------------------------------------------------------ bootstrap
 
 

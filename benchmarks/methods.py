@@ -1,0 +1,267 @@
+"""Every method pretrained on the demo dataset for the same small budget; kNN against random init.
+
+    python -m benchmarks.methods                        # every registered method (long on a CPU)
+    python -m benchmarks.methods --methods simclr,byol  # a selection
+    python -m benchmarks.methods --report-only          # rewrite the table from stored results
+
+The demo dataset (10 shape classes drawn by `pipeline.demo_images`, 120 per class, 20% val) is
+made and converted once into `--workdir`. Each method trains in this process
+(`trainer.loop.train`, no Ray) from its shipped `configs/NAME.yaml` with the same budget
+overrides (ResNet-18 — ViT-Tiny/16 for the ViT-only methods —, 48 px, batch 64, AdamW 2e-3,
+`--epochs` epochs) plus small per-method sizes (heads, queues, prototypes) that fit 960 images.
+Then the weighted kNN top-1 (k=20, T=0.07) of the pretrained backbone is measured on the val
+split next to the same architecture randomly initialized with the same seed.
+
+Results are stored per method in `WORKDIR/results/NAME.json`; a method with a stored result is
+skipped (resumable) unless `--force`. The section "Methods on the demo dataset" of
+`benchmarks/RESULTS.md` is rewritten from every stored result after each method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from methods.registry import METHODS
+from pipeline.demo_images import make_demo_folder
+from trainer.config import load_config
+from trainer.evaluate import knn_evaluate, load_backbone
+from trainer.loop import train
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "## Methods on the demo dataset"
+IMAGE_SIZE = 48
+BATCH = 64
+TRAIN_SAMPLES = 960  # 1200 images, 20% val
+
+BUDGET = [
+    "model.backbone=resnet18",
+    f"data.image_size={IMAGE_SIZE}",
+    f"data.batch_size={BATCH}",
+    "data.shuffle_buffer=512",
+    "data.num_threads=1",
+    "optim.name=adamw",
+    "optim.lr=2.0e-3",
+    "optim.lr_scaling=none",
+    "optim.final_lr=0.0",
+    "optim.weight_decay=1.0e-4",
+    "optim.final_weight_decay=null",
+    "optim.warmup_epochs=1",
+    "optim.betas=[0.9, 0.999]",
+    "trainer.log_every=5",
+    "trainer.checkpoint_every=100000",
+    "trainer.grad_clip=null",
+]
+# Colour carries no class information in the demo images: views that make it useless (as the
+# demo does for SimCLR) for every method that takes colour-augmented views.
+COLOUR_BLIND = "{scale: [0.25, 1.0], blur_probability: 0.0, hue: 0.5, saturation: 0.6, grayscale_probability: 0.3}"
+# The same for multi-crop recipes: 2 global crops of 48 px and 2 local crops of 24 px.
+MULTICROP = ("{global_scale: [0.25, 1.0], local_scale: [0.1, 0.25], local_crops: 2, local_size: 24, "
+             "global_blur: [0.0, 0.0], local_blur: 0.0, hue: 0.5, saturation: 0.6, "
+             "grayscale_probability: 0.3}")
+MULTICROP_METHODS = {"dino", "swav", "deepcluster_v2"}
+VIT = ["model.backbone=vit_tiny"]  # 48 px / 16 = 3 x 3 patches
+
+# Small sizes for a 960-image dataset and a 2-core CPU, per method.
+PER_METHOD: dict[str, list[str]] = {
+    "simclr": ["method.temperature=0.2", "method.projection_hidden_dim=512"],
+    "moco_v2": ["method.projection_hidden_dim=512", "method.queue_size=1024",
+                "method.momentum=0.99", "method.final_momentum=0.99"],
+    "moco_v3": ["method.projection_hidden_dim=512", "method.prediction_hidden_dim=512",
+                "method.temperature=0.2", "method.freeze_patch_embed=false"],
+    "nnclr": ["method.projection_hidden_dim=512", "method.prediction_hidden_dim=512",
+              "method.support_set_size=1024"],
+    "byol": ["method.projection_hidden_dim=512", "method.prediction_hidden_dim=512",
+             "method.momentum=0.99"],
+    "simsiam": ["method.projection_hidden_dim=512", "method.projection_dim=512",
+                "method.prediction_hidden_dim=128"],
+    "barlow_twins": ["method.projection_hidden_dim=512", "method.projection_dim=512"],
+    "vicreg": ["method.projection_hidden_dim=512", "method.projection_dim=512"],
+    "dino": ["method.output_dim=1024", "method.hidden_dim=512", "method.head_batch_norm=true",
+             "method.momentum=0.99", "method.freeze_last_layer_fraction=0.0",
+             "method.teacher_temperature=0.04"],
+    "swav": ["method.projection_hidden_dim=512", "method.num_prototypes=100",
+             "method.queue_size=0"],
+    "deepcluster_v2": ["method.projection_hidden_dim=512", "method.num_prototypes=50",
+                       f"method.memory_bank_size={TRAIN_SAMPLES}"],
+    "npid": [f"method.memory_bank_size={TRAIN_SAMPLES}", "method.num_negatives=512",
+             "method.temperature=0.1"],
+    "mae": VIT + ["method.decoder_dim=128", "method.decoder_depth=2", "method.decoder_heads=4",
+                  "data.recipe.patch_size=16", "optim.lr=1.0e-3"],
+    "simmim": VIT + ["data.recipe.patch_size=16", "optim.lr=1.0e-3"],
+    "rotation": [],
+    "jigsaw": ["method.num_permutations=100", "data.recipe.permutation_count=100",
+               "data.recipe.tile_size=13", "method.head_hidden_dim=512"],
+    "relative_location": ["method.head_hidden_dim=512"],
+    "colorization": ["method.head_hidden_dim=128", "data.recipe.bin_downsample=4"],
+    "inpainting": ["method.decoder_width=128", "method.overlap_pixels=2"],
+}
+# Methods that do not take colour-augmented views keep their own recipe options.
+OWN_RECIPE = {"mae", "simmim", "rotation", "jigsaw", "relative_location", "colorization",
+              "inpainting"}
+
+
+def overrides_for(name: str, epochs: int) -> list[str]:
+    if name in OWN_RECIPE:
+        extra = []
+    else:
+        extra = [f"data.recipe={MULTICROP if name in MULTICROP_METHODS else COLOUR_BLIND}"]
+    return BUDGET + extra + PER_METHOD.get(name, []) + [f"trainer.epochs={epochs}"]
+
+
+def prepare_data(workdir: Path) -> Path:
+    from pipeline.convert import convert
+
+    images, shards = workdir / "images", workdir / "shards"
+    if not (shards / "dataset.json").is_file():
+        if images.exists():
+            shutil.rmtree(images)
+        make_demo_folder(images, images_per_class=120)
+        convert(images, shards, shard_size="1MB", val_fraction=0.2, workers=1, seed=0, progress=False)
+    return shards
+
+
+def run_method(name: str, shards: Path, workdir: Path, epochs: int) -> dict:
+    overrides = overrides_for(name, epochs) + [f"data.path={shards}"]
+    config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
+    output = workdir / "runs" / name
+    if output.exists():
+        shutil.rmtree(output)  # every measurement trains from scratch
+    started = time.perf_counter()
+    summary = train(config, output)
+    seconds = time.perf_counter() - started
+    if summary["step"] < summary["total_steps"]:  # e.g. stopped by SIGTERM (the trainer checkpoints)
+        raise RuntimeError(f"training stopped at step {summary['step']} of {summary['total_steps']}")
+    images = summary["step"] * config.data.batch_size
+    checkpoint = summary["checkpoint"]
+    scores = {}
+    for label, random_init in (("pretrained", False), ("random", True)):
+        backbone, _ = load_backbone(checkpoint, random_init=random_init)
+        scores[label] = knn_evaluate(backbone, shards, image_size=config.data.image_size,
+                                     k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    return {
+        "method": name,
+        "backbone": config.model.backbone,
+        "epochs": epochs,
+        "steps": summary["step"],
+        "train_seconds": round(seconds, 1),
+        "images_per_second": round(images / seconds, 1),
+        "knn_top1": scores["pretrained"]["top1"],
+        "random_top1": scores["random"]["top1"],
+        "final_loss": summary.get("loss"),
+        "date": datetime.date.today().isoformat(),
+        "overrides": overrides_for(name, epochs),
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, CPU only"
+
+
+def write_section(results: list[dict], epochs: int) -> None:
+    lines = [SECTION, "",
+             f"Measured {max(r['date'] for r in results)} on {machine()}, with "
+             "`python -m benchmarks.methods`.",
+             f"Budget per method: {epochs} epochs of the {TRAIN_SAMPLES}-image demo train split "
+             f"(10 shape classes), {IMAGE_SIZE} px, batch {BATCH}, AdamW (lr 2e-3, 1 warm-up epoch, "
+             "cosine), ResNet-18 (ViT-Tiny/16 for MAE and SimMIM), each method's config with small "
+             "heads/queues/prototypes (see `PER_METHOD` in `benchmarks/methods.py`). kNN: k=20, "
+             "T=0.07, 960 train images as the bank, 240 val images as queries; *random* is the "
+             "same architecture randomly initialized with the same seed. images/s: training "
+             "images per wall-clock second of the whole run (graph build and checkpoints included), "
+             "one process (1 torch thread, 1 DALI thread), while the machine was shared with other jobs.",
+             "",
+             "| method | backbone | kNN top-1 (%) | random init (%) | gain | images/s | train time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for result in sorted(results, key=lambda r: list(METHODS).index(r["method"])
+                         if r["method"] in METHODS else 99):
+        gain = result["knn_top1"] - result["random_top1"]
+        lines.append(f"| {result['method']} | {result['backbone']} | {result['knn_top1']:.1f} | "
+                     f"{result['random_top1']:.1f} | {gain:+.1f} | {result['images_per_second']:.0f} | "
+                     f"{result['train_seconds']:.0f} |")
+    worse = [r["method"] for r in results if r["knn_top1"] <= r["random_top1"]]
+    if worse:
+        lines += ["", f"**Not better than random initialization at this budget: {', '.join(worse)}.** "
+                  "Still open whether a bug or the budget (150 steps) is the cause; do not read these rows as "
+                  "the methods' quality."]
+    missing = [name for name in METHODS if name not in {r["method"] for r in results}]
+    if missing:
+        lines += ["", f"Not measured yet: {', '.join(missing)}."]
+    section = "\n".join(lines) + "\n"
+    text = RESULTS_MD.read_text() if RESULTS_MD.is_file() else "# Benchmark results\n"
+    if SECTION in text:
+        before, rest = text.split(SECTION, 1)
+        after = rest.split("\n## ", 1)
+        text = before + section + ("\n## " + after[1] if len(after) > 1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS_MD.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--workdir", default=os.environ.get("SELFSUP_BENCH_DIR", "/tmp/selfsup-methods-bench"))
+    parser.add_argument("--force", action="store_true", help="measure again methods with results")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: DALI gets the other core, no oversubscription)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    workdir = Path(args.workdir)
+    (workdir / "results").mkdir(parents=True, exist_ok=True)
+    names = [n for n in args.methods.split(",") if n] or list(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+
+    failures = []
+    if not args.report_only:
+        shards = prepare_data(workdir)
+        for name in names:
+            path = workdir / "results" / f"{name}.json"
+            if path.is_file() and not args.force:
+                print(f"{name}: stored result, skipped (--force to measure again)", flush=True)
+                continue
+            print(f"{name}: training {args.epochs} epochs ...", flush=True)
+            try:
+                result = run_method(name, shards, workdir, args.epochs)
+            except Exception as error:  # report and go on with the next method
+                print(f"{name}: FAILED: {type(error).__name__}: {error}", flush=True)
+                failures.append(name)
+                continue
+            path.write_text(json.dumps(result, indent=1))
+            print(f"{name}: kNN top-1 {result['knn_top1']:.1f}% vs random {result['random_top1']:.1f}%, "
+                  f"{result['images_per_second']:.0f} images/s", flush=True)
+            stored = [json.loads(p.read_text()) for p in sorted((workdir / "results").glob("*.json"))]
+            write_section(stored, args.epochs)
+    stored = [json.loads(p.read_text()) for p in sorted((workdir / "results").glob("*.json"))]
+    if stored:
+        write_section(stored, args.epochs)
+    worse = [r["method"] for r in stored if r["knn_top1"] <= r["random_top1"]]
+    if worse:
+        print(f"not better than random initialization: {', '.join(worse)}", file=sys.stderr)
+    return 1 if failures or worse else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""DINO: self-distillation with no labels (Caron et al., "Emerging Properties in Self-Supervised
+Vision Transformers", ICCV 2021, arXiv:2104.14294).
+
+A student (backbone + DINO head) is trained to match the output distribution of a teacher, an
+exponential moving average of the student (momentum 0.996 -> 1, cosine per step), over K = 65536
+output dimensions. The teacher sees the two global crops, the student every crop (2 global +
+the multi-crop local ones); each student crop predicts each teacher crop except its own (Eq. 1).
+Collapse is avoided by *centering* the teacher's logits with a running mean c (momentum 0.9,
+Eq. 4) and *sharpening* them with a low temperature tau_t (0.04, warmed up linearly from
+``warmup_teacher_temperature`` over the first ``teacher_temperature_warmup_fraction`` of
+training); the student uses tau_s = 0.1. The head's last layer is frozen (zero gradient) during
+the first ``freeze_last_layer_fraction`` of training (the paper's first epoch).
+
+Batch: `view_0`, `view_1` (global crops), then `view_2`, ... (local crops, any smaller size).
+Output: `loss`, `dino`, `teacher_temperature`, `momentum`, `teacher_entropy` (mean entropy of the
+teacher's targets: log K means uniform, 0 means one-hot).
+State: `teacher_backbone`, `teacher_head`, `center` (1, K), `teacher_temperature`, `momentum`,
+`last_layer_frozen`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.heads import DINOHead
+from methods.losses import dino_loss, dino_update_center
+from methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from methods.multicrop import batch_views, same_size_runs
+
+
+@dataclass
+class DINOOptions:
+    name: str = "dino"
+    output_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    head_layers: int = 3
+    norm_last_layer: bool = True
+    head_batch_norm: bool = False  # True for ResNet backbones in the official code
+    student_temperature: float = 0.1
+    teacher_temperature: float = 0.04  # after the warm-up
+    warmup_teacher_temperature: float = 0.04
+    teacher_temperature_warmup_fraction: float = 0.3  # of all steps (30 of 100 epochs)
+    center_momentum: float = 0.9
+    momentum: float = 0.996
+    final_momentum: float = 1.0
+    freeze_last_layer_fraction: float = 0.01  # of all steps (1 of 100 epochs)
+    num_global_views: int = 2
+
+
+class DINO(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, *, output_dim: int, hidden_dim: int,
+                 bottleneck_dim: int, head_layers: int, norm_last_layer: bool,
+                 head_batch_norm: bool, student_temperature: float, teacher_temperature: float,
+                 warmup_teacher_temperature: float, teacher_temperature_warmup_fraction: float,
+                 center_momentum: float, momentum: float, final_momentum: float,
+                 freeze_last_layer_fraction: float, num_global_views: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = DINOHead(feature_dim, output_dim, hidden_dim, bottleneck_dim, head_layers,
+                             norm_last_layer, head_batch_norm)
+        self.teacher_backbone = frozen_copy(backbone)
+        self.teacher_head = frozen_copy(self.head)
+        self.student_temperature = student_temperature
+        self.temperature_schedule = (warmup_teacher_temperature, teacher_temperature,
+                                     teacher_temperature_warmup_fraction)
+        self.center_momentum = center_momentum
+        self.momentum_schedule = (momentum, final_momentum)
+        self.freeze_last_layer_fraction = freeze_last_layer_fraction
+        self.num_global_views = num_global_views
+        self.register_buffer("center", torch.zeros(1, output_dim))
+        self.register_buffer("teacher_temperature",
+                             torch.tensor(float(self._teacher_temperature(0, 1))))
+        self.register_buffer("momentum", torch.tensor(float(momentum)))
+        self.register_buffer("last_layer_frozen", torch.tensor(freeze_last_layer_fraction > 0))
+        for parameter in self.head.last_layer.parameters():
+            parameter.register_hook(self._freeze_last_layer)
+
+    def _freeze_last_layer(self, gradient: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(gradient) if bool(self.last_layer_frozen) else gradient
+
+    def _teacher_temperature(self, step: int, total_steps: int) -> float:
+        start, end, fraction = self.temperature_schedule
+        warmup = fraction * total_steps
+        if step >= warmup:
+            return end
+        return start + (end - start) * step / warmup
+
+    def _student(self, views: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.head(self.backbone(run)) for run in same_size_runs(views)])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        views = batch_views(batch)
+        global_views = views[: self.num_global_views]
+        student = self._student(views)  # (V * B, K), views in batch order
+        with torch.no_grad():
+            teacher = self.teacher_head(self.teacher_backbone(torch.cat(global_views)))  # (G * B, K)
+        temperature = float(self.teacher_temperature)
+        loss = dino_loss(student, teacher, self.center, self.student_temperature,
+                         temperature, num_teacher_views=len(global_views))
+        with torch.no_grad():
+            targets = F.softmax((teacher - self.center) / temperature, dim=-1)
+            entropy = -(targets * torch.log(targets.clamp_min(1e-12))).sum(dim=-1).mean()
+            if self.training:
+                self.center.copy_(dino_update_center(self.center, teacher, self.center_momentum))
+        return {"loss": loss, "dino": loss.detach(), "teacher_entropy": entropy,
+                "teacher_temperature": self.teacher_temperature.clone(),
+                "momentum": self.momentum.clone()}
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        momentum = float(self.momentum)
+        ema_update_(self.teacher_backbone, self.backbone, momentum)
+        ema_update_(self.teacher_head, self.head, momentum)
+        next_step = step + 1
+        self.momentum.fill_(cosine_momentum(next_step, total_steps, *self.momentum_schedule))
+        self.teacher_temperature.fill_(self._teacher_temperature(next_step, total_steps))
+        self.last_layer_frozen.fill_(next_step < self.freeze_last_layer_fraction * total_steps)
+
+
+def build_dino(options: DINOOptions, backbone: nn.Module, feature_dim: int) -> DINO:
+    arguments = {key: value for key, value in dataclasses.asdict(options).items() if key != "name"}
+    return DINO(backbone, feature_dim, **arguments)
