@@ -40,6 +40,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"
     small_input: bool = False  # CIFAR-style stem for images of 64 px or less (ResNets)
+    sync_batchnorm: bool = False  # BatchNorm statistics over all ranks (CUDA, more than one rank)
 
 
 @dataclass
@@ -64,8 +65,14 @@ class TrainerConfig:
     checkpoint_every: int = 1000  # steps; a checkpoint is always written at the end
     keep_checkpoints: int = 3
     log_every: int = 10
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
-    grad_clip: float | None = None
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 (with a grad scaler) | fp32
+    grad_clip: float | None = None  # max global gradient norm
+    accumulate_steps: int = 1  # micro-batches of data.batch_size per optimizer step
+    skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping the run
+    freeze_last_layer_epochs: float = 0.0  # no updates to the method's `last_layer_parameters()` at first
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False  # channels-last memory layout for model and views (faster convs on GPU)
+    resume: str | None = None  # a checkpoint to continue from (`--resume`); the run's own newer ones win
 
 
 @dataclass
@@ -73,6 +80,7 @@ class EvalConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     batch_size: int = 256
+    online_knn_every_epochs: int = 0  # kNN on the val split every N epochs during training (0 = off)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pipeline.recipes import EvalRecipe
 from trainer.checkpoint import load_checkpoint
 from trainer.config import Config, config_from_dict
 from trainer.knn import knn_accuracy
-from trainer.loop import build_model, seed_everything
+from trainer.model import build_model, seed_everything
 
 
 def load_backbone(checkpoint: str | Path, random_init: bool = False) -> tuple[torch.nn.Module, Config]:
@@ -67,3 +67,22 @@ def knn_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int
                           k=k, temperature=temperature, exclude_self=query_split == "train")
     return {**result, "k": k, "temperature": temperature, "bank_samples": len(bank),
             "query_split": query_split, "query_samples": len(queries)}
+
+
+def online_knn(backbone: torch.nn.Module, data: str | Path, *, image_size: int, batch_size: int, k: int,
+               temperature: float, device: torch.device) -> dict | None:
+    """kNN during pretraining (rank 0): the backbone's train/eval modes are put back afterwards.
+
+    None when the dataset has no labels. Gradients are off; no random generator is touched, so
+    a run with the monitor on sees the same batches and losses as one without.
+    """
+    dataset = load_dataset_info(data)
+    if not dataset.labeled:
+        return None
+    modes = {module: module.training for module in backbone.modules()}
+    try:
+        return knn_evaluate(backbone, data, image_size=image_size, batch_size=batch_size, k=k,
+                            temperature=temperature, device=device)
+    finally:
+        for module, training in modes.items():
+            module.train(training)

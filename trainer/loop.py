@@ -1,76 +1,56 @@
 """The training function: plain PyTorch, the same in a lone process, a Ray Train worker or a Tune trial.
 
-`train(config, output_dir)` reads the converted dataset with the DALI loader, builds the method
-from the registry, and runs the loop: per-step lr / weight-decay schedules, bf16 autocast on
-GPU, DDP when the world is larger than one, TensorBoard and progress, and checkpoints every
-`trainer.checkpoint_every` steps and at the end. Rank 0 writes `output_dir/checkpoints/` and
-`output_dir/tensorboard/`. A run started again on the same output directory continues from its
-latest checkpoint. `report` (optional) receives metrics every `log_every` steps on every rank;
-the cluster layer passes Ray's reporting there.
+`train(config, output_dir)` reads the converted dataset with the DALI loader (rebuilt each epoch
+so that every epoch's batches are a function of seed, epoch and rank), builds the method from
+the registry, and runs the loop: per-step lr / weight-decay schedules, gradient accumulation,
+bf16 autocast on GPU (fp16 with a grad scaler on request), gradient clipping, frozen last layer
+epochs, DDP when the world is larger than one, TensorBoard, `losses.jsonl` and progress,
+checkpoints every `trainer.checkpoint_every` steps, at the end and when stopped (SIGTERM/SIGINT),
+and an optional kNN monitor every `eval.online_knn_every_epochs` epochs.
+
+Rank 0 writes `output_dir/checkpoints/`, `output_dir/tensorboard/` and `output_dir/losses.jsonl`.
+A run started again on the same output directory continues from its latest checkpoint exactly:
+same batches, same random numbers, same losses. `report` (optional) receives metrics every
+`log_every` steps on every rank; the cluster layer passes Ray's reporting there. `stop` (optional)
+lets the caller ask for a clean stop, as a signal does.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import yaml
 
-from methods.backbones import build_backbone
 from methods.registry import method_entry
 from pipeline.dataset import load_dataset_info
 from pipeline.loader import build_train_loader, default_threads
 from pipeline.recipes import build_recipe
-from trainer.checkpoint import (
-    CheckpointError, check_compatible, latest_checkpoint, load_checkpoint, restore_rng_state,
-    rng_state, save_checkpoint,
-)
+from trainer.checkpoint import latest_checkpoint, restore_rng_state, save_checkpoint
 from trainer.config import Config, config_to_dict
+from trainer.data import DataStream, tensor_to_bytes
 from trainer.distributed import DistributedContext, barrier, current_context, mean_across_ranks, wrap_model
+from trainer.evaluate import online_knn
+from trainer.model import backbone_options, build_model, prepare_model, seed_everything, to_channels_last
 from trainer.optimizers import build_optimizer, scale_learning_rate
-from trainer.progress import RunLogger
+from trainer.preemption import StopRequest, handle_stop_signals
+from trainer.progress import LossLog, RunLogger
+from trainer.resume import (
+    CHECKPOINT_FORMAT, RESUME_KEYS, checkpoint_state, gather_rank_states, load_resume_state, rank_entry,
+)
 from trainer.schedules import cosine_schedule
+from trainer.step import accumulate_gradients, apply_update, grad_scaler_for
 
-CHECKPOINT_FORMAT = 1
-# Keys that must agree between a checkpoint and the run that continues it.
-RESUME_KEYS = ("method.name", "model.backbone", "model.small_input", "optim.name")
+__all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "NonFiniteLossError", "StopRequest", "backbone_options",
+           "build_model", "seed_everything", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss terms."""
-
-
-def backbone_options(config: Config) -> dict:
-    """Constructor arguments for the configured backbone."""
-    if config.model.backbone.startswith("resnet"):
-        return {"small_input": config.model.small_input}
-    return {"img_size": config.data.image_size}
-
-
-def build_model(config: Config) -> torch.nn.Module:
-    """The method module (with its `backbone`) described by a config."""
-    backbone, feature_dim = build_backbone(config.model.backbone, **backbone_options(config))
-    return method_entry(config.method.name).build(config.method, backbone, feature_dim)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _autocast(config: Config, device: torch.device):
-    precision = config.trainer.precision
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"trainer.precision={precision!r}; expected auto, bf16 or fp32")
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
 def _schedules(config: Config, total_steps: int, steps_per_epoch: int, global_batch: int):
@@ -83,133 +63,221 @@ def _schedules(config: Config, total_steps: int, steps_per_epoch: int, global_ba
     return lr, weight_decay
 
 
-def _resume(checkpoints: Path, config: Config, model, optimizer) -> int:
-    """Load the latest checkpoint in `checkpoints` if there is one; return the step to start at."""
-    path = latest_checkpoint(checkpoints)
-    if path is None:
-        return 0
-    state = load_checkpoint(path)
-    if state.get("format_version") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')!r}, "
-                              f"expected {CHECKPOINT_FORMAT}")
-    check_compatible(state["config"], config_to_dict(config), RESUME_KEYS)
-    model.load_state_dict(state["model"], strict=True)
-    optimizer.load_state_dict(state["optimizer"])
-    restore_rng_state(state["rng"])
-    return int(state["step"])
+def _batches_per_epoch(count: int, config: Config, world_size: int) -> int:
+    batches = count // (config.data.batch_size * world_size)
+    return batches - batches % config.trainer.accumulate_steps
 
 
-def _checkpoint_state(step: int, epoch: int, config: Config, model, optimizer) -> dict:
-    return {
-        "format_version": CHECKPOINT_FORMAT,
-        "step": step,
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "config": config_to_dict(config),
-        "rng": rng_state(),
-    }
+def _snapshot_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [buffer.detach().clone() for buffer in model.buffers()]
+
+
+def _restore_buffers(model: torch.nn.Module, saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for buffer, value in zip(model.buffers(), saved):
+            buffer.copy_(value)
 
 
 def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], None] | None = None,
-          context: DistributedContext | None = None) -> dict:
+          context: DistributedContext | None = None, stop: StopRequest | None = None) -> dict:
     """Pretrain as `config` says, writing into `output_dir`; returns the final metrics."""
     context = context or current_context()
+    stop = stop or StopRequest()
     output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
     if context.is_main:
         checkpoints.mkdir(parents=True, exist_ok=True)
+    trainer = config.trainer
+    if trainer.accumulate_steps < 1:
+        raise ValueError(f"trainer.accumulate_steps={trainer.accumulate_steps}: expected 1 or more")
     seed_everything(config.seed)
 
     dataset = load_dataset_info(config.data.path)
-    entry = method_entry(config.method.name)
-    recipe = build_recipe(entry.recipe, config.data.image_size, **config.data.recipe)
-    loader = build_train_loader(
-        dataset, recipe, batch_size=config.data.batch_size, rank=context.rank,
-        world_size=context.world_size, seed=config.seed, device=context.device,
-        num_threads=config.data.num_threads or default_threads(context.local_world_size),
-        prefetch_depth=config.data.prefetch_depth, shuffle_buffer=config.data.shuffle_buffer,
-    )
-    steps_per_epoch = loader.steps_per_epoch
-    total_steps = config.trainer.max_steps or config.trainer.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    global_batch = config.data.batch_size * context.world_size
-
-    model = build_model(config).to(context.device)
+    recipe = build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
+    model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
+                          channels_last=trainer.channels_last, world_size=context.world_size,
+                          device=context.device)
     optimizer = build_optimizer(
         config.optim.name, model, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
         momentum=config.optim.momentum, betas=config.optim.betas,
         exclude_bias_and_norm=config.optim.exclude_bias_and_norm,
     )
-    lr_schedule, wd_schedule = _schedules(config, total_steps, steps_per_epoch, global_batch)
-    start_step = _resume(checkpoints, config, model, optimizer)
-    parallel_model = wrap_model(model, context)
+    scaler = grad_scaler_for(trainer.precision, context.device)
+    state, state_path = load_resume_state(checkpoints, trainer.resume, config)
+    rng, position = None, {"epoch": 0, "batches": 0, "dali": None}
+    if state is not None:
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
+        batches_per_epoch = _batches_per_epoch(dataset.split("train").count, config, context.world_size)
+        rng, position = rank_entry(state, context, batches_per_epoch)
+    start_step = int(state["step"]) if state is not None else 0
 
+    def build_loader(epoch: int, dali_checkpoint: bytes | None):
+        if context.device.type == "cuda":  # also called from the next-epoch thread
+            torch.cuda.set_device(context.device)
+        return build_train_loader(
+            dataset, recipe, batch_size=config.data.batch_size, rank=context.rank,
+            world_size=context.world_size, seed=config.seed, device=context.device,
+            num_threads=config.data.num_threads or default_threads(context.local_world_size),
+            prefetch_depth=config.data.prefetch_depth, shuffle_buffer=config.data.shuffle_buffer,
+            epoch=epoch, resumable=True, dali_checkpoint=dali_checkpoint,
+        )
+
+    data = DataStream(build_loader, epoch=position["epoch"], batches=position["batches"],
+                      dali_checkpoint=None if position["dali"] is None else tensor_to_bytes(position["dali"]),
+                      group=trainer.accumulate_steps)
+    accumulate = trainer.accumulate_steps
+    steps_per_epoch = data.batches_per_epoch // accumulate
+    total_steps = trainer.max_steps or trainer.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    global_batch = config.data.batch_size * context.world_size * accumulate
+    lr_schedule, wd_schedule = _schedules(config, total_steps, steps_per_epoch, global_batch)
+    frozen = list(model.last_layer_parameters()) if hasattr(model, "last_layer_parameters") else []
+    frozen_steps = round(trainer.freeze_last_layer_epochs * steps_per_epoch)
+    parallel_model = wrap_model(model, context)
+    forward = torch.compile(parallel_model) if trainer.compile else parallel_model
+    if rng is not None:
+        restore_rng_state(rng)  # last: nothing after this draws from the generators before the first step
+
+    config_dict = config_to_dict(config)
     logger = RunLogger(output_dir / "tensorboard", total_steps, steps_per_epoch, start_step,
-                       config_text=yaml.safe_dump(config_to_dict(config), sort_keys=False),
-                       enabled=context.is_main)
+                       config_text=yaml.safe_dump(config_dict, sort_keys=False), enabled=context.is_main)
+    loss_log = LossLog(output_dir / "losses.jsonl", start_step, enabled=context.is_main)
     if start_step:
-        logger.message(f"resuming from step {start_step} in {checkpoints}")
+        logger.message(f"resuming from step {start_step} ({state_path})")
+    else:
+        logger.hyperparameters(config_dict)
     metrics: dict[str, float] = {}
     window = {"images": 0, "seconds": 0.0, "wait": 0.0}
-    batches = iter(loader)
-    step = start_step
-    try:
-        while step < total_steps:
-            step_started = time.perf_counter()
-            batch = next(batches)
-            data_ready = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_schedule[step])
-                if group.get("apply_weight_decay", True):
-                    group["weight_decay"] = float(wd_schedule[step])
-            with _autocast(config, context.device):
-                outputs = parallel_model(batch)
-            loss = outputs["loss"]
-            if not torch.isfinite(loss.detach()).all():
-                terms = {key: float(value.detach().float()) for key, value in outputs.items()}
-                raise NonFiniteLossError(f"non-finite loss at step {step}: {terms}; the last good "
-                                         f"checkpoint in {checkpoints} is intact")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.trainer.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.trainer.grad_clip)
-            optimizer.step()
-            if hasattr(model, "on_step_end"):
-                model.on_step_end(step, total_steps)
-            step += 1
-            finished = time.perf_counter()
-            window["images"] += global_batch
-            window["seconds"] += finished - step_started
-            window["wait"] += data_ready - step_started
-            logger.advance()
+    step, skipped, stopping = start_step, 0, False
+    first_views: dict[str, torch.Tensor] | None = None
 
-            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-            if step % config.trainer.log_every == 0 or end_of_epoch:
-                terms = {key: float(value.detach().float()) for key, value in outputs.items()}
-                metrics = mean_across_ranks(terms, context)
-                metrics.update(lr=float(lr_schedule[step - 1]), weight_decay=float(wd_schedule[step - 1]),
-                               images_per_second=window["images"] / max(window["seconds"], 1e-9),
-                               data_wait_fraction=window["wait"] / max(window["seconds"], 1e-9),
-                               epoch=(step - 1) // steps_per_epoch + 1)
-                window = {"images": 0, "seconds": 0.0, "wait": 0.0}
-                logger.scalars(step, metrics)
-                if report is not None:
-                    report({"step": step, **metrics})
-            if end_of_epoch:
-                logger.epoch_line((step - 1) // steps_per_epoch + 1, epochs, step, metrics)
-            if step % config.trainer.checkpoint_every == 0 or step == total_steps:
-                if context.is_main:
-                    state = _checkpoint_state(step, (step - 1) // steps_per_epoch + 1, config, model, optimizer)
-                    save_checkpoint(checkpoints, step, state, keep_last=config.trainer.keep_checkpoints)
-                barrier(context)
+    def save(at_step: int) -> None:
+        ranks = gather_rank_states(data.state(), context)
+        if context.is_main:
+            checkpoint = checkpoint_state(at_step, (at_step - 1) // steps_per_epoch + 1, config, model,
+                                          optimizer, scaler, ranks)
+            save_checkpoint(checkpoints, at_step, checkpoint, keep_last=trainer.keep_checkpoints)
+        loss_log.flush()
+        barrier(context)
+
+    try:
+        with handle_stop_signals(stop):
+            while step < total_steps and not stopping:  # `stopping` is agreed by every rank
+                step_started = time.perf_counter()
+                waited = 0.0
+
+                def next_batch() -> dict[str, torch.Tensor]:
+                    nonlocal waited, first_views
+                    asked = time.perf_counter()
+                    batch = next(data)
+                    waited += time.perf_counter() - asked
+                    if step == 0 and first_views is None and context.is_main:
+                        first_views = {key: value[:16].detach().cpu().clone() for key, value in batch.items()}
+                    return to_channels_last(batch) if trainer.channels_last else batch
+
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lr_schedule[step])
+                    if group.get("apply_weight_decay", True):
+                        group["weight_decay"] = float(wd_schedule[step])
+                buffers = _snapshot_buffers(model) if trainer.skip_nonfinite else None
+                optimizer.zero_grad(set_to_none=True)
+                terms = accumulate_gradients(forward, parallel_model, next_batch, accumulate,
+                                             autocast_precision=trainer.precision, device=context.device,
+                                             scaler=scaler)
+                flags = torch.stack([(~torch.isfinite(terms["loss"])).float(),
+                                     torch.tensor(float(stop.requested), device=terms["loss"].device)])
+                if context.world_size > 1:
+                    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+                names = sorted(terms)
+                values = torch.cat([torch.stack([terms[name] for name in names]), flags]).tolist()
+                host_terms = dict(zip(names, values[:len(names)]))
+                nonfinite, stopping = values[-2] > 0, values[-1] > 0
+                if nonfinite and not trainer.skip_nonfinite:
+                    last_good = latest_checkpoint(checkpoints)
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step + 1}: "
+                        + ", ".join(f"{name}={value:.6g}" for name, value in host_terms.items())
+                        + f"; the last good checkpoint ({last_good or 'none yet'}) is intact. Lower optim.lr, "
+                        "set trainer.grad_clip, or set trainer.skip_nonfinite=true to skip such steps")
+                if nonfinite:
+                    optimizer.zero_grad(set_to_none=True)
+                    _restore_buffers(model, buffers)
+                    skipped += 1
+                    logger.message(f"step {step + 1}: non-finite loss ({host_terms}); step skipped")
+                else:
+                    apply_update(optimizer, model.parameters(), grad_clip=trainer.grad_clip,
+                                 frozen=frozen if step < frozen_steps else (), scaler=scaler)
+                if hasattr(model, "on_step_end"):
+                    model.on_step_end(step, total_steps)
+                if stopping:
+                    stop.request("stop requested on another rank")
+                step += 1
+                finished = time.perf_counter()
+                window["images"] += global_batch
+                window["seconds"] += finished - step_started
+                window["wait"] += waited
+                loss_log.write(step, host_terms)
+                logger.advance()
+                if first_views is not None and step == 1:
+                    logger.views(first_views, recipe.mean, recipe.std, step=0)
+
+                epoch = (step - 1) // steps_per_epoch + 1
+                end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+                knn = None
+                every = config.eval.online_knn_every_epochs
+                if every and step % steps_per_epoch == 0 and epoch % every == 0:
+                    knn = _online_knn(model, config, context)
+                if step % trainer.log_every == 0 or end_of_epoch or knn is not None:
+                    metrics = mean_across_ranks(host_terms, context)
+                    metrics.update(lr=float(lr_schedule[step - 1]), weight_decay=float(wd_schedule[step - 1]),
+                                   images_per_second=window["images"] / max(window["seconds"], 1e-9),
+                                   data_wait_fraction=window["wait"] / max(window["seconds"], 1e-9),
+                                   epoch=epoch, skipped_steps=skipped)
+                    if context.device.type == "cuda":
+                        metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(context.device) / 2**30
+                    window = {"images": 0, "seconds": 0.0, "wait": 0.0}
+                    logger.scalars(step, metrics)
+                    if knn is not None:
+                        logger.scalars(step, knn, prefix="eval")
+                        metrics.update(knn)
+                    if report is not None:
+                        report({"step": step, **metrics})
+                if end_of_epoch:
+                    logger.epoch_line(epoch, epochs, step, metrics)
+                if step % trainer.checkpoint_every == 0 or step == total_steps or stopping:
+                    save(step)
+            if stopping and step < total_steps:
+                logger.message(f"stopped at step {step}/{total_steps} ({stop.reason}); checkpoint "
+                               f"{latest_checkpoint(checkpoints)}; start again with the same output folder "
+                               "to continue")
     finally:
+        loss_log.close()
         logger.close()
-        loader.close()
+        data.close()
     summary = {"step": step, "total_steps": total_steps, "checkpoint": str(latest_checkpoint(checkpoints)),
-               **metrics}
+               "skipped_steps": skipped, **metrics}
+    if stopping and step < total_steps:
+        summary["stopped"] = stop.reason
     if context.is_main:
         temporary = output_dir / ".metrics.json.tmp"
         temporary.write_text(json.dumps(summary, indent=1))
         temporary.replace(output_dir / "metrics.json")
     return summary
+
+
+def _online_knn(model: torch.nn.Module, config: Config, context: DistributedContext) -> dict | None:
+    """kNN top-1/top-5 on rank 0, shared with every rank (None without labels)."""
+    result = None
+    if context.is_main:
+        knn = online_knn(model.backbone, config.data.path, image_size=config.data.image_size,
+                         batch_size=config.eval.batch_size, k=config.eval.knn_k,
+                         temperature=config.eval.knn_temperature, device=context.device)
+        result = None if knn is None else {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
+    if context.world_size > 1:
+        shared = [result]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        result = shared[0]
+    return result

@@ -1,0 +1,75 @@
+"""Exporting a pretrained backbone as a plain PyTorch `state_dict` that needs no part of selfsup's trainer.
+
+`export_backbone(checkpoint, output)` writes:
+
+- `output` (e.g. `backbone.pt`): `torch.save` of the backbone's `state_dict`, tensors only, loadable
+  with `torch.load(..., weights_only=True)` into `methods.backbones.build_backbone(name, **kwargs)`
+  with `strict=True`;
+- `output` with the suffix `.json` beside it: {"backbone", "kwargs", "feature_dim", "method",
+  "weights", "step", "checkpoint"}, what is needed to build that backbone.
+
+Loading it elsewhere:
+
+    spec = json.load(open("backbone.json"))
+    backbone, _ = build_backbone(spec["backbone"], **spec["kwargs"])
+    backbone.load_state_dict(torch.load("backbone.pt", weights_only=True), strict=True)
+
+`weights="teacher"` exports the momentum teacher / target / key encoder instead of the online
+network, for the methods that keep one (DINO evaluates its teacher).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from methods.backbones import build_backbone
+from trainer.checkpoint import CheckpointError, load_checkpoint
+from trainer.config import config_from_dict
+from trainer.model import backbone_options
+
+TEACHER_PREFIXES = ("teacher_backbone.", "target_backbone.", "momentum_backbone.", "key_backbone.")
+
+
+def backbone_weights(model_state: dict, weights: str = "student") -> dict[str, torch.Tensor]:
+    """The backbone's entries of a method's `state_dict`, without their prefix."""
+    if weights == "student":
+        prefixes = ("backbone.",)
+    elif weights == "teacher":
+        prefixes = tuple(prefix for prefix in TEACHER_PREFIXES if any(key.startswith(prefix) for key in model_state))
+        if not prefixes:
+            raise CheckpointError("this method keeps no teacher backbone (no teacher_/target_/momentum_/key_backbone "
+                                  "weights); export the student with weights='student'")
+        prefixes = prefixes[:1]
+    else:
+        raise ValueError(f"weights={weights!r}; expected 'student' or 'teacher'")
+    prefix = prefixes[0]
+    return {key[len(prefix):]: value for key, value in model_state.items() if key.startswith(prefix)}
+
+
+def export_backbone(checkpoint: str | Path, output: str | Path, weights: str = "student") -> dict:
+    """Write the backbone of `checkpoint` to `output` (+ `.json` sidecar); returns the sidecar's content."""
+    checkpoint, output = Path(checkpoint), Path(output)
+    state = load_checkpoint(checkpoint)
+    config = config_from_dict(state["config"])
+    kwargs = backbone_options(config)
+    backbone, feature_dim = build_backbone(config.model.backbone, **kwargs)
+    try:
+        backbone.load_state_dict(backbone_weights(state["model"], weights), strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{checkpoint}: the backbone weights do not fit {config.model.backbone}: {error}") from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.tmp")
+    torch.save({key: value.detach().cpu().clone() for key, value in backbone.state_dict().items()}, temporary)
+    os.replace(temporary, output)
+    sidecar = {"backbone": config.model.backbone, "kwargs": kwargs, "feature_dim": feature_dim,
+               "method": config.method.name, "weights": weights, "step": int(state.get("step", 0)),
+               "checkpoint": str(checkpoint.resolve())}
+    sidecar_path = output.with_suffix(".json")
+    temporary = sidecar_path.with_name(f".{sidecar_path.name}.tmp")
+    temporary.write_text(json.dumps(sidecar, indent=1) + "\n")
+    os.replace(temporary, sidecar_path)
+    return sidecar

@@ -1,0 +1,59 @@
+"""Building the method module a config describes, and seeding every generator.
+
+`build_model(config)` builds the backbone from `methods.backbones` with `backbone_options(config)`
+and hands it to the method's builder from the registry. `prepare_model` applies the options that
+change how the model runs rather than what it is: SyncBatchNorm across ranks and channels-last
+memory layout.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from methods.backbones import build_backbone
+from methods.registry import method_entry
+from trainer.config import Config
+
+
+def backbone_options(config: Config) -> dict:
+    """Constructor arguments for the configured backbone."""
+    if config.model.backbone.startswith("resnet"):
+        return {"small_input": config.model.small_input}
+    return {"img_size": config.data.image_size}
+
+
+def build_model(config: Config) -> torch.nn.Module:
+    """The method module (with its `backbone`) described by a config."""
+    backbone, feature_dim = build_backbone(config.model.backbone, **backbone_options(config))
+    return method_entry(config.method.name).build(config.method, backbone, feature_dim)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's `random`, numpy's global generator and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_model(model: torch.nn.Module, *, sync_batchnorm: bool, channels_last: bool, world_size: int,
+                  device: torch.device) -> torch.nn.Module:
+    """Move `model` to `device`; SyncBatchNorm when asked, on CUDA with more than one rank; channels-last.
+
+    SyncBatchNorm replaces BatchNorm layers in place of the module tree (the returned module is
+    the one to keep); its parameters and buffers keep their names, so checkpoints load either way.
+    """
+    if sync_batchnorm and world_size > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every 4-D tensor of a batch in channels-last memory layout (others unchanged)."""
+    return {key: value.contiguous(memory_format=torch.channels_last) if value.dim() == 4 else value
+            for key, value in batch.items()}

@@ -1,0 +1,114 @@
+"""What a training checkpoint holds, which one a run continues from, and putting it back.
+
+A checkpoint (format 2) holds: the model's `state_dict` (teachers, queues, centers and their
+schedules' current values are buffers in it), the optimizer, the fp16 grad scaler, the step, the
+resolved config (every schedule is recomputed from config and step), and per rank the random
+generators (torch, CUDA, numpy, Python) and the loader position (epoch, batches consumed in it,
+DALI's checkpoint of the reader and augmentation generators). Rank 0 writes it; the per-rank
+parts are gathered from every rank first.
+
+A run continues from the newest of: its own latest checkpoint, and the one named by
+`trainer.resume` (`selfsup train --resume CKPT`). Config keys that change what the state means
+(method and model, batch size, views, seed, optimizer) must agree; others (max_steps, logging,
+threads) may change. A different number of ranks continues too, from the same step, with the
+loader repositioned approximately (same epoch, same number of samples).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_distributed
+
+from trainer.checkpoint import CheckpointError, check_compatible, latest_checkpoint, load_checkpoint, rng_state
+from trainer.config import Config, config_to_dict
+from trainer.distributed import DistributedContext
+
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+# Keys that must agree between a checkpoint and the run that continues it (plus every method.* key).
+RESUME_KEYS = ("method.name", "model.backbone", "model.small_input", "optim.name", "seed", "data.batch_size",
+               "data.image_size", "data.recipe", "trainer.accumulate_steps")
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A run folder, its checkpoints folder, a step folder or a state.pt file -> that checkpoint."""
+    path = Path(path)
+    for candidate in (path / "checkpoints", path):
+        if candidate.is_dir() and not (candidate / "state.pt").exists():
+            found = latest_checkpoint(candidate)
+            if found is not None:
+                return found
+    if path.exists():
+        return path
+    raise CheckpointError(f"{path}: no checkpoint there (expected a run folder, a checkpoints folder, "
+                          "a step-NNNNNNNN folder or a state.pt file)")
+
+
+def _step_of(path: Path) -> int:
+    """The step in a `step-NNNNNNNN` folder's name (or its state.pt's folder); -1 if none."""
+    name = path.parent.name if path.name == "state.pt" else path.name
+    return int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else -1
+
+
+def resume_keys(saved_config: dict, current_config: dict) -> tuple[str, ...]:
+    method_keys = set(saved_config.get("method") or {}) | set(current_config.get("method") or {})
+    return RESUME_KEYS + tuple(sorted(f"method.{key}" for key in method_keys if key != "name"))
+
+
+def load_resume_state(checkpoints: Path, explicit: str | None, config: Config) -> tuple[dict | None, Path | None]:
+    """The state to continue from (checked against `config`) and its path, or (None, None)."""
+    own = latest_checkpoint(checkpoints)
+    candidates = [path for path in (own, find_checkpoint(explicit) if explicit else None) if path is not None]
+    if not candidates:
+        return None, None
+    path = max(candidates, key=_step_of)  # the run's own wins a tie
+    state = load_checkpoint(path)
+    if state.get("format_version") not in READABLE_FORMATS:
+        raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')!r}, "
+                              f"expected one of {READABLE_FORMATS}")
+    current = config_to_dict(config)
+    check_compatible(state["config"], current, resume_keys(state["config"], current))
+    return state, path
+
+
+def gather_rank_states(data_state: dict, context: DistributedContext) -> list[dict]:
+    """Every rank's {'rng', 'data'} (RNG states and loader position), in rank order, on every rank."""
+    mine = {"rng": rng_state(), "data": data_state}
+    if context.world_size == 1:
+        return [mine]
+    gathered: list = [None] * context.world_size
+    torch_distributed.all_gather_object(gathered, mine)
+    return gathered
+
+
+def checkpoint_state(step: int, epoch: int, config: Config, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, scaler, ranks: list[dict]) -> dict:
+    return {
+        "format_version": CHECKPOINT_FORMAT,
+        "step": step,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
+        "config": config_to_dict(config),
+        "rng": ranks[0]["rng"],
+        "ranks": ranks,
+    }
+
+
+def rank_entry(state: dict, context: DistributedContext, batches_per_epoch: int) -> tuple[dict, dict]:
+    """(rng state, loader position {'epoch', 'batches', 'dali'}) for this rank from a loaded state."""
+    ranks = state.get("ranks")
+    step = int(state["step"])
+    if not ranks:  # format 1: position from the step, loader replayed
+        epoch, batches = divmod(step, batches_per_epoch)
+        return state["rng"], {"epoch": epoch, "batches": batches, "dali": None}
+    if len(ranks) == context.world_size:
+        entry = ranks[context.rank]
+        return entry["rng"], dict(entry["data"])
+    saved = ranks[0]["data"]
+    samples = saved["batches"] * len(ranks)
+    batches = min(samples // context.world_size, batches_per_epoch)
+    return ranks[0]["rng"], {"epoch": saved["epoch"], "batches": batches, "dali": None}
