@@ -17,6 +17,7 @@ from pipeline.dataset import DatasetError
 from pipeline.recipes import RecipeError
 from trainer.checkpoint import CheckpointError, latest_checkpoint
 from trainer.config import ConfigError, load_config
+from trainer.resume import find_checkpoint
 
 USER_ERRORS = (DatasetError, ConfigError, CheckpointError, RecipeError, FileNotFoundError)
 
@@ -51,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"data.path={data_location(args.data)}")
     if args.resume:
-        overrides.append(f"trainer.resume={resolve_checkpoint(args.resume).resolve()}")
+        overrides.append(f"trainer.resume={find_checkpoint(args.resume).resolve()}")
     config = load_config(args.config, overrides)
     if not config.data.path:
         raise ConfigError("no dataset: pass --data OUT (a folder written by `selfsup convert`)")
@@ -91,26 +92,12 @@ def _check_before_launch(config) -> None:
     build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder, its checkpoints folder, a step folder or a state.pt file -> a checkpoint."""
-    path = Path(path)
-    for candidate in (path / "checkpoints", path):
-        if candidate.is_dir() and not (candidate / "state.pt").exists():
-            found = latest_checkpoint(candidate)
-            if found is not None:
-                return found
-    if path.exists():
-        return path
-    raise CheckpointError(f"{path}: no checkpoint there (expected a run folder, a checkpoints folder, "
-                          "a step-NNNNNNNN folder or a state.pt file)")
-
-
 def _eval_knn(args: argparse.Namespace) -> int:
     import torch
 
     from trainer.evaluate import knn_evaluate, load_backbone
 
-    backbone, config = load_backbone(resolve_checkpoint(args.checkpoint), random_init=args.random_init)
+    backbone, config = load_backbone(find_checkpoint(args.checkpoint), random_init=args.random_init)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = knn_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
                           batch_size=args.batch_size or config.eval.batch_size,
@@ -132,7 +119,7 @@ def _eval_linear(args: argparse.Namespace) -> int:
     from trainer.evaluate import load_backbone
     from trainer.linear_probe import linear_evaluate
 
-    backbone, config = load_backbone(resolve_checkpoint(args.checkpoint), random_init=args.random_init)
+    backbone, config = load_backbone(find_checkpoint(args.checkpoint), random_init=args.random_init)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = linear_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
                              epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -151,7 +138,7 @@ def _eval_linear(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from trainer.export import export_backbone
 
-    sidecar = export_backbone(resolve_checkpoint(args.checkpoint), args.output, weights=args.weights)
+    sidecar = export_backbone(find_checkpoint(args.checkpoint), args.output, weights=args.weights)
     print(f"exported {sidecar['backbone']} ({sidecar['weights']} weights, step {sidecar['step']}) to {args.output}; "
           f"build it with {Path(args.output).with_suffix('.json')}")
     return 0

@@ -29,6 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pipeline.dataset import sync_folder
+
 __all__ = [
     "CheckpointError",
     "check_compatible",
@@ -51,20 +53,6 @@ class CheckpointError(ValueError):
 
 def _step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make renames inside `directory` durable (no-op where directories cannot be opened)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def _complete_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -95,7 +83,7 @@ def _write_latest(directory: Path, name: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, directory / LATEST_FILE)
-    _fsync_directory(directory)
+    sync_folder(directory)
 
 
 def save_checkpoint(directory: Path, step: int, state: dict, keep_last: int = 3) -> Path:
@@ -124,7 +112,7 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep_last: int = 3)
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_directory(temporary)
+        sync_folder(temporary)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -134,11 +122,11 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep_last: int = 3)
         replaced = directory / f"{TEMP_PREFIX}replaced-{name}-{uuid.uuid4().hex}"
         os.rename(final, replaced)
         os.rename(temporary, final)
-        _fsync_directory(directory)
+        sync_folder(directory)
         shutil.rmtree(replaced, ignore_errors=True)
     else:
         os.rename(temporary, final)
-        _fsync_directory(directory)
+        sync_folder(directory)
     _write_latest(directory, name)
 
     checkpoints = _complete_checkpoints(directory)
