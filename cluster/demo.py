@@ -39,7 +39,7 @@ DEMO_OVERRIDES = [
     "optim.lr_scaling=none",
     "optim.weight_decay=1.0e-4",
     "optim.warmup_epochs=1",
-    "trainer.epochs=20",
+    "trainer.epochs=16",
     "trainer.log_every=5",
     "trainer.checkpoint_every=100",
 ]
