@@ -92,13 +92,20 @@ def _check_before_launch(config) -> None:
     build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
 
 
-def _eval_knn(args: argparse.Namespace) -> int:
+def _backbone_to_evaluate(args: argparse.Namespace):
+    """The checkpoint's backbone (or its random-init twin), its config, and the device to run on."""
     import torch
 
-    from trainer.evaluate import knn_evaluate, load_backbone
+    from trainer.evaluate import load_backbone
 
     backbone, config = load_backbone(find_checkpoint(args.checkpoint), random_init=args.random_init)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return backbone, config, args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _eval_knn(args: argparse.Namespace) -> int:
+    from trainer.evaluate import knn_evaluate
+
+    backbone, config, device = _backbone_to_evaluate(args)
     result = knn_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
                           batch_size=args.batch_size or config.eval.batch_size,
                           k=args.k or config.eval.knn_k,
@@ -114,13 +121,9 @@ def _eval_knn(args: argparse.Namespace) -> int:
 
 
 def _eval_linear(args: argparse.Namespace) -> int:
-    import torch
-
-    from trainer.evaluate import load_backbone
     from trainer.linear_probe import linear_evaluate
 
-    backbone, config = load_backbone(find_checkpoint(args.checkpoint), random_init=args.random_init)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    backbone, config, device = _backbone_to_evaluate(args)
     result = linear_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
                              epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              feature_batch_size=config.eval.batch_size, weight_decay=args.weight_decay,
