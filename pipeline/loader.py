@@ -42,9 +42,18 @@ def parse_label_digits(digits: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def read_components(outputs) -> list:
-    """The webdataset reader's outputs as a list: with one `ext` it returns a bare node, which
-    `[0]` would index byte-wise (the first byte of every file) instead of selecting it."""
+def read_shards(paths: list[str], index_paths: list[str], labeled: bool, **reader_options) -> list:
+    """DALI's webdataset reader over the shards, named READER_NAME: [encoded image, class bytes]
+    (class bytes only when `labeled`). With one `ext` the reader returns a bare node, which `[0]`
+    would index byte-wise (the first byte of every file), so the outputs are always a list."""
+    outputs = fn.readers.webdataset(
+        paths=paths,
+        index_paths=index_paths,
+        ext=[IMAGE_EXTENSIONS, "cls"] if labeled else [IMAGE_EXTENSIONS],
+        missing_component_behavior="error",
+        name=READER_NAME,
+        **reader_options,
+    )
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
@@ -142,17 +151,13 @@ def build_train_loader(
 
     @pipeline_def(enable_conditionals=True, enable_checkpointing=resumable)
     def views_pipeline():
-        components = read_components(fn.readers.webdataset(
-            paths=paths,
-            index_paths=index_paths,
-            ext=[IMAGE_EXTENSIONS, "cls"] if with_label else [IMAGE_EXTENSIONS],
-            missing_component_behavior="error",
+        components = read_shards(
+            paths, index_paths, with_label,
             shard_id=(rank + epoch) % world_size,
             num_shards=world_size,
             random_shuffle=True,
             initial_fill=max(2, min(shuffle_buffer, info.count // world_size)),
-            name=READER_NAME,
-        ))
+        )
         outputs = recipe_outputs(components[0], recipe, decoder_device)
         if with_label:
             label = label_digits(components[1])
@@ -189,15 +194,7 @@ def build_eval_loader(
 
     @pipeline_def
     def eval_pipeline():
-        components = read_components(fn.readers.webdataset(
-            paths=paths,
-            index_paths=index_paths,
-            ext=[IMAGE_EXTENSIONS, "cls"] if labeled else [IMAGE_EXTENSIONS],
-            missing_component_behavior="error",
-            random_shuffle=False,
-            pad_last_batch=True,
-            name=READER_NAME,
-        ))
+        components = read_shards(paths, index_paths, labeled, random_shuffle=False, pad_last_batch=True)
         images = eval_view(components[0], recipe, decoder_device)
         return (images, label_digits(components[1])) if labeled else (images,)
 

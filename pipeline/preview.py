@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from pipeline.dataset import load_dataset_info
 from pipeline.graph import finish_batch, patch_grid, recipe_outputs, recipe_permutations
 from pipeline.lab import in_gamut_bins, lab_to_srgb
-from pipeline.loader import IMAGE_EXTENSIONS, read_components
+from pipeline.loader import read_shards
 from pipeline.pretext import (
     ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
 )
@@ -49,9 +49,8 @@ def _preview_batch(data: Path, recipe: Recipe, count: int, seed: int) -> dict[st
 
     @pipeline_def(enable_conditionals=True)
     def preview_pipeline():
-        encoded = read_components(fn.readers.webdataset(
-            paths=[str(p) for p in split.shards], index_paths=[str(p) for p in split.indexes],
-            ext=[IMAGE_EXTENSIONS], random_shuffle=False))[0]
+        encoded = read_shards([str(p) for p in split.shards], [str(p) for p in split.indexes],
+                              labeled=False, random_shuffle=False)[0]
         outputs = recipe_outputs(encoded, recipe, "cpu")
         original = fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
         outputs["original"] = fn.resize(original, size=[ROW, ROW], mode="not_larger")
