@@ -9,14 +9,18 @@ augmentation runs on that GPU; the tensors arrive on it. On a CPU-only machine t
 runs in DALI's CPU mode (`device_id=None`) and the tensors arrive on the CPU.
 
 Batch keys: `view_0`, `view_1`, ... (float32, B x 3 x S x S, normalized), the recipe's pretext
-keys (listed in `pipeline.recipes`) and, for labeled datasets, `label` (int64, B).
+keys (listed in `pipeline.recipes`), for labeled datasets `label` (int64, B) and, from the train
+loader, `index` (int64, B): each sample's position in its split (the rows of NPID's and
+DeepCluster's memory banks), read from the sample's `source_info` in the graph.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
@@ -26,9 +30,40 @@ from pipeline.augment import eval_view, label_digits
 from pipeline.dataset import DatasetError, DatasetInfo
 from pipeline.graph import finish_batch, recipe_outputs
 from pipeline.recipes import EvalRecipe, Recipe, validate_recipe
+from pipeline.shards import read_index_entries, split_member_name
 
 IMAGE_EXTENSIONS = "jpg;jpeg;png;webp;bmp;tif;tiff"
 READER_NAME = "reader"
+SOURCE_INFO = "source_info"  # graph output turned into `index` by DaliLoader
+
+
+@functools.lru_cache(maxsize=4)
+def split_sample_keys(index_paths: tuple[str, ...]) -> np.ndarray:
+    """The sorted numeric sample keys of a split's shards, from their `.idx` files: (N,) int64.
+
+    `selfsup convert` names each sample by its zero-padded position in the conversion plan, so a
+    sample's place in this array is its position in the split."""
+    keys = []
+    for path in index_paths:
+        for key, _ in read_index_entries(path):
+            if not key.isdigit():
+                raise DatasetError(f"{path}: sample key {key!r} is not numeric; sample indices need "
+                                   "shards written by `selfsup convert`")
+            keys.append(int(key))
+    return np.sort(np.asarray(keys, dtype=np.int64))
+
+
+def sample_positions(source_info: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
+    """(B, L) uint8 zero-padded 'SHARD:OFFSET:MEMBER' strings -> (B,) int64 positions in `keys`."""
+    rows = source_info.cpu().numpy()
+    members = [bytes(row).rstrip(b"\0").decode().rsplit(":", 1)[-1] for row in rows]
+    values = np.asarray([int(split_member_name(member)[0]) for member in members], dtype=np.int64)
+    positions = np.searchsorted(keys, values)
+    found = (positions < len(keys)) & (keys[np.minimum(positions, len(keys) - 1)] == values)
+    if not found.all():
+        missing = members[int(np.argmin(found))]
+        raise DatasetError(f"sample {missing!r} is not listed in the split's .idx files")
+    return torch.from_numpy(positions)
 
 
 def parse_label_digits(digits: torch.Tensor) -> torch.Tensor:
@@ -82,12 +117,15 @@ class DaliLoader:
     steps_per_epoch: int
     samples: int
     recipe: Recipe | None = None  # finishes pretext outputs (masks, ...) when set
+    sample_keys: np.ndarray | None = None  # the split's sorted keys: SOURCE_INFO -> `index`
 
     def __iter__(self):
         for outputs in self.iterator:
             batch = dict(outputs[0])
             if "label" in batch:
                 batch["label"] = parse_label_digits(batch["label"])
+            if SOURCE_INFO in batch:
+                batch["index"] = sample_positions(batch.pop(SOURCE_INFO), self.sample_keys)
             yield finish_batch(batch, self.recipe) if self.recipe is not None else batch
 
     def checkpoint(self) -> bytes:
@@ -162,6 +200,7 @@ def build_train_loader(
         if with_label:
             label = label_digits(components[1])
             outputs["label"] = label.gpu() if decoder_device == "mixed" else label
+        outputs[SOURCE_INFO] = fn.pad(fn.get_property(components[0], key="source_info"), fill_value=0)
         names.extend(outputs)
         return tuple(outputs.values())
 
@@ -175,7 +214,9 @@ def build_train_loader(
     )
     pipeline.build()
     iterator = DALIGenericIterator([pipeline], list(names), auto_reset=False)  # no reader_name: endless
-    return DaliLoader(iterator, tuple(names), batch_size, steps_per_epoch, info.count, recipe)
+    names = [name for name in names if name != SOURCE_INFO] + ["index"]
+    return DaliLoader(iterator, tuple(names), batch_size, steps_per_epoch, info.count, recipe,
+                      split_sample_keys(tuple(index_paths)))
 
 
 def build_eval_loader(

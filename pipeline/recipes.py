@@ -6,7 +6,8 @@ blur and solarize augmentations with which probabilities) and the labels that tr
 graph; nothing in here imports DALI, so a recipe can be built, validated and printed anywhere.
 
 Recipes (`RECIPES`, built by `build_recipe(name, image_size, **options)`) and their batch keys
-(B = batch size, S = image_size; `label` (B,) is added for labeled datasets):
+(B = batch size, S = image_size; `label` (B,) is added for labeled datasets, and the train
+loader adds `index` (B,), each sample's position in its split):
 
 | recipe | for | keys |
 |---|---|---|

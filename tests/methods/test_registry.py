@@ -87,7 +87,6 @@ METHOD_LR = {"rotation": 0.01, "inpainting": 0.01}
 # DeepCluster-v2's first epoch (TRAIN_SAMPLES / BATCH steps) fills the bank; k-means follows.
 WARMUP = {"deepcluster_v2": TRAIN_SAMPLES // BATCH}
 # Methods with a memory bank need each sample's index in the split (batch key `index`).
-NEEDS_INDEX = {"deepcluster_v2", "npid"}
 # Batch keys a method's recipe must yield besides the views.
 NEEDS_KEYS = {"mae": ["mask"], "simmim": ["mask"], "rotation": ["rotation_label"],
               "jigsaw": ["jigsaw_tiles", "jigsaw_label"],
@@ -140,9 +139,7 @@ def test_every_method_trains_on_its_recipe(name, demo_shards):
     missing = [key for key in NEEDS_KEYS.get(name, []) if key not in batch]
     if missing:  # the recipe is declared, its DALI graph has not landed yet
         pytest.skip(f"recipe {entry.recipe!r} does not yield {missing} yet (pipeline)")
-    if name in NEEDS_INDEX and "index" not in batch:
-        # TODO(pipeline): the loader does not yield `index` yet; stand in with distinct indices
-        batch["index"] = torch.arange(BATCH)
+    assert "index" in batch  # NPID's and DeepCluster's memory-bank rows come from the loader
 
     torch.manual_seed(0)
     model = build_model(config)

@@ -33,7 +33,7 @@ def test_simclr_views_shapes_ranges_and_labels(demo_shards):
     assert loader.steps_per_epoch == dataset.split("train").count // 16
     batches = first_batches(loader, loader.steps_per_epoch + 2)  # runs past the end of an epoch
     for batch in batches:
-        assert set(batch) == {"view_0", "view_1", "label"}
+        assert set(batch) == {"view_0", "view_1", "label", "index"}
         for name in ("view_0", "view_1"):
             view = batch[name]
             assert view.shape == (16, 3, 32, 32) and view.dtype == torch.float32
@@ -58,14 +58,25 @@ def test_fixed_seed_gives_the_same_batch_and_another_seed_does_not(demo_shards):
     assert not torch.equal(a["view_0"], c["view_0"])
 
 
-def test_ranks_read_disjoint_parts(demo_shards):
+def test_ranks_read_disjoint_parts_and_index_names_each_sample(demo_shards):
+    """Over one epoch the two ranks' `index` values are distinct positions in the train split, and
+    each one names the sample the batch holds (its label is that manifest row's label)."""
     dataset = load_dataset_info(demo_shards)
     recipe = build_recipe("simclr", 16)
-    loaders = [build_train_loader(dataset, recipe, batch_size=4, rank=rank, world_size=2, num_threads=1)
-               for rank in (0, 1)]
-    assert loaders[0].steps_per_epoch == dataset.split("train").count // 8
-    for loader in loaders:
+    table = parquet.read_table(demo_shards / "manifest.parquet")
+    rows = sorted((row for row in table.to_pylist() if row["split"] == "train"), key=lambda row: row["key"])
+    seen = []
+    for rank in (0, 1):
+        loader = build_train_loader(dataset, recipe, batch_size=4, rank=rank, world_size=2, num_threads=1)
+        assert loader.steps_per_epoch == dataset.split("train").count // 8
+        assert "index" in loader.output_names
+        for _, batch in zip(range(loader.steps_per_epoch), loader):
+            assert batch["index"].dtype == torch.int64 and batch["index"].shape == (4,)
+            assert batch["label"].tolist() == [rows[i]["label"] for i in batch["index"].tolist()]
+            seen.extend(batch["index"].tolist())
         loader.close()
+    assert len(set(seen)) == len(seen) == dataset.split("train").count // 8 * 8
+    assert min(seen) >= 0 and max(seen) < len(rows)
 
 
 def test_eval_loader_reads_every_sample_once_in_order(demo_shards):
@@ -128,7 +139,7 @@ def test_unlabeled_datasets_decode_whole_images(tmp_path):
     assert not dataset.labeled
     recipe = simclr_recipe(image_size=16, jitter_probability=0.0, grayscale_probability=0.0, blur_probability=0.0)
     batch = first_batches(build_train_loader(dataset, recipe, batch_size=4, num_threads=1), 1)[0]
-    assert set(batch) == {"view_0", "view_1"}
+    assert set(batch) == {"view_0", "view_1", "index"}
     blue = batch["view_0"][:, 2] * 0.225 + 0.406  # a plain colour: every pixel of a view alike
     assert torch.allclose(blue, torch.full_like(blue, 200 / 255), atol=0.01)
     images = first_batches(build_eval_loader(dataset, EvalRecipe(size=16), batch_size=8, split="train",

@@ -66,7 +66,7 @@ def test_every_recipe_runs_on_cpu_with_documented_keys_and_a_fixed_seed_repeats(
         return first_batch(build_train_loader(dataset, recipe, batch_size=B, seed=seed, num_threads=1))
 
     first, again, other = batch(7), batch(7), batch(8)
-    shapes = expected_shapes(name, size, options) | {"label": (B,)}
+    shapes = expected_shapes(name, size, options) | {"label": (B,), "index": (B,)}
     assert {key: tuple(value.shape) for key, value in first.items()} == shapes
     for key, value in first.items():
         assert not value.is_cuda
