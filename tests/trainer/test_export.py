@@ -51,3 +51,32 @@ def test_cli_export_loads_strictly_and_gives_the_same_features(trained_run, tmp_
 def test_teacher_export_needs_a_teacher(trained_run, tmp_path):
     with pytest.raises(CheckpointError, match="no teacher backbone"):
         export_backbone(latest_checkpoint(trained_run / "checkpoints"), tmp_path / "b.pt", weights="teacher")
+
+
+@pytest.mark.parametrize("method, overrides", [
+    ("simmim", ["model.backbone=vit_tiny", "data.recipe.patch_size=16"]),  # carries a mask token
+    ("colorization", ["method.head_hidden_dim=32"]),  # a one-channel backbone inside a wrapper
+])
+def test_methods_that_change_their_backbone_export_a_plain_one(method, overrides, demo_shards, tmp_path):
+    run = tmp_path / "run"
+    with OneTorchThread():
+        train(tiny_config(demo_shards, "trainer.max_steps=1", *overrides, method=method), run)
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    spec = export_backbone(checkpoint, tmp_path / "backbone.pt")
+    weights = torch.load(tmp_path / "backbone.pt", weights_only=True)
+    assert "mask_token" not in weights and not any(key.startswith("net.") for key in weights)
+    fresh, _ = build_backbone(spec["backbone"], **spec["kwargs"])
+    fresh.load_state_dict(weights, strict=True)
+
+    original, _ = load_backbone(checkpoint)  # the method's own backbone, as pretraining used it
+    generator = torch.Generator().manual_seed(0)
+    if method == "colorization":
+        assert spec["kwargs"]["in_channels"] == 1 and "lightness" in spec["input"]
+        centered = torch.rand(2, 1, 32, 32, generator=generator) * 100 - 50  # L - 50, as the recipe gives it
+        with torch.no_grad():
+            assert torch.equal(fresh.eval()(centered / 50), original.eval()(centered))
+    else:
+        assert "in_channels" not in spec["kwargs"] and "RGB" in spec["input"]
+        images = torch.randn(2, 3, 32, 32, generator=generator)
+        with torch.no_grad():
+            assert torch.equal(fresh.eval()(images), original.eval()(images))
