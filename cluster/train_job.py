@@ -4,43 +4,71 @@ The Ray-specific lines are the TorchTrainer set-up in `run_training` and the few
 `# Ray:` in the worker; everything else is `trainer.loop.train`, which runs unchanged outside Ray.
 
 In each worker, before training:
+- the DDP process group is joined (`join_process_group`): rank 0 listens on its node's address
+  only (127.0.0.1 on a local Ray), not on every interface as torch's default rendezvous does;
 - a dataset given as a URI (`s3://`, `gs://`, `file://`) is staged onto the node's local disk
   (`pipeline.staging`), and the config points at the local copy;
 - the latest checkpoint Ray holds for this run (after a worker failure, or a run started again
   with the same `--storage`) is downloaded when the output folder has nothing as recent, and
   handed to the trainer as `trainer.resume`.
 
-During training the trainer calls `report(metrics)` every `trainer.log_every` steps on every
-rank (`RayReporter`). Rank 0 appends the metrics to `OUTPUT/reports.jsonl` and hands Ray the
-newest checkpoint the trainer wrote since the last report, which Ray copies to the storage path.
-After training, a last report carries the final checkpoint and the Ray node of every rank.
+During training (`RayReporter`) every rank reports to Ray every `trainer.log_every` steps, and
+rank 0 appends those metrics to `OUTPUT/reports.jsonl`. Each checkpoint is reported the moment
+the trainer has written it (the trainer's `on_checkpoint` hook), with its step's metrics; Ray
+copies it to the storage path before the report returns, and its controller registers it at
+its next poll of the workers (Ray Train V2 polls every 2 s). The run's last checkpoint (at its
+end, or where it stopped) comes with the trainer's summary; checkpoint reports also name each
+rank's Ray node. Ray's result holds the metrics of the latest checkpoint report.
 
 Fault tolerance is Ray's: with `max_failures=K`, a dead worker makes Ray restart the whole
 worker group, and the training function continues from the latest checkpoint.
+
+Preemption: the training function runs in a worker thread, where no signal handler can be
+installed, so the driver handles SIGTERM/SIGINT. It sets a flag in a small Ray actor
+(`StopFlag`) that every rank polls; the trainer agrees on the stop step across ranks, rank 0
+writes a checkpoint (reported to Ray) and the run returns with `"stopped"` in its metrics.
+Running the same command again continues from that checkpoint. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
 import shutil
 import signal
+import socket
+import sys
+import threading
 import uuid
+from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 
+from cluster.local_ray import ensure_ray  # first: it must set up the environment before Ray is imported
+
+import ray
 import ray.train
 import torch.distributed
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.backend import Backend
+from ray.train.collective import broadcast_from_rank_zero
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from cluster.local_ray import ensure_ray
 from pipeline.staging import is_uri, stage_dataset
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import Config, config_from_dict, config_to_dict, save_config
 from trainer.loop import train
+from trainer.preemption import StopRequest, handle_stop_signals, poll_for_stop
 
 # Ray Train would otherwise both log and echo every print() of the workers (each line twice).
 WORKER_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+# Ray Train logs "Reporting training result N: <all metrics> from rank R" at INFO for every report of
+# every rank, through a logger named after its source file (so no `ray.train` log level reaches it).
+RAY_REPORT_LINE = "Reporting training result"
+STOP_POLL_SECONDS = 1.0  # how often each rank asks the driver's StopFlag
+PROCESS_GROUP_TIMEOUT_SECONDS = 1800  # TorchConfig's default
 REPORTS_FILE = "reports.jsonl"
 RESTORED_FOLDER = "restored"  # OUTPUT/restored/step-N: a checkpoint downloaded from Ray's storage
 STAGING_VARIABLE = "SELFSUP_STAGING_DIR"  # where a node keeps staged shards (default: a temp folder)
@@ -62,43 +90,43 @@ def _step_of(path: Path | None) -> int:
 
 
 class RayReporter:
-    """The `report` callback of `trainer.loop.train` inside a Ray Train worker."""
+    """The `report` and `on_checkpoint` hooks of `trainer.loop.train` inside a Ray Train worker.
+
+    Every rank calls each of them at the same points (`ray.train.report` is collective).
+    """
 
     def __init__(self, output: Path, rank: int):
         self.output = output
         self.rank = rank
-        self.checkpoints = output / "checkpoints"
-        self.reported_step = _step_of(latest_checkpoint(self.checkpoints)) if rank == 0 else -1
+        self.worker_nodes = [ray.get_runtime_context().get_node_id()]  # Ray
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.worker_nodes = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(self.worker_nodes, ray.get_runtime_context().get_node_id())  # Ray
         self.kill_step = int(os.environ.get(KILL_AT_STEP_VARIABLE, "0") or 0)
         self.kill_rank = int(os.environ.get(KILL_RANK_VARIABLE, "1") or 1)
 
     def __call__(self, metrics: dict) -> None:
+        """Metrics every `log_every` steps: to OUTPUT/reports.jsonl (rank 0) and to Ray."""
+        self._record(metrics)
+        ray.train.report(metrics)  # Ray: a barrier across ranks
+
+    def checkpoint(self, path: Path | None, step: int, metrics: dict) -> None:
+        """A checkpoint the trainer has just written (its folder on rank 0, None elsewhere), with
+        its step's metrics: to OUTPUT/reports.jsonl (rank 0) and to Ray, with the ranks' nodes."""
+        self._record(metrics)
+        checkpoint, name = None, None
+        if path is not None:
+            checkpoint, name = ray.train.Checkpoint.from_directory(str(path)), path.name  # Ray
+        # Ray: copies rank 0's folder to the storage path before it returns; kept locally as well
+        ray.train.report({**metrics, "worker_nodes": self.worker_nodes}, checkpoint=checkpoint,
+                         checkpoint_dir_name=name, delete_local_checkpoint_after_upload=False)
+
+    def _record(self, metrics: dict) -> None:
         if self.rank == 0:
             record = {**metrics, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}  # Ray
             with open(self.output / REPORTS_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         self._maybe_kill(int(metrics.get("step", 0)))
-        self._report(metrics)
-
-    def finish(self, metrics: dict) -> None:
-        """The last report: the final checkpoint, and on which Ray node each rank ran."""
-        node = ray.get_runtime_context().get_node_id()  # Ray
-        nodes = [node]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            nodes = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(nodes, node)
-        self._report({**metrics, "worker_nodes": nodes})
-
-    def _report(self, metrics: dict) -> None:
-        checkpoint, name = None, None
-        if self.rank == 0:
-            newest = latest_checkpoint(self.checkpoints)
-            if newest is not None and _step_of(newest) > self.reported_step:
-                checkpoint, name = ray.train.Checkpoint.from_directory(str(newest)), newest.name  # Ray
-                self.reported_step = _step_of(newest)
-        # Ray: a barrier across ranks; Ray copies rank 0's checkpoint folder to the storage path
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name,
-                         delete_local_checkpoint_after_upload=False)
 
     def _maybe_kill(self, step: int) -> None:
         if not self.kill_step or step != self.kill_step or self.rank != self.kill_rank:
@@ -110,9 +138,23 @@ class RayReporter:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def restore_from_ray(output: Path) -> Path | None:
+@ray.remote(num_cpus=0)
+class StopFlag:
+    """Ray: set by the driver when it is asked to stop (SIGTERM/SIGINT), polled by every rank."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def get_reason(self) -> str | None:
+        return self.reason
+
+
+def restore_from_ray(output: Path, checkpoint: ray.train.Checkpoint | None) -> Path | None:
     """Download Ray's latest checkpoint of this run unless OUTPUT/checkpoints has one as recent."""
-    checkpoint = ray.train.get_checkpoint()  # Ray: None on a first start
     if checkpoint is None:
         return None
     name = Path(checkpoint.path).name
@@ -141,19 +183,124 @@ def stage_if_remote(config: Config) -> Config:
     return config_from_dict(values)
 
 
+class _WorkerSetupOnly(Backend):
+    """Ray: TorchTrainer's worker set-up (all GPUs of a node visible to its workers, for NCCL's
+    peer-to-peer paths) without its process group, which `join_process_group` makes instead."""
+
+    share_cuda_visible_devices = True
+
+
+class OwnProcessGroup(TorchConfig):
+    """TorchConfig whose process group the training function joins itself (`join_process_group`)."""
+
+    @property
+    def backend_cls(self):
+        return _WorkerSetupOnly
+
+
+def join_process_group(backend: str, timeout_seconds: float) -> None:
+    """Join the DDP process group of this Ray Train worker group (nothing to join for one worker).
+
+    torch's `env://` rendezvous, which TorchTrainer uses, starts its TCPStore listening on every
+    interface whatever MASTER_ADDR says. Here rank 0 opens the listening socket itself, on its
+    node's Ray address only (127.0.0.1 on a local Ray), and hands it to the store. On loopback,
+    gloo and NCCL are kept on the loopback interface too (unless GLOO_/NCCL_SOCKET_IFNAME are set).
+    """
+    context = ray.train.get_context()  # Ray
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(context.get_local_rank()),
+                      LOCAL_WORLD_SIZE=str(context.get_local_world_size()), NODE_RANK=str(context.get_node_rank()))
+    if world_size == 1:
+        return
+    listener, address = None, None
+    if rank == 0:
+        host = ray.util.get_node_ip_address()  # Ray: this node's address in the cluster
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        listener = socket.create_server((host, 0), family=family, backlog=max(world_size, 128))
+        address = (host, listener.getsockname()[1])
+    host, port = broadcast_from_rank_zero(address)  # Ray: every rank learns where rank 0 listens
+    if ipaddress.ip_address(host).is_loopback and sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    if backend == "nccl":  # as TorchTrainer does: fail on a collective timeout instead of hanging
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    timeout = timedelta(seconds=timeout_seconds)
+    store = torch.distributed.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
+                                       master_listen_fd=None if listener is None else listener.detach())
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+
+
+class _WithoutReportLines(logging.Filter):
+    """Drops Ray Train's per-report INFO line; everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO and str(record.msg).startswith(RAY_REPORT_LINE))
+
+
+def _quiet_report_lines() -> None:
+    """Ray: in a worker, its root logging handlers print those lines; filter them there."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(existing, _WithoutReportLines) for existing in handler.filters):
+            handler.addFilter(_WithoutReportLines())
+
+
 def _train_worker(loop_config: dict) -> None:
-    """Runs in every Ray Train worker, after Ray has set up the process group."""
-    output = Path(loop_config["output"])
-    output.mkdir(parents=True, exist_ok=True)
-    config = stage_if_remote(config_from_dict(loop_config["config"]))
-    restored = restore_from_ray(output)
-    if restored is not None:
-        values = config_to_dict(config)
-        values["trainer"]["resume"] = str(restored)
-        config = config_from_dict(values)
-    reporter = RayReporter(output, ray.train.get_context().get_world_rank())  # Ray
-    summary = train(config, output, report=reporter)
-    reporter.finish(summary)
+    """Runs in every Ray Train worker.
+
+    `loop_config`: "config" (a config dict), "output" (the run folder); optionally "stop_flag" (the
+    driver's `StopFlag`), "backend" and "timeout_seconds" (of the process group to join when the
+    trainer's TorchConfig is `OwnProcessGroup`; with a plain TorchConfig, Ray's group is used).
+    """
+    _quiet_report_lines()
+    joined = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    if joined:
+        backend = loop_config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
+        join_process_group(backend, loop_config.get("timeout_seconds", PROCESS_GROUP_TIMEOUT_SECONDS))
+    try:
+        rank = ray.train.get_context().get_world_rank()  # Ray
+        output = Path(loop_config["output"])
+        output.mkdir(parents=True, exist_ok=True)
+        config = stage_if_remote(config_from_dict(loop_config["config"]))
+        held = ray.train.get_checkpoint()  # Ray: None on a first start
+        if held is not None and rank == 0:
+            print(f"Ray holds checkpoint {Path(held.path).name} of this run", flush=True)
+        restored = restore_from_ray(output, held)
+        if restored is not None:
+            values = config_to_dict(config)
+            values["trainer"]["resume"] = str(restored)
+            config = config_from_dict(values)
+        reporter = RayReporter(output, rank)
+        stop, stop_flag = StopRequest(), loop_config.get("stop_flag")
+        polling = nullcontext() if stop_flag is None else poll_for_stop(
+            stop, lambda: ray.get(stop_flag.get_reason.remote(), timeout=60), every=STOP_POLL_SECONDS)  # Ray
+        with polling:
+            train(config, output, report=reporter, on_checkpoint=reporter.checkpoint, stop=stop)
+    finally:
+        if joined and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _fit_keeping_signal_handlers(trainer: TorchTrainer):
+    """`trainer.fit()` in a helper thread while this (main) thread waits and handles signals.
+
+    Called in the main thread, fit() replaces the SIGINT handler with Ray's, which aborts the
+    run without a checkpoint.
+    """
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()  # Ray
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gpu: bool = False,
@@ -164,6 +311,8 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
 
     `storage`: where Ray keeps the reported checkpoints (a shared folder or a URI such as
     `s3://bucket/runs`); by default `OUTPUT/ray`. `spread`: one worker per node where possible.
+    SIGTERM or SIGINT during training stop it cleanly: the metrics then hold "stopped" (the
+    reason) and "step", and the run's latest checkpoint is at that step.
     """
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -174,10 +323,14 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
         resources["GPU"] = gpus_per_worker or 1
     environment = dict(WORKER_ENVIRONMENT)
     environment.update({key: value for key, value in os.environ.items() if key.startswith("SELFSUP_")})
+    backend = "nccl" if use_gpu else "gloo"
+    stop_flag = StopFlag.remote()  # Ray
+    stop = StopRequest(on_request=lambda reason: stop_flag.request.remote(reason))  # Ray: to every rank
     trainer = TorchTrainer(  # Ray: the whole distributed set-up
         _train_worker,
-        train_loop_config={"config": config_to_dict(config), "output": str(output)},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        train_loop_config={"config": config_to_dict(config), "output": str(output), "stop_flag": stop_flag,
+                           "backend": backend, "timeout_seconds": PROCESS_GROUP_TIMEOUT_SECONDS},
+        torch_config=OwnProcessGroup(backend=backend, timeout_s=PROCESS_GROUP_TIMEOUT_SECONDS),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
                                      placement_strategy="SPREAD" if spread else "PACK"),
         run_config=RunConfig(name=output.name if storage else "ray", storage_path=storage or str(output),
@@ -185,7 +338,8 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
                              checkpoint_config=CheckpointConfig(num_to_keep=config.trainer.keep_checkpoints),
                              worker_runtime_env={"env_vars": environment}),
     )
-    result = trainer.fit()
+    with handle_stop_signals(stop):
+        result = _fit_keeping_signal_handlers(trainer)
     metrics = dict(result.metrics or {})
     summary = output / "metrics.json"
     if summary.exists():  # written by rank 0: present when rank 0 ran on this node or a shared disk

@@ -10,9 +10,17 @@ and an optional kNN monitor every `eval.online_knn_every_epochs` epochs.
 
 Rank 0 writes `output_dir/checkpoints/`, `output_dir/tensorboard/` and `output_dir/losses.jsonl`.
 A run started again on the same output directory continues from its latest checkpoint exactly:
-same batches, same random numbers, same losses. `report` (optional) receives metrics every
-`log_every` steps on every rank; the cluster layer passes Ray's reporting there. `stop` (optional)
-lets the caller ask for a clean stop, as a signal does.
+same batches, same random numbers, same losses.
+
+Hooks for the caller (the cluster layer passes Ray's reporting there), all optional:
+- `report(metrics)`: the metrics (with "step") every `log_every` steps and at each epoch end, on
+  every rank;
+- `on_checkpoint(path, step, metrics)`: right after each checkpoint is written, on every rank,
+  once all ranks have passed the save; `path` is the new checkpoint folder on rank 0 and None on
+  the others, `metrics` the step's metrics (with "step"), and for the run's last checkpoint (at
+  its end, or where it stopped) the summary `train` returns. At a step that has both hooks' calls
+  due, only `on_checkpoint` is called: each step reaches the caller at most once;
+- `stop`: a `StopRequest` through which the caller asks for a clean stop, as a signal does.
 """
 
 from __future__ import annotations
@@ -78,8 +86,13 @@ def _restore_buffers(model: torch.nn.Module, saved: list[torch.Tensor]) -> None:
             buffer.copy_(value)
 
 
+# on_checkpoint(path, step, metrics): path is the checkpoint folder on rank 0, None on the other ranks
+CheckpointHook = Callable[[Path | None, int, dict], None]
+
+
 def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], None] | None = None,
-          context: DistributedContext | None = None, stop: StopRequest | None = None) -> dict:
+          on_checkpoint: CheckpointHook | None = None, context: DistributedContext | None = None,
+          stop: StopRequest | None = None) -> dict:
     """Pretrain as `config` says, writing into `output_dir`; returns the final metrics."""
     context = context or current_context()
     stop = stop or StopRequest()
@@ -154,14 +167,25 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
     step, skipped, stopping = start_step, 0, False
     first_views: dict[str, torch.Tensor] | None = None
 
-    def save(at_step: int) -> None:
+    def save(at_step: int) -> Path | None:
+        """Write the checkpoint of `at_step`; its folder on rank 0, None on the other ranks."""
         ranks = gather_rank_states(data.state(), context)
+        path = None
         if context.is_main:
             checkpoint = checkpoint_state(at_step, (at_step - 1) // steps_per_epoch + 1, config, model,
                                           optimizer, scaler, ranks)
-            save_checkpoint(checkpoints, at_step, checkpoint, keep_last=trainer.keep_checkpoints)
+            path = save_checkpoint(checkpoints, at_step, checkpoint, keep_last=trainer.keep_checkpoints)
         loss_log.flush()
         barrier(context)
+        return path
+
+    def summarize() -> dict:
+        """What `train` returns: where the run stands, and the latest metrics."""
+        summary = {"step": step, "total_steps": total_steps, "checkpoint": str(latest_checkpoint(checkpoints)),
+                   "skipped_steps": skipped, **metrics}
+        if stopping and step < total_steps:
+            summary["stopped"] = stop.reason
+        return summary
 
     try:
         with handle_stop_signals(stop):
@@ -230,7 +254,9 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
                 every = config.eval.online_knn_every_epochs
                 if every and step % steps_per_epoch == 0 and epoch % every == 0:
                     knn = _online_knn(model, config, context)
-                if step % trainer.log_every == 0 or end_of_epoch or knn is not None:
+                log_now = step % trainer.log_every == 0 or end_of_epoch or knn is not None
+                checkpoint_now = step % trainer.checkpoint_every == 0 or step == total_steps or stopping
+                if log_now or (checkpoint_now and on_checkpoint is not None):
                     metrics = mean_across_ranks(host_terms, context)
                     metrics.update(lr=float(lr_schedule[step - 1]), weight_decay=float(wd_schedule[step - 1]),
                                    images_per_second=window["images"] / max(window["seconds"], 1e-9),
@@ -238,17 +264,21 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
                                    epoch=epoch, skipped_steps=skipped)
                     if context.device.type == "cuda":
                         metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(context.device) / 2**30
+                if log_now:
                     window = {"images": 0, "seconds": 0.0, "wait": 0.0}
                     logger.scalars(step, metrics)
                     if knn is not None:
                         logger.scalars(step, knn, prefix="eval")
                         metrics.update(knn)
-                    if report is not None:
+                    if report is not None and not (checkpoint_now and on_checkpoint is not None):
                         report({"step": step, **metrics})
                 if end_of_epoch:
                     logger.epoch_line(epoch, epochs, step, metrics)
-                if step % trainer.checkpoint_every == 0 or step == total_steps or stopping:
-                    save(step)
+                if checkpoint_now:
+                    saved = save(step)
+                    if on_checkpoint is not None:
+                        last = step == total_steps or stopping
+                        on_checkpoint(saved, step, summarize() if last else {"step": step, **metrics})
             if stopping and step < total_steps:
                 logger.message(f"stopped at step {step}/{total_steps} ({stop.reason}); checkpoint "
                                f"{latest_checkpoint(checkpoints)}; start again with the same output folder "
@@ -257,10 +287,7 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
         loss_log.close()
         logger.close()
         data.close()
-    summary = {"step": step, "total_steps": total_steps, "checkpoint": str(latest_checkpoint(checkpoints)),
-               "skipped_steps": skipped, **metrics}
-    if stopping and step < total_steps:
-        summary["stopped"] = stop.reason
+    summary = summarize()
     if context.is_main:
         temporary = output_dir / ".metrics.json.tmp"
         temporary.write_text(json.dumps(summary, indent=1))

@@ -1,6 +1,7 @@
 """A worker killed mid-run (SIGKILL) on a local Ray: Ray restarts the worker group and the run
 continues from the last checkpoint, with no step lost, none repeated beyond the checkpoint, and the
-epoch accounting intact."""
+epoch accounting intact. Ray holds the newest checkpoint written before the kill (each one is
+reported when written) and hands it to the restarted workers."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "model.backbone=resnet18", "--set", "data.image_size=32", "--set", "data.batch_size=8",
         "--set", "method.projection_hidden_dim=64", "--set", "trainer.log_every=1",
         "--set", "optim.warmup_epochs=0", "--set", "data.shuffle_buffer=16"]
+# Killed (in its report of step 5) two steps after a checkpoint: a rank's report of step 4 returns
+# only once Ray's controller has taken its report of step 3 (one pending report per worker), and
+# step 5's all-reduce needs both ranks past step 4, so Ray has registered the step-3 checkpoint
+# before the kill. (Ray copies it to storage at step 3 itself, but registers it at its next poll.)
 TOTAL_STEPS, CHECKPOINT_EVERY, KILL_AT = 10, 3, 5
 
 
@@ -45,6 +50,8 @@ def test_killed_worker_resumes_from_checkpoint(demo_shards, tmp_path):
     # after: from the step after the last checkpoint before the kill, to the end, each once
     last_checkpoint = (KILL_AT - 1) // CHECKPOINT_EVERY * CHECKPOINT_EVERY
     assert second == list(range(last_checkpoint + 1, TOTAL_STEPS + 1))
+    # the newest checkpoint before the kill is the one Ray gave the restarted workers
+    assert f"Ray holds checkpoint step-{last_checkpoint:08d} of this run" in result.stdout, result.stdout[-4000:]
 
     # the epoch accounting: each step's epoch follows from the step alone, before and after
     steps_per_epoch = 120 // (8 * 2)  # 120 train samples, batch 8 per rank, 2 ranks

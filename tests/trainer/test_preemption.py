@@ -12,7 +12,7 @@ import time
 from tests.trainer.training_run import ROOT, OneTorchThread, read_losses, tiny_config
 from trainer.checkpoint import latest_checkpoint, load_checkpoint
 from trainer.loop import train
-from trainer.preemption import StopRequest, handle_stop_signals
+from trainer.preemption import StopRequest, handle_stop_signals, poll_for_stop
 
 SCRIPT = """
 import sys
@@ -62,3 +62,54 @@ def test_first_signal_requests_a_stop_and_handlers_are_restored():
         time.sleep(0.05)
         assert stop.requested and stop.reason == "SIGINT"
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_each_checkpoint_is_handed_over_when_written_and_a_polled_request_stops_the_run(demo_shards, tmp_path):
+    """`on_checkpoint` sees every checkpoint (the folder already complete) with its step's metrics;
+    a stop asked through `poll_for_stop` (as a Ray worker gets it from its driver) ends the run with
+    a checkpoint at the stop step."""
+    handed: list[tuple[int, str, bool, dict]] = []
+
+    def on_checkpoint(path, step, metrics):
+        handed.append((step, path.name, (path / "state.pt").is_file(), metrics))
+
+    def check():  # "the driver was signalled", once the first checkpoint has been handed over
+        return "driver asked" if handed else None
+
+    stop = StopRequest()
+    with OneTorchThread(), poll_for_stop(stop, check, every=0.05):
+        summary = train(tiny_config(demo_shards, "trainer.max_steps=200", "trainer.checkpoint_every=2"),
+                        tmp_path / "run", on_checkpoint=on_checkpoint, stop=stop)
+    assert summary["stopped"] == "driver asked" and 2 < summary["step"] < 200
+    stopped = summary["step"]
+    assert [step for step, *_ in handed] == sorted({*range(2, stopped + 1, 2), stopped})  # every 2nd, and the stop
+    for step, name, complete, metrics in handed:
+        assert name == f"step-{step:08d}" and complete
+        assert metrics["step"] == step and metrics["loss"] > 0 and "lr" in metrics
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))["step"] == summary["step"]
+
+
+def test_poll_for_stop_sets_the_request_and_survives_a_failing_check(capsys):
+    answers = iter([None, None, "asked"])
+    stop = StopRequest()
+    with poll_for_stop(stop, lambda: next(answers), every=0.01):
+        deadline = time.monotonic() + 5
+        while not stop.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert stop.reason == "asked"
+
+    def broken():
+        raise ConnectionError("driver gone")
+
+    stop = StopRequest()
+    with poll_for_stop(stop, broken, every=0.01):
+        time.sleep(0.1)
+    assert not stop.requested and "driver gone" in capsys.readouterr().err
+
+
+def test_a_stop_request_tells_its_listener_once():
+    heard = []
+    stop = StopRequest(on_request=heard.append)
+    stop.request("SIGTERM")
+    stop.request("SIGINT")
+    assert stop.reason == "SIGTERM" and heard == ["SIGTERM"]
