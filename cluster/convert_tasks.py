@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Iterator
 
-import ray
+import cluster.local_ray  # noqa: F401  first: a local Ray must be set up for loopback before `import ray`
+import ray  # noqa: E402
 
 from pipeline.images import prepare_image
 

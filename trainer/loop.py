@@ -43,7 +43,9 @@ from trainer.config import Config, config_to_dict
 from trainer.data import DataStream, tensor_to_bytes
 from trainer.distributed import DistributedContext, barrier, current_context, mean_across_ranks, wrap_model
 from trainer.evaluate import online_knn
-from trainer.model import backbone_options, build_model, prepare_model, seed_everything, to_channels_last
+from trainer.model import (
+    backbone_options, build_model, check_memory_bank, prepare_model, seed_everything, to_channels_last,
+)
 from trainer.optimizers import build_optimizer, scale_learning_rate
 from trainer.preemption import StopRequest, handle_stop_signals
 from trainer.progress import LossLog, RunLogger
@@ -106,6 +108,7 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
     seed_everything(config.seed)
 
     dataset = load_dataset_info(config.data.path)
+    check_memory_bank(config, dataset.split("train").count)
     recipe = build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
     model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
                           channels_last=trainer.channels_last, world_size=context.world_size,

@@ -15,7 +15,7 @@ import torch
 
 from methods.backbones import build_backbone
 from methods.registry import method_entry
-from trainer.config import Config
+from trainer.config import Config, ConfigError
 
 
 def backbone_options(config: Config) -> dict:
@@ -29,6 +29,16 @@ def build_model(config: Config) -> torch.nn.Module:
     """The method module (with its `backbone`) described by a config."""
     backbone, feature_dim = build_backbone(config.model.backbone, **backbone_options(config))
     return method_entry(config.method.name).build(config.method, backbone, feature_dim)
+
+
+def check_memory_bank(config: Config, train_samples: int) -> None:
+    """A method with one memory-bank row per training image (NPID, DeepCluster-v2) must be sized
+    to the training split: fewer rows fail at the first unseen index, more rows leave rows that
+    are never written (and DeepCluster's k-means would no longer run once per epoch)."""
+    size = getattr(config.method, "memory_bank_size", None)
+    if size is not None and size != train_samples:
+        raise ConfigError(f"method.memory_bank_size={size}, but the training split of {config.data.path} "
+                         f"has {train_samples} samples; set method.memory_bank_size={train_samples}")
 
 
 def seed_everything(seed: int) -> None:

@@ -65,3 +65,16 @@ def test_round_trip_through_plain_dict_and_yaml(tmp_path):
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["method"]["name"] == "simclr"
+
+
+@pytest.mark.parametrize("method", ["npid", "deepcluster_v2"])
+def test_a_memory_bank_must_match_the_training_split(method, demo_shards, tmp_path):
+    from trainer.loop import train
+
+    train_samples = 120  # the demo_shards train split
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{method}.yaml",
+                         [f"data.path={demo_shards}"])
+    with pytest.raises(ConfigError, match=rf"memory_bank_size=1281167.*has {train_samples} samples; "
+                                          rf"set method.memory_bank_size={train_samples}"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
