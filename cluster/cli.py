@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -70,7 +71,18 @@ def _train(args: argparse.Namespace) -> int:
         print(f"stopped early ({metrics['stopped']}); run the same command again to continue")
     print(f"checkpoint: {checkpoint}")
     print(f"tensorboard: tensorboard --logdir {Path(args.output) / 'tensorboard'}")
-    return 0
+    return stopped_status(metrics.get("stopped"))
+
+
+def stopped_status(reason: str | None) -> int:
+    """0 for a finished run; 128 + the signal's number (143 for SIGTERM, 130 for SIGINT) for one
+    that checkpointed and stopped early, so a scheduler sees that it has not finished."""
+    if not reason:
+        return 0
+    try:
+        return 128 + int(getattr(signal, str(reason)))
+    except (AttributeError, TypeError, ValueError):
+        return 1
 
 
 def data_location(data: str) -> str:
