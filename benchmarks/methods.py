@@ -75,7 +75,9 @@ VIT = ["model.backbone=vit_tiny"]  # 48 px / 16 = 3 x 3 patches
 # Small sizes for a 960-image dataset and a 2-core CPU, per method.
 PER_METHOD: dict[str, list[str]] = {
     "simclr": ["method.temperature=0.2", "method.projection_hidden_dim=512"],
-    "moco_v2": ["method.projection_hidden_dim=512", "method.queue_size=1024",
+    # the queue must hold fewer keys than the 960 training images, or a query's own key from the
+    # previous epoch sits in it as a negative
+    "moco_v2": ["method.projection_hidden_dim=512", "method.queue_size=256",
                 "method.momentum=0.99", "method.final_momentum=0.99"],
     "moco_v3": ["method.projection_hidden_dim=512", "method.prediction_hidden_dim=512",
                 "method.temperature=0.2", "method.freeze_patch_embed=false"],
@@ -84,7 +86,8 @@ PER_METHOD: dict[str, list[str]] = {
     "byol": ["method.projection_hidden_dim=512", "method.prediction_hidden_dim=512",
              "method.momentum=0.99"],
     "simsiam": ["method.projection_hidden_dim=512", "method.projection_dim=512",
-                "method.prediction_hidden_dim=128"],
+                "method.prediction_hidden_dim=128", "optim.name=sgd", "optim.lr=0.1",
+                "optim.momentum=0.9", "optim.weight_decay=5.0e-4"],
     "barlow_twins": ["method.projection_hidden_dim=512", "method.projection_dim=512"],
     "vicreg": ["method.projection_hidden_dim=512", "method.projection_dim=512"],
     "dino": ["method.output_dim=1024", "method.hidden_dim=512", "method.head_batch_norm=true",
