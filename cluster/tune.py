@@ -10,7 +10,17 @@ The search space lives in the config file, in a top-level `search:` section of d
       optim.name: [lars, adamw]              # a plain list is a choice
 
 Each trial runs `trainer.loop.train` in its own folder `OUTPUT/trials/TRIAL_ID/` (checkpoints,
-TensorBoard), reporting to Tune every `trainer.log_every` steps. The metric is the online kNN
+TensorBoard), reporting to Tune every `trainer.log_every` steps. A trial is one process, or, with
+several workers per trial (`workers_per_trial`, or in the config file)::
+
+    trial:
+      workers: 4        # DDP ranks per trial; also `--set trial.workers=4`
+
+a Ray Train run of its own: the trial function is the driver of a `TorchTrainer` whose workers
+run the same training function as `selfsup train --workers 4` (`cluster.train_job`), DDP over gloo
+on CPUs or NCCL with one GPU per rank; rank 0's reports reach Tune, so ASHA stops a whole
+multi-worker run. `cpus_per_trial` and `gpus_per_trial` are the trial's total, shared equally by its
+workers (`gpus_per_trial` is then 0 or one GPU per worker). The metric is the online kNN
 top-1 accuracy (`knn_top1`, higher is better) when `eval.online_knn_every_epochs` is set, the
 training loss otherwise. At the end: a table of the trials, and `OUTPUT/best.yaml`, the best
 trial's full config, ready for `selfsup train --config OUTPUT/best.yaml`. Started again on the same
@@ -22,21 +32,34 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
+import os
 import re
 from pathlib import Path
 
+from cluster.local_ray import ensure_ray  # first: it must set up the environment before Ray is imported
+
+import ray
 import yaml
 from ray import tune  # Ray: the search (Tuner, ASHA, search-space domains)
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from cluster.local_ray import ensure_ray
-from cluster.train_job import stage_if_remote
+from cluster.train_job import (PROCESS_GROUP_TIMEOUT_SECONDS, WORKER_ENVIRONMENT, OwnProcessGroup, _train_worker,
+                               stage_if_remote)
 from pipeline.dataset import load_dataset_info
 from pipeline.staging import is_uri
 from trainer.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from trainer.loop import train
 
 SEARCH_KEY = "search"
+TRIAL_KEY = "trial"  # how each trial runs; not part of the training config
+TRIAL_DEFAULTS = {"workers": 1}
+# A multi-worker trial only drives its Ray Train run (whose workers ask for the CPUs and GPUs);
+# Tune needs some resource to place it, so a token share of a CPU.
+DRIVER_CPUS = 0.01
 EXPERIMENT = "search"  # OUTPUT/search: Tune's own state, what `Tuner.restore` reads
 DOMAINS = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint,
            "quniform": tune.quniform, "qloguniform": tune.qloguniform, "choice": tune.choice}
@@ -76,12 +99,46 @@ def _has_dotted(data: dict, key: str) -> bool:
 
 
 def split_search(raw: dict) -> tuple[dict, dict]:
-    """A config file's contents -> (the config without `search:`, {dotted key: domain text})."""
+    """A config file's contents -> (the config without `search:` and `trial:`, {dotted key: domain text})."""
     raw = copy.deepcopy(raw)
+    raw.pop(TRIAL_KEY, None)
     search = raw.pop(SEARCH_KEY, None) or {}
     if not isinstance(search, dict):
         raise ConfigError(f"{SEARCH_KEY}: expected a mapping of dotted config keys to search domains")
     return raw, search
+
+
+def trial_settings(raw: dict) -> dict:
+    """The config file's `trial:` section, checked, with defaults: {'workers': N}."""
+    section = raw.get(TRIAL_KEY) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{TRIAL_KEY}: expected a mapping such as {{workers: 2}}, got {section!r}")
+    unknown = [key for key in section if key not in TRIAL_DEFAULTS]
+    if unknown:
+        raise ConfigError(f"unknown config key {TRIAL_KEY}.{unknown[0]}; valid keys in {TRIAL_KEY}: "
+                          f"{', '.join(TRIAL_DEFAULTS)}")
+    settings = {**TRIAL_DEFAULTS, **section}
+    _check_workers(settings["workers"], f"{TRIAL_KEY}.workers")
+    return settings
+
+
+def _check_workers(workers, name: str) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"{name}: expected a whole number of workers, 1 or more, got {workers!r}")
+    return workers
+
+
+def worker_resources(workers: int, cpus_per_trial: float, gpus_per_trial: float) -> dict:
+    """Each worker's share of the trial's resources: {'CPU': c} or {'CPU': c, 'GPU': 1}."""
+    if cpus_per_trial <= 0:
+        raise ConfigError(f"cpus per trial: expected more than 0, got {cpus_per_trial!r}")
+    resources = {"CPU": cpus_per_trial / workers}
+    if gpus_per_trial:
+        if gpus_per_trial != workers:
+            raise ConfigError(f"gpus per trial {gpus_per_trial:g} with {workers} workers per trial: each worker "
+                              f"(one DDP rank) needs a GPU of its own; use gpus per trial {workers} (or 0)")
+        resources["GPU"] = 1
+    return resources
 
 
 def config_with(base: dict, values: dict) -> Config:
@@ -123,6 +180,47 @@ def _trial(parameters: dict) -> None:
     train(config, output, report=report)
 
 
+class _TuneMetricReport(TuneReportCallback):  # Ray: Train reports -> this trial's Tune results
+    """Rank 0's metrics of each Ray Train report that carries the search metric, to Tune."""
+
+    def __init__(self, metric: str):
+        super().__init__()
+        self.metric = metric
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if self.metric in metrics[0]:  # with kNN as the metric, only the results that carry it
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def _trial_with_workers(parameters: dict) -> None:
+    """One Tune trial as the driver of a Ray Train run of `parameters['workers']` DDP workers.
+
+    The workers run `cluster.train_job`'s worker function: staging, restart from the checkpoint
+    Ray keeps in OUTPUT/trials/TRIAL_ID/ray, training, reports. Started again (a continued
+    search, the same trial id), the run continues from its own latest checkpoint.
+    """
+    config = config_with(parameters["base"], parameters["values"])  # each worker stages a URI dataset
+    output = Path(parameters["output"]) / "trials" / tune.get_context().get_trial_id()  # Ray
+    output.mkdir(parents=True, exist_ok=True)
+    resources = parameters["worker_resources"]
+    backend = "nccl" if "GPU" in resources else "gloo"
+    environment = dict(WORKER_ENVIRONMENT)
+    environment.update({key: value for key, value in os.environ.items() if key.startswith("SELFSUP_")})
+    trainer = TorchTrainer(  # Ray: the trial's own distributed run, set up as `selfsup train` sets up its own
+        _train_worker,
+        train_loop_config={"config": config_to_dict(config), "output": str(output), "backend": backend,
+                           "timeout_seconds": PROCESS_GROUP_TIMEOUT_SECONDS},
+        torch_config=OwnProcessGroup(backend=backend, timeout_s=PROCESS_GROUP_TIMEOUT_SECONDS),
+        scaling_config=ScalingConfig(num_workers=parameters["workers"], use_gpu="GPU" in resources,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name="ray", storage_path=str(output),
+                             callbacks=[_TuneMetricReport(parameters["metric"])],
+                             checkpoint_config=CheckpointConfig(num_to_keep=config.trainer.keep_checkpoints),
+                             worker_runtime_env={"env_vars": environment}),
+    )
+    trainer.fit()
+
+
 def _total_steps(config: Config, workers: int = 1) -> int:
     if config.trainer.max_steps:
         return config.trainer.max_steps
@@ -130,26 +228,48 @@ def _total_steps(config: Config, workers: int = 1) -> int:
     return config.trainer.epochs * max(1, count // (config.data.batch_size * workers))
 
 
+def _trials_that_fit(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many multi-worker trials the Ray cluster's resources hold at once (at least 1)."""
+    available = ray.cluster_resources()  # Ray
+    counts = [available.get("CPU", 0) // (cpus_per_trial + DRIVER_CPUS)]
+    if gpus_per_trial:
+        counts.append(available.get("GPU", 0) // gpus_per_trial)
+    return max(1, int(min(counts)))
+
+
 def run_search(raw: dict, output: str | Path, *, samples: int, cpus_per_trial: float = 1,
                gpus_per_trial: float = 0, concurrent: int | None = None, address: str | None = None,
-               grace_steps: int | None = None) -> dict:
+               grace_steps: int | None = None, workers_per_trial: int | None = None) -> dict:
     """Run (or continue) the search; write OUTPUT/best.yaml; return {'table', 'best', 'metric', ...}.
 
+    `workers_per_trial`: DDP workers in each trial (default: the config's `trial.workers`, else 1).
     Interrupted (Ctrl-C), it returns {'table', 'interrupted': True} and writes no best.yaml.
     """
     output = Path(output).resolve()
+    settings = trial_settings(raw)
+    workers = settings["workers"] if workers_per_trial is None else _check_workers(workers_per_trial,
+                                                                                 "workers per trial")
     base_dict, search = split_search(raw)
     base = config_from_dict(base_dict)
     if not search:
         raise ConfigError(f"the config has no `{SEARCH_KEY}:` section: nothing to search over")
     space = search_space(base, search)
     metric, mode = target_metric(base)
-    total = _total_steps(base) if not is_uri(str(base.data.path)) else base.trainer.max_steps or 1
-    scheduler = ASHAScheduler(time_attr="step", max_t=max(1, total), reduction_factor=2,
+    total = _total_steps(base, workers) if not is_uri(str(base.data.path)) else base.trainer.max_steps or 1
+    # max_t one past the last step: a trial that reaches its end finishes by itself rather than being
+    # stopped by Tune, which would kill a multi-worker trial's driver while its Ray Train run shuts down
+    scheduler = ASHAScheduler(time_attr="step", max_t=max(1, total) + 1, reduction_factor=2,
                               grace_period=max(1, min(total, grace_steps or max(1, total // 4))))
-    ensure_ray(address, num_cpus=cpus_per_trial * (concurrent or 1))
+    resources = worker_resources(workers, cpus_per_trial, gpus_per_trial) if workers > 1 else None
+    driver_cpus = DRIVER_CPUS if resources is not None else 0
+    ensure_ray(address, num_cpus=math.ceil((cpus_per_trial + driver_cpus) * (concurrent or 1)))
     parameters = {"base": config_to_dict(base), "values": space, "metric": metric, "output": str(output)}
-    trainable = tune.with_resources(_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})  # Ray
+    if resources is None:
+        trainable = tune.with_resources(_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})  # Ray
+    else:  # the trial only drives its Ray Train workers, which ask for the resources themselves
+        parameters.update(workers=workers, worker_resources=resources)
+        trainable = tune.with_resources(_trial_with_workers, {"cpu": DRIVER_CPUS})  # Ray
+        concurrent = concurrent or _trials_that_fit(cpus_per_trial, gpus_per_trial)
     experiment = output / EXPERIMENT
     if tune.Tuner.can_restore(str(experiment)):  # Ray: an interrupted search continues
         print(f"continuing the search in {experiment}", flush=True)

@@ -1,9 +1,11 @@
-"""`selfsup tune`: the search space parsed from the config, tiny trials on a local Ray, a results
-table, `best.yaml` loadable by `selfsup train`, TensorBoard per trial, and an interrupted search
-continued by running the same command again."""
+"""`selfsup tune`: the search space parsed from the config, tiny trials of two DDP workers each on a
+local Ray (each trial a Ray Train run driven by its Tune trial), a results table, `best.yaml`
+loadable by `selfsup train`, TensorBoard per trial, and an interrupted search continued by running
+the same command again."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from trainer.config import ConfigError, load_config
@@ -44,11 +47,46 @@ def test_search_space_parsing():
         search_space(load_config(None, base=base), {"optim.lrr": "uniform(0, 1)"})
 
 
+def test_trial_settings_and_worker_resources():
+    from cluster.tune import split_search, trial_settings, worker_resources
+
+    raw = {"method": {"name": "simclr"}, "trial": {"workers": 4}, "search": {"optim.lr": "uniform(0, 1)"}}
+    assert trial_settings(raw) == {"workers": 4}
+    assert "trial" not in split_search(raw)[0]  # not part of the training config
+    assert trial_settings({}) == {"workers": 1}
+    with pytest.raises(ConfigError, match="unknown config key trial.worker; valid keys in trial: workers"):
+        trial_settings({"trial": {"worker": 2}})
+    with pytest.raises(ConfigError, match="trial.workers: expected a whole number of workers, 1 or more, got 0"):
+        trial_settings({"trial": {"workers": 0}})
+    assert worker_resources(2, 1, 0) == {"CPU": 0.5}
+    assert worker_resources(4, 32, 4) == {"CPU": 8.0, "GPU": 1}
+    with pytest.raises(ConfigError, match="gpus per trial 2 with 4 workers per trial: .* use gpus per trial 4"):
+        worker_resources(4, 4, 2)
+
+
 def _selfsup_tune(config: Path, data: Path, output: Path, samples: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "cluster.cli", "tune", "--config", str(config), "--data", str(data),
-         "--output", str(output), "--samples", str(samples), "--concurrent", "1", "--grace-steps", "4", *TINY],
+         "--output", str(output), "--samples", str(samples), "--concurrent", "2", "--grace-steps", "4",
+         "--set", "trial.workers=2", *TINY],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _output_of(process: subprocess.Popen, timeout: float) -> str:
+    """Wait for `process`; past `timeout`, kill it (so no search outlives the test) and fail."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"selfsup tune still running after {timeout} s: {process.communicate()[0][-5000:]}")
+
+
+def _progress(trial: Path) -> tuple[int, set[int]]:
+    """(the step of the trial's newest checkpoint, 0 if none; the pids of rank 0 that reported)."""
+    steps = [int(path.name.split("-")[1]) for path in (trial / "checkpoints").glob("step-*")]
+    reports = trial / "reports.jsonl"
+    lines = reports.read_text().splitlines() if reports.exists() else []
+    return max(steps, default=0), {json.loads(line)["pid"] for line in lines}
 
 
 @pytest.mark.slow
@@ -62,21 +100,32 @@ def test_tune_interrupted_then_continued(demo_shards, tmp_path):
     first = _selfsup_tune(config, demo_shards, output, samples=2)
     deadline = time.monotonic() + 600
     while not list(output.glob("trials/*/checkpoints/step-*")) and time.monotonic() < deadline:
+        if first.poll() is not None:  # ended before any checkpoint: show why
+            pytest.fail(f"selfsup tune ended early ({first.returncode}): {first.communicate()[0][-5000:]}")
         time.sleep(1)
     assert list(output.glob("trials/*/checkpoints/step-*")), "no trial wrote a checkpoint"
     first.send_signal(signal.SIGINT)  # as Ctrl-C: Tune saves the search state and stops
-    text, _ = first.communicate(timeout=300)
+    text = _output_of(first, timeout=300)
     assert first.returncode == 130 and "search interrupted" in text, text[-3000:]
     assert not (output / "best.yaml").exists()
+    before = {trial.name: _progress(trial) for trial in (output / "trials").iterdir()}
 
     second = _selfsup_tune(config, demo_shards, output, samples=2)
-    text, _ = second.communicate(timeout=900)
+    text = _output_of(second, timeout=900)
     assert second.returncode == 0, text[-5000:]
     assert "continuing the search" in text
     trials = sorted(path for path in (output / "trials").iterdir())
     assert len(trials) == 2
     for trial in trials:
         assert list((trial / "tensorboard").glob("events.*")), trial  # TensorBoard logs per trial
+        newest = sorted((trial / "checkpoints").glob("step-*"))[-1]
+        state = torch.load(newest / "state.pt", weights_only=True)
+        assert len(state["ranks"]) == 2, trial  # a DDP run of two ranks: each rank's loader position
+        assert (trial / "ray").is_dir()  # the trial's Ray Train storage (its checkpoints, run state)
+        checkpointed, earlier_pids = before.get(trial.name, (0, set()))
+        records = [json.loads(line) for line in (trial / "reports.jsonl").read_text().splitlines()]
+        continued = [record["step"] for record in records if record["pid"] not in earlier_pids]
+        assert continued[0] == checkpointed + 1, (trial, checkpointed, continued)  # from its checkpoint
     assert "optim.lr" in text and "loss" in text  # the results table
 
     best = load_config(output / "best.yaml")  # a complete config, ready for `selfsup train`
