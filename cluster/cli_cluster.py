@@ -27,7 +27,7 @@ def _tune(args: argparse.Namespace) -> int:
         raise ConfigError("no dataset: pass --data OUT (a folder written by `selfsup convert`)")
     outcome = run_search(raw, args.output, samples=args.samples, cpus_per_trial=args.cpus_per_trial,
                          gpus_per_trial=args.gpus_per_trial, concurrent=args.concurrent, address=args.address,
-                         grace_steps=args.grace_steps)
+                         grace_steps=args.grace_steps, workers_per_trial=args.workers_per_trial)
     print(format_table(outcome["table"]))
     if outcome["interrupted"]:
         print(f"search interrupted; run the same command again to continue it ({outcome['experiment']})")
@@ -90,6 +90,9 @@ def add_cluster_commands(commands) -> None:
     tune.add_argument("--samples", type=int, default=8, help="trials to run (default 8)")
     tune.add_argument("--cpus-per-trial", type=float, default=1.0)
     tune.add_argument("--gpus-per-trial", type=float, default=0.0)
+    tune.add_argument("--workers-per-trial", type=int, default=None,
+                      help="DDP workers in each trial, each trial a Ray Train run (default: the config's "
+                           "trial.workers, else 1); --cpus/--gpus-per-trial are shared among them")
     tune.add_argument("--concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
     tune.add_argument("--grace-steps", type=int, default=None,
                       help="steps before ASHA may stop a trial (default: a quarter of the run)")

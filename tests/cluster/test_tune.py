@@ -68,7 +68,7 @@ def _selfsup_tune(config: Path, data: Path, output: Path, samples: int) -> subpr
     return subprocess.Popen(
         [sys.executable, "-m", "cluster.cli", "tune", "--config", str(config), "--data", str(data),
          "--output", str(output), "--samples", str(samples), "--concurrent", "2", "--grace-steps", "4",
-         "--set", "trial.workers=2", *TINY],
+         "--workers-per-trial", "2", *TINY],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
