@@ -303,6 +303,32 @@ def _fit_keeping_signal_handlers(trainer: TorchTrainer):
     return outcome["result"]
 
 
+def build_torch_trainer(config: Config, output: Path, *, workers: int, resources: dict, run_name: str,
+                        storage_path: str, stop_flag=None, max_failures: int = 0, spread: bool = False,
+                        callbacks: tuple = ()) -> TorchTrainer:
+    """The Ray Train run of `workers` DDP ranks of `_train_worker` (`selfsup train --workers`, and
+    each multi-worker Tune trial): our own loopback-aware process group (NCCL when `resources`
+    hold a GPU, gloo otherwise), the workers' environment, Ray's checkpoint storage and retries."""
+    environment = dict(WORKER_ENVIRONMENT)
+    environment.update({key: value for key, value in os.environ.items() if key.startswith("SELFSUP_")})
+    backend = "nccl" if "GPU" in resources else "gloo"
+    loop_config = {"config": config_to_dict(config), "output": str(output), "backend": backend,
+                   "timeout_seconds": PROCESS_GROUP_TIMEOUT_SECONDS}
+    if stop_flag is not None:
+        loop_config["stop_flag"] = stop_flag
+    return TorchTrainer(  # Ray: the whole distributed set-up
+        _train_worker,
+        train_loop_config=loop_config,
+        torch_config=OwnProcessGroup(backend=backend, timeout_s=PROCESS_GROUP_TIMEOUT_SECONDS),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu="GPU" in resources, resources_per_worker=resources,
+                                     placement_strategy="SPREAD" if spread else "PACK"),
+        run_config=RunConfig(name=run_name, storage_path=storage_path, callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=config.trainer.keep_checkpoints),
+                             worker_runtime_env={"env_vars": environment}),
+    )
+
+
 def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gpu: bool = False,
                  gpus_per_worker: float | None = None, cpus_per_worker: float = 1,
                  address: str | None = None, max_failures: int = 0, storage: str | None = None,
@@ -321,23 +347,11 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
         resources["GPU"] = gpus_per_worker or 1
-    environment = dict(WORKER_ENVIRONMENT)
-    environment.update({key: value for key, value in os.environ.items() if key.startswith("SELFSUP_")})
-    backend = "nccl" if use_gpu else "gloo"
     stop_flag = StopFlag.remote()  # Ray
     stop = StopRequest(on_request=lambda reason: stop_flag.request.remote(reason))  # Ray: to every rank
-    trainer = TorchTrainer(  # Ray: the whole distributed set-up
-        _train_worker,
-        train_loop_config={"config": config_to_dict(config), "output": str(output), "stop_flag": stop_flag,
-                           "backend": backend, "timeout_seconds": PROCESS_GROUP_TIMEOUT_SECONDS},
-        torch_config=OwnProcessGroup(backend=backend, timeout_s=PROCESS_GROUP_TIMEOUT_SECONDS),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
-                                     placement_strategy="SPREAD" if spread else "PACK"),
-        run_config=RunConfig(name=output.name if storage else "ray", storage_path=storage or str(output),
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=config.trainer.keep_checkpoints),
-                             worker_runtime_env={"env_vars": environment}),
-    )
+    trainer = build_torch_trainer(
+        config, output, workers=workers, resources=resources, run_name=output.name if storage else "ray",
+        storage_path=storage or str(output), stop_flag=stop_flag, max_failures=max_failures, spread=spread)
     with handle_stop_signals(stop):
         result = _fit_keeping_signal_handlers(trainer)
     metrics = dict(result.metrics or {})

@@ -33,7 +33,6 @@ from __future__ import annotations
 import ast
 import copy
 import math
-import os
 import re
 from pathlib import Path
 
@@ -42,13 +41,10 @@ from cluster.local_ray import ensure_ray  # first: it must set up the environmen
 import ray
 import yaml
 from ray import tune  # Ray: the search (Tuner, ASHA, search-space domains)
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from cluster.train_job import (PROCESS_GROUP_TIMEOUT_SECONDS, WORKER_ENVIRONMENT, OwnProcessGroup, _train_worker,
-                               stage_if_remote)
+from cluster.train_job import build_torch_trainer, stage_if_remote
 from pipeline.dataset import load_dataset_info
 from pipeline.staging import is_uri
 from trainer.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
@@ -202,22 +198,9 @@ def _trial_with_workers(parameters: dict) -> None:
     config = config_with(parameters["base"], parameters["values"])  # each worker stages a URI dataset
     output = Path(parameters["output"]) / "trials" / tune.get_context().get_trial_id()  # Ray
     output.mkdir(parents=True, exist_ok=True)
-    resources = parameters["worker_resources"]
-    backend = "nccl" if "GPU" in resources else "gloo"
-    environment = dict(WORKER_ENVIRONMENT)
-    environment.update({key: value for key, value in os.environ.items() if key.startswith("SELFSUP_")})
-    trainer = TorchTrainer(  # Ray: the trial's own distributed run, set up as `selfsup train` sets up its own
-        _train_worker,
-        train_loop_config={"config": config_to_dict(config), "output": str(output), "backend": backend,
-                           "timeout_seconds": PROCESS_GROUP_TIMEOUT_SECONDS},
-        torch_config=OwnProcessGroup(backend=backend, timeout_s=PROCESS_GROUP_TIMEOUT_SECONDS),
-        scaling_config=ScalingConfig(num_workers=parameters["workers"], use_gpu="GPU" in resources,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name="ray", storage_path=str(output),
-                             callbacks=[_TuneMetricReport(parameters["metric"])],
-                             checkpoint_config=CheckpointConfig(num_to_keep=config.trainer.keep_checkpoints),
-                             worker_runtime_env={"env_vars": environment}),
-    )
+    trainer = build_torch_trainer(config, output, workers=parameters["workers"],
+                                  resources=parameters["worker_resources"], run_name="ray",
+                                  storage_path=str(output), callbacks=(_TuneMetricReport(parameters["metric"]),))
     trainer.fit()
 
 
