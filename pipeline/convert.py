@@ -230,9 +230,13 @@ class _SplitWriter:
         self.start, self.rows, self.errors = stop, [], []
 
     def abort(self) -> None:
-        """Remove the open shard's partial file."""
+        """Remove the open shard's partial file, also when an interrupt came while it was being
+        opened (the file exists, `self.writer` is not assigned yet)."""
         if self.writer is not None:
             self.writer.abort()
+        opening = self.output / shard_name(self.split, self.next_shard)
+        for path in (opening, opening.with_suffix(".idx")):
+            path.with_name(path.name + ".partial").unlink(missing_ok=True)
 
 
 def _ignore_interrupts() -> None:
