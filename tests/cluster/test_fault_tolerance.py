@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.s3_server import loopback_s3
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "model.backbone=resnet18", "--set", "data.image_size=32", "--set", "data.batch_size=8",
         "--set", "method.projection_hidden_dim=64", "--set", "trainer.log_every=1",
@@ -69,20 +71,36 @@ def test_killed_worker_resumes_from_checkpoint(demo_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_continues_from_checkpoint_in_storage(demo_shards, tmp_path):
-    """A restart on a machine without the run's local files (another output folder, same name and
-    --storage): the checkpoint comes from Ray's storage and training continues after it."""
-    storage = (tmp_path / "storage").as_uri()
-    common = ["train", "--config", "configs/simclr.yaml", "--data", str(demo_shards), "--storage", storage,
-              "--set", "trainer.checkpoint_every=2", *TINY]
-    first = subprocess.run([sys.executable, "-m", "cluster.cli", *common, "--output", str(tmp_path / "a" / "run"),
-                            "--set", "trainer.max_steps=4"], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert (tmp_path / "storage" / "run" / "step-00000004" / "state.pt").exists()
+def test_run_continues_from_checkpoint_in_s3_storage(demo_shards, tmp_path):
+    """Dataset and Ray's storage in S3 (an S3 server on loopback): the worker stages the shards onto
+    local disk within the space limit and rank 0's checkpoints land in the bucket. Then a restart
+    on a machine without the run's local files (another output folder, same name and --storage):
+    the checkpoint comes from the bucket and training continues after it."""
+    with loopback_s3() as s3:
+        s3.upload(demo_shards, "datasets", "shapes")
+        s3.create_bucket("runs")
+        staging = tmp_path / "staging"
+        environment = {**os.environ, "SELFSUP_STAGING_DIR": str(staging), "SELFSUP_STAGING_LIMIT": "5MB"}
+        common = ["train", "--config", "configs/simclr.yaml", "--data", s3.uri("datasets", "shapes"),
+                  "--storage", s3.uri("runs", "simclr"), "--set", "trainer.checkpoint_every=2", *TINY]
+        first_run = tmp_path / "a" / "run"
+        first = subprocess.run([sys.executable, "-m", "cluster.cli", *common, "--output", str(first_run),
+                                "--set", "trainer.max_steps=4"], cwd=ROOT, env=environment,
+                               capture_output=True, text=True, timeout=900)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        (local,) = [path for path in staging.iterdir() if path.is_dir()]  # the worker's staged copy
+        for original in demo_shards.iterdir():
+            assert (local / original.name).read_bytes() == original.read_bytes(), original.name
+        assert sum(path.stat().st_size for path in local.rglob("*") if path.is_file()) <= 5_000_000
+        state = first_run / "checkpoints" / "step-00000004" / "state.pt"
+        assert torch.load(state, weights_only=True)["config"]["data"]["path"] == str(local)
+        assert "run/step-00000004/state.pt" in s3.list_files("runs", "simclr")
+        assert s3.read_bytes("runs", "simclr/run/step-00000004/state.pt") == state.read_bytes()
 
-    second_run = tmp_path / "b" / "run"
-    second = subprocess.run([sys.executable, "-m", "cluster.cli", *common, "--output", str(second_run),
-                             "--set", "trainer.max_steps=6"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        second_run = tmp_path / "b" / "run"
+        second = subprocess.run([sys.executable, "-m", "cluster.cli", *common, "--output", str(second_run),
+                                 "--set", "trainer.max_steps=6"], cwd=ROOT, env=environment,
+                                capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "trained 6 steps" in second.stdout
     assert (second_run / "restored" / "step-00000004" / "state.pt").exists()
