@@ -64,7 +64,7 @@ def ray_head():
     finally:
         head.send_signal(signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=5)  # `ray start --block` often outlives a SIGTERM: the group's SIGKILL ends it
         except subprocess.TimeoutExpired:
             pass
         try:
