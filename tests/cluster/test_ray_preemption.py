@@ -1,6 +1,8 @@
-"""Preemption under Ray Train: SIGTERM to `selfsup train --workers 2` stops both ranks at the same
-step, rank 0 writes a checkpoint (which Ray gets at once), the command exits cleanly, and the same
-command run again continues from that checkpoint. While it runs, nothing it started listens beyond
+"""`selfsup train --workers 2` as a user runs it on a real local Ray (2 DDP ranks over gloo, real
+shards), preempted: SIGTERM stops both ranks at the same step, rank 0 writes a checkpoint (which Ray
+gets at once), the command exits 143, and the same command run again continues from that
+checkpoint to the end. The run folder then holds its config, the checkpoints and TensorBoard
+scalars, and `selfsup eval knn` evaluates it. While it runs, nothing it started listens beyond
 loopback (Ray's services, the DDP rendezvous, gloo)."""
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainer.checkpoint import latest_checkpoint
 
@@ -124,3 +128,22 @@ def test_sigterm_to_the_driver_checkpoints_every_rank_at_one_step_and_the_same_c
         steps_by_process.setdefault(record["pid"], []).append(record["step"])
     before, after = steps_by_process.values()
     assert before == list(range(1, stopped + 1)) and after == list(range(stopped + 1, TOTAL_STEPS + 1))
+
+    # what the finished run leaves for its user, and `selfsup eval knn` on it
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["trainer"]["max_steps"] == TOTAL_STEPS and config["data"]["path"] == str(demo_shards.resolve())
+    state = torch.load(run / "checkpoints" / f"step-{TOTAL_STEPS:08d}" / "state.pt", weights_only=True)
+    assert state["step"] == TOTAL_STEPS and state["config"]["method"]["name"] == "simclr"
+    assert any(key.startswith("backbone.") for key in state["model"])
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert {event.step for event in losses} >= set(range(stopped + 1, TOTAL_STEPS + 1))
+    assert all(event.value > 0 for event in losses)
+    assert "train/lr" in events.Tags()["scalars"] and "train/images_per_second" in events.Tags()["scalars"]
+    assert json.loads((run / "metrics.json").read_text())["step"] == TOTAL_STEPS
+    knn = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "knn", "--checkpoint", str(run), "--data",
+                          str(demo_shards), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert knn.returncode == 0, knn.stderr[-3000:]
+    answer = json.loads(knn.stdout.strip().splitlines()[-1])
+    assert 0.0 <= answer["top1"] <= 100.0 and answer["query_split"] == "val" and answer["query_samples"] == 40
