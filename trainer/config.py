@@ -40,6 +40,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"
     small_input: bool = False  # CIFAR-style stem for images of 64 px or less (ResNets)
+    patch_size: int = 16  # ViTs: pixels per patch side (8 suits images of 32-64 px)
     sync_batchnorm: bool = False  # BatchNorm statistics over all ranks (CUDA, more than one rank)
 
 

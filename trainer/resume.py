@@ -28,7 +28,7 @@ from trainer.distributed import DistributedContext
 CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 # Keys that must agree between a checkpoint and the run that continues it (plus every method.* key).
-RESUME_KEYS = ("method.name", "model.backbone", "model.small_input", "optim.name", "seed", "data.batch_size",
+RESUME_KEYS = ("method.name", "model.backbone", "model.small_input", "model.patch_size", "optim.name", "seed", "data.batch_size",
                "data.image_size", "data.recipe", "trainer.accumulate_steps")
 
 

@@ -54,7 +54,7 @@ def test_teacher_export_needs_a_teacher(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("method, overrides", [
-    ("simmim", ["model.backbone=vit_tiny", "data.recipe.patch_size=16"]),  # carries a mask token
+    ("simmim", ["model.backbone=vit_tiny", "model.patch_size=8", "data.recipe.patch_size=8"]),  # a mask token
     ("colorization", ["method.head_hidden_dim=32"]),  # a one-channel backbone inside a wrapper
 ])
 def test_methods_that_change_their_backbone_export_a_plain_one(method, overrides, demo_shards, tmp_path):
@@ -77,6 +77,7 @@ def test_methods_that_change_their_backbone_export_a_plain_one(method, overrides
             assert torch.equal(fresh.eval()(centered / 50), original.eval()(centered))
     else:
         assert "in_channels" not in spec["kwargs"] and "RGB" in spec["input"]
+        assert spec["kwargs"]["patch_size"] == 8 and fresh.patch_embed.proj.weight.shape[-1] == 8
         images = torch.randn(2, 3, 32, 32, generator=generator)
         with torch.no_grad():
             assert torch.equal(fresh.eval()(images), original.eval()(images))
