@@ -6,8 +6,11 @@ The Ray-specific lines are the TorchTrainer set-up in `run_training` and the few
 In each worker, before training:
 - the DDP process group is joined (`join_process_group`): rank 0 listens on its node's address
   only (127.0.0.1 on a local Ray), not on every interface as torch's default rendezvous does;
-- a dataset given as a URI (`s3://`, `gs://`, `file://`) is staged onto the node's local disk
-  (`pipeline.staging`), and the config points at the local copy;
+- a dataset given as a URI (`s3://`, `gs://`, `file://`) is staged onto the node's local disk, and
+  the config points at the local copy: its small files now, and, epoch by epoch, only the shards
+  the node's ranks read (`pipeline.node_staging`; the ranks of a node are found by gathering each
+  rank's Ray node), within SELFSUP_STAGING_LIMIT bytes per node; the whole dataset when the
+  online kNN monitor, which reads all of it, is on;
 - the latest checkpoint Ray holds for this run (after a worker failure, or a run started again
   with the same `--storage`) is downloaded when the output folder has nothing as recent, and
   handed to the trainer as `trainer.resume`.
@@ -56,6 +59,7 @@ from ray.train.backend import Backend
 from ray.train.collective import broadcast_from_rank_zero
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from pipeline.node_staging import stage_node_parts
 from pipeline.staging import is_uri, stage_dataset
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import Config, config_from_dict, config_to_dict, save_config
@@ -171,13 +175,31 @@ def restore_from_ray(output: Path, checkpoint: ray.train.Checkpoint | None) -> P
     return target
 
 
-def stage_if_remote(config: Config) -> Config:
-    """`config` with data.path on local disk: a URI's dataset staged into this node's cache."""
+def ranks_on_this_node(rank: int, world_size: int) -> list[int]:
+    """The world ranks whose Ray workers run on this rank's node (collective when world_size > 1)."""
+    node = ray.get_runtime_context().get_node_id()  # Ray
+    if world_size == 1 or not torch.distributed.is_initialized():
+        return [rank]
+    nodes = [None] * world_size
+    torch.distributed.all_gather_object(nodes, node)
+    return [rank for rank, other in enumerate(nodes) if other == node]
+
+
+def stage_if_remote(config: Config, *, world_size: int = 1, node_ranks: list[int] | None = None) -> Config:
+    """`config` with data.path on local disk: a URI's dataset staged into this node's cache.
+
+    The shards come per epoch, those that `node_ranks` (this node's world ranks, of `world_size`)
+    read (`pipeline.node_staging`); with the online kNN monitor on, which reads every sample of
+    both splits, the whole dataset is staged instead."""
     if not is_uri(str(config.data.path)):
         return config
     cache = Path(os.environ.get(STAGING_VARIABLE) or Path(os.environ.get("TMPDIR", "/tmp")) / "selfsup-staging")
     limit = os.environ.get(STAGING_LIMIT_VARIABLE)
-    local = stage_dataset(str(config.data.path), cache, max_bytes=limit)
+    if config.eval.online_knn_every_epochs > 0:
+        local = stage_dataset(str(config.data.path), cache, max_bytes=limit)
+    else:
+        local = stage_node_parts(str(config.data.path), cache, node_ranks=node_ranks or [0],
+                                 world_size=world_size, max_bytes=limit)
     values = config_to_dict(config)
     values["data"]["path"] = str(local)
     return config_from_dict(values)
@@ -260,7 +282,9 @@ def _train_worker(loop_config: dict) -> None:
         rank = ray.train.get_context().get_world_rank()  # Ray
         output = Path(loop_config["output"])
         output.mkdir(parents=True, exist_ok=True)
-        config = stage_if_remote(config_from_dict(loop_config["config"]))
+        world_size = ray.train.get_context().get_world_size()  # Ray
+        config = stage_if_remote(config_from_dict(loop_config["config"]), world_size=world_size,
+                                 node_ranks=ranks_on_this_node(rank, world_size))
         held = ray.train.get_checkpoint()  # Ray: None on a first start
         if held is not None and rank == 0:
             print(f"Ray holds checkpoint {Path(held.path).name} of this run", flush=True)

@@ -1,7 +1,10 @@
 """The loader: WebDataset shards -> one DALI graph -> `dict[str, torch.Tensor]` per step.
 
 `build_train_loader` streams a split forever (the trainer counts steps and epochs), reading the
-rank's own part of the samples with DALI's webdataset reader and the shards' `.idx` files.
+rank's own part of the samples with DALI's webdataset reader and the shards' `.idx` files. For a
+dataset that a trainer stages per epoch from a URI (`pipeline.node_staging`), the train loader
+first has its part's shards copied to this node, and hands DALI only those files (with indexes
+trimmed to the part, `pipeline.shard_parts`), which yields the same samples in the same order.
 `build_eval_loader` reads a split exactly once, in order, keeping the last partial batch.
 
 On a GPU (`device="cuda:N"`) decoding is `mixed` (nvJPEG / the hardware decoder) and every
@@ -29,6 +32,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from pipeline.augment import eval_view, label_digits
 from pipeline.dataset import DatasetError, DatasetInfo
 from pipeline.graph import finish_batch, recipe_outputs
+from pipeline.node_staging import placeholders, session_for
 from pipeline.recipes import EvalRecipe, Recipe, validate_recipe
 from pipeline.shards import read_index_entries, split_member_name
 
@@ -148,6 +152,30 @@ def _split_files(dataset: DatasetInfo, split: str):
     return info, [str(path) for path in info.shards], [str(path) for path in info.indexes]
 
 
+def _check_on_disk(dataset: DatasetInfo, split: str, paths: list[str]) -> None:
+    """A clear error for a split whose shards a node stages per epoch (placeholders on disk)."""
+    missing = placeholders(paths)
+    if missing:
+        raise DatasetError(f"{dataset.root}: {len(missing)} shards of split {split!r} ({missing[0]}, ...) are not "
+                           "on this node: the folder is a per-epoch staged copy (pipeline.node_staging), read "
+                           "by the trainer that staged it; read the dataset from its source instead")
+
+
+def _reader_part(dataset: DatasetInfo, split: str, paths: list[str], index_paths: list[str], *,
+                 rank: int, world_size: int, epoch: int) -> tuple[list[str], list[str], int, int]:
+    """(paths, index_paths, shard_id, num_shards) of the reader of `rank` in `epoch`.
+
+    A local dataset: every file, and DALI's part (rank + epoch) mod world_size. A dataset this
+    process stages per epoch: only the files of that part, staged now, with indexes trimmed to
+    the part, read whole (`pipeline.shard_parts`): the same samples in the same order."""
+    staging = session_for(dataset.root)
+    if staging is not None and staging.split == split:
+        part_paths, part_indexes = staging.prepare(rank, world_size, epoch)
+        return part_paths, part_indexes, 0, 1
+    _check_on_disk(dataset, split, paths)
+    return paths, index_paths, (rank + epoch) % world_size, world_size
+
+
 def build_train_loader(
     dataset: DatasetInfo,
     recipe: Recipe,
@@ -169,7 +197,8 @@ def build_train_loader(
 
     Rank r of W reads part (r + epoch) mod W of the W contiguous parts of the split (DALI's
     shard_id/num_shards); after each pass it moves on to the next part, so over epochs every rank
-    sees all data. The graph's seed is `epoch_seed(seed, epoch, rank)`: a loader built for a
+    sees all data. A dataset staged per epoch (`pipeline.node_staging`) has the files of that
+    part copied here first (and the next epoch's prefetched); the batches are the same. The graph's seed is `epoch_seed(seed, epoch, rank)`: a loader built for a
     given (seed, epoch, rank) yields the same batches every time, which is how the trainer
     rebuilds each epoch reproducibly. `resumable=True` enables DALI checkpointing
     (`DaliLoader.checkpoint()`); `dali_checkpoint` (from that method) restores a loader built
@@ -186,13 +215,15 @@ def build_train_loader(
     decoder_device, device_id = dali_device(device)
     with_label = recipe.with_label and dataset.labeled
     names: list[str] = []  # filled while the graph is defined
+    part_paths, part_indexes, shard_id, num_shards = _reader_part(
+        dataset, split, paths, index_paths, rank=rank, world_size=world_size, epoch=epoch)
 
     @pipeline_def(enable_conditionals=True, enable_checkpointing=resumable)
     def views_pipeline():
         components = read_shards(
-            paths, index_paths, with_label,
-            shard_id=(rank + epoch) % world_size,
-            num_shards=world_size,
+            part_paths, part_indexes, with_label,
+            shard_id=shard_id,
+            num_shards=num_shards,
             random_shuffle=True,
             initial_fill=max(2, min(shuffle_buffer, info.count // world_size)),
         )
@@ -230,6 +261,7 @@ def build_eval_loader(
 ) -> DaliLoader:
     """Every sample of a split exactly once, in shard order; the last batch may be smaller."""
     info, paths, index_paths = _split_files(dataset, split)
+    _check_on_disk(dataset, split, paths)
     decoder_device, device_id = dali_device(device)
     labeled = dataset.labeled
 

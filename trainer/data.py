@@ -4,7 +4,9 @@ Each epoch's batches are a pure function of (seed, epoch, rank): the loader for 
 `build_train_loader(..., epoch=e)`, whose graph seed and reader part depend on nothing else.
 At an epoch boundary the stream switches to the next epoch's loader, which a background thread
 built (and DALI started filling) while the last batches of the current epoch were handed out,
-so the step does not wait for the rebuild.
+so the step does not wait for the rebuild. (For a dataset staged per epoch from a URI, building
+the loader is also where the epoch's shards are copied to the node, `pipeline.node_staging`: the
+background build leaves that copy out of the step time too, as far as it was not prefetched.)
 
 The position is (epoch, batches handed out in that epoch). `DataStream.state()` returns it with
 DALI's own checkpoint of the current loader (reader position and every random generator of the

@@ -4,13 +4,19 @@ within a space limit, complete or not at all. The s3:// tests use an S3 server o
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
-from pipeline.dataset import DatasetError, load_dataset_info
-from pipeline.staging import is_uri, public_uri, stage_dataset, staged_folder
+from pipeline.dataset import DatasetError, load_dataset_info, read_manifest
+from pipeline.loader import build_train_loader
+from pipeline.node_staging import session_for, stage_node_parts
+from pipeline.recipes import build_recipe
+from pipeline.staging import is_placeholder, is_uri, public_uri, stage_dataset, staged_folder
 from pipeline.verify import verify
 from tests.s3_server import loopback_s3, unused_port
 
@@ -156,3 +162,184 @@ def test_s3_errors_name_the_uri(s3, tmp_path):
         stage_dataset(f"s3://datasets/shapes?endpoint_override=127.0.0.1:{port}&scheme=http", tmp_path / "cache")
     assert time.monotonic() - started < 60  # pyarrow retries a few times, then gives up
     assert not list((tmp_path / "cache").glob("shapes-*"))
+
+
+# --- per-epoch staging of a node's parts (pipeline.node_staging) ---------------------------------
+
+
+def _train_rows(dataset):
+    """The manifest's train rows in reading order (shard, then position in it)."""
+    rows = [row for row in read_manifest(dataset / "manifest.parquet") if row["split"] == "train"]
+    return sorted(rows, key=lambda row: (row["shard"], row["offset"]))
+
+
+def _expected_files(dataset, ranks, world_size, epoch) -> set[str]:
+    """From the manifest: the shards holding the samples of the ranks' parts, cut as DALI cuts them."""
+    rows = _train_rows(dataset)
+    names = set()
+    for rank in ranks:
+        part = (rank + epoch) % world_size
+        start, stop = len(rows) * part // world_size, len(rows) * (part + 1) // world_size
+        names |= {row["shard"] for row in rows[start:stop]}
+    return names
+
+
+def _staged_shards(folder) -> set[str]:
+    return {path.name for path in folder.glob("*.tar") if not is_placeholder(path)}
+
+
+def _small_bytes(dataset) -> int:
+    return sum(path.stat().st_size for path in dataset.iterdir() if path.suffix != ".tar")
+
+
+def test_each_node_stages_only_the_files_of_its_parts(demo_shards, tmp_path):
+    uri, world_size = demo_shards.resolve().as_uri(), 4
+    nodes = {"a": [0, 1], "b": [2, 3]}
+    folders = {name: stage_node_parts(uri, tmp_path / name, node_ranks=ranks, world_size=world_size)
+               for name, ranks in nodes.items()}
+    for name, folder in folders.items():  # the small files are there, no shard yet
+        assert _staged_shards(folder) == set()
+        for path in demo_shards.iterdir():
+            if path.suffix != ".tar":
+                assert (folder / path.name).read_bytes() == path.read_bytes()
+        load_dataset_info(folder)  # the trainer reads the description as usual
+        session_for(folder).prefetch_next = False
+    for name, ranks in nodes.items():
+        folder = folders[name]
+        for rank in ranks:
+            paths, indexes = session_for(folder).prepare(rank, world_size, 0)
+            assert {Path(path).name for path in paths} == _expected_files(demo_shards, [rank], world_size, 0)
+            assert len(indexes) == len(paths)
+        assert _staged_shards(folder) == _expected_files(demo_shards, ranks, world_size, 0)
+        for shard in _staged_shards(folder):
+            assert (folder / shard).read_bytes() == (demo_shards / shard).read_bytes()
+        assert not list(folder.glob("val-*.tar")) or not any(
+            not is_placeholder(path) for path in folder.glob("val-*.tar"))
+    # the next epoch's files arrive in the background while the epoch trains
+    session = session_for(folders["a"])
+    session.prefetch_next = True
+    stamps = {path.name: path.stat().st_mtime_ns for path in folders["a"].glob("*.tar") if not is_placeholder(path)}
+    session.prepare(0, world_size, 0)  # already there: nothing copied again
+    session.wait_for_prefetch()
+    assert not session.prefetch_errors
+    assert _staged_shards(folders["a"]) == (_expected_files(demo_shards, [0, 1], world_size, 0)
+                                           | _expected_files(demo_shards, [0], world_size, 1))
+    assert all(folders["a"].joinpath(name).stat().st_mtime_ns == stamp for name, stamp in stamps.items())
+
+
+def test_the_loader_reads_the_same_batches_from_a_partial_copy(demo_shards, tmp_path):
+    """3 ranks (parts cut mid-shard), on two nodes: every batch of every rank in two epochs equals
+    the batch from the whole local dataset, sample for sample and bit for bit."""
+    uri, world_size = demo_shards.resolve().as_uri(), 3
+    recipe = build_recipe("simclr", 16)
+    local = load_dataset_info(demo_shards)
+    staged = {}
+    for name, ranks in {"a": [0], "b": [1, 2]}.items():
+        folder = stage_node_parts(uri, tmp_path / name, node_ranks=ranks, world_size=world_size)
+        for rank in ranks:
+            staged[rank] = load_dataset_info(folder)
+
+    def batches(dataset, rank, epoch):
+        loader = build_train_loader(dataset, recipe, batch_size=8, rank=rank, world_size=world_size, seed=3,
+                                    num_threads=1, epoch=epoch, shuffle_buffer=16)
+        iterator = iter(loader)
+        result = [next(iterator) for _ in range(loader.steps_per_epoch)]
+        loader.close()
+        return result
+
+    for epoch in (0, 1):
+        for rank in range(world_size):
+            expected, got = batches(local, rank, epoch), batches(staged[rank], rank, epoch)
+            assert len(got) == len(expected) == 5
+            for mine, theirs in zip(got, expected):
+                assert mine.keys() == theirs.keys()
+                for key in theirs:
+                    assert torch.equal(mine[key], theirs[key]), (epoch, rank, key)
+    assert list((tmp_path / "a").glob("shapes-*/.parts/train-of-3/*.idx"))  # parts cut inside a shard
+
+
+def test_dali_maps_every_file_it_is_given(demo_shards, tmp_path):
+    """Why a partial copy hands DALI only its part's files: DALI 2.x maps every tar it is given
+    when the pipeline is built, also those outside the part it reads."""
+    from nvidia.dali import fn, pipeline_def
+
+    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0], world_size=2)
+    session = session_for(folder)
+    session.prefetch_next = False
+    session.prepare(0, 2, 0)
+    shards = load_dataset_info(folder).split("train").shards
+    assert is_placeholder(shards[-1]) and not is_placeholder(shards[0])
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None)
+    def part_zero():
+        return fn.readers.webdataset(paths=[str(path) for path in shards], ext=["jpg"], shard_id=0, num_shards=2,
+                                     index_paths=[str(path.with_suffix(".idx")) for path in shards])
+
+    first_absent = next(path for path in shards if is_placeholder(path))  # in part 1, not read by part 0
+    with pytest.raises(RuntimeError, match=f"File mapping failed: .*{first_absent.name}"):
+        part_zero().build()
+
+
+def test_eviction_keeps_the_node_within_its_limit(demo_shards, tmp_path):
+    """One rank of 4 on this node, a limit of about two parts: every epoch has its part on disk,
+    the staged bytes never pass the limit, and the shards of parts read before are evicted."""
+    uri, world_size = demo_shards.resolve().as_uri(), 4
+    sizes = {path.name: path.stat().st_size for path in demo_shards.glob("train-*.tar")}
+    part_bytes = [sum(sizes[name] for name in _expected_files(demo_shards, [0], world_size, epoch))
+                  for epoch in range(world_size)]
+    limit = _small_bytes(demo_shards) + 2 * max(part_bytes) + 4096
+    folder = stage_node_parts(uri, tmp_path / "cache", node_ranks=[0], world_size=world_size, max_bytes=limit)
+    session = session_for(folder)
+    evicted = set()
+    for epoch in range(6):
+        session.prepare(0, world_size, epoch)
+        session.wait_for_prefetch()
+        assert not session.prefetch_errors
+        staged = _staged_shards(folder)
+        assert staged >= _expected_files(demo_shards, [0], world_size, epoch)
+        assert _size(tmp_path / "cache") <= limit, epoch
+        evicted |= set(sizes) - staged
+    assert evicted - _expected_files(demo_shards, [0], world_size, 5)  # earlier parts made room
+
+
+def test_a_rank_never_evicts_what_another_rank_of_its_node_reads(demo_shards, tmp_path, monkeypatch):
+    """Ranks 0 and 1 of 4 on one node, no prefetch, a limit that cannot hold parts 0, 1 and 2:
+    rank 1 moving on to part 2 while rank 0 still reads part 0 evicts part 1 (needed only next),
+    never part 0; each file is copied once for the node."""
+    uri, world_size = demo_shards.resolve().as_uri(), 4
+    sizes = {path.name: path.stat().st_size for path in demo_shards.glob("train-*.tar")}
+    first_three = _expected_files(demo_shards, [0, 1, 2], world_size, 0)
+    limit = _small_bytes(demo_shards) + sum(sizes[name] for name in first_three) - 1
+    folder = stage_node_parts(uri, tmp_path / "cache", node_ranks=[0, 1], world_size=world_size, max_bytes=limit)
+    session = session_for(folder)
+    session.prefetch_next = False
+    session.prepare(0, world_size, 0)
+    session.prepare(1, world_size, 0)
+    part_zero = _expected_files(demo_shards, [0], world_size, 0)
+    stamps = {name: (folder / name).stat().st_mtime_ns for name in part_zero}
+    session.prepare(1, world_size, 1)  # part 2, while rank 0 is still in epoch 0
+    assert all((folder / name).stat().st_mtime_ns == stamp for name, stamp in stamps.items())
+    assert _staged_shards(folder) >= part_zero | _expected_files(demo_shards, [1], world_size, 1)
+    assert _size(tmp_path / "cache") <= limit
+    monkeypatch.setattr("pipeline.node_staging.WAIT_FOR_ROOM_SECONDS", 2.0)
+    session.prepare(0, world_size, 1)  # part 1 again: room from part 0, now read by no one
+    assert _staged_shards(folder) >= _expected_files(demo_shards, [0, 1], world_size, 1)
+    assert _size(tmp_path / "cache") <= limit
+
+
+def test_a_limit_below_one_epoch_is_refused(demo_shards, tmp_path):
+    uri = demo_shards.resolve().as_uri()
+    sizes = {path.name: path.stat().st_size for path in demo_shards.glob("train-*.tar")}
+    need = _small_bytes(demo_shards) + sum(sizes[name] for name in _expected_files(demo_shards, [0, 1], 4, 0))
+    with pytest.raises(DatasetError, match=rf"{re.escape(uri)}: one epoch on this node needs \d+ bytes .* ranks "
+                                           rf"\[0, 1\] of 4 .* staging limit of {need // 2} bytes"):
+        stage_node_parts(uri, tmp_path / "cache", node_ranks=[0, 1], world_size=4, max_bytes=need // 2)
+
+
+def test_one_worker_from_a_uri_stages_the_train_split(demo_shards, tmp_path):
+    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0], world_size=1)
+    session = session_for(folder)
+    session.prepare(0, 1, 0)
+    session.wait_for_prefetch()
+    assert _staged_shards(folder) == {path.name for path in demo_shards.glob("train-*.tar")}
+    assert stage_node_parts(str(demo_shards), tmp_path / "cache", node_ranks=[0], world_size=1) == demo_shards
