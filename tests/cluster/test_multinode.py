@@ -61,6 +61,13 @@ def test_two_workers_on_two_nodes(demo_shards, tmp_path):
 
     staged = [folder for folder in cache.iterdir() if folder.is_dir()]
     assert len(staged) == 1 and (staged[0] / "dataset.json").exists()
+    # staged per epoch: each node copied the train shards of its rank's parts (here, with both
+    # nodes on one disk and epoch 2 prefetched, all of them); no rank reads val, so it stayed out
+    for original in demo_shards.glob("train-*.tar"):
+        assert (staged[0] / original.name).read_bytes() == original.read_bytes(), original.name
+    val = list(staged[0].glob("val-*.tar"))
+    assert val and all((staged[0] / path.name).is_symlink() for path in val)
+    assert {path.name for path in (staged[0] / ".claims").iterdir()} == {"rank-0-of-2.json", "rank-1-of-2.json"}
     config = yaml.safe_load((output / "config.yaml").read_text())
     assert config["data"]["path"] == demo_shards.resolve().as_uri()  # the run records the URI
     assert (storage / "run" / "step-00000004" / "state.pt").exists()  # Ray's copy at the storage URI

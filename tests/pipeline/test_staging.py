@@ -19,6 +19,7 @@ from pipeline.recipes import build_recipe
 from pipeline.staging import is_placeholder, is_uri, public_uri, stage_dataset, staged_folder
 from pipeline.verify import verify
 from tests.s3_server import loopback_s3, unused_port
+from trainer.data import DataStream, tensor_to_bytes
 
 
 def _size(folder) -> int:
@@ -343,3 +344,28 @@ def test_one_worker_from_a_uri_stages_the_train_split(demo_shards, tmp_path):
     session.wait_for_prefetch()
     assert _staged_shards(folder) == {path.name for path in demo_shards.glob("train-*.tar")}
     assert stage_node_parts(str(demo_shards), tmp_path / "cache", node_ranks=[0], world_size=1) == demo_shards
+
+
+def test_a_stream_over_a_partial_copy_resumes_from_its_dali_checkpoint(demo_shards, tmp_path, capsys):
+    """Rank 1 of 3 staged per epoch: restored mid-epoch from DALI's checkpoint, the stream goes on
+    with the batches of the straight run, across the epoch boundary (the next part staged then)."""
+    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[1], world_size=3)
+    dataset, recipe = load_dataset_info(folder), build_recipe("simclr", 16)
+
+    def build(epoch, dali_checkpoint):
+        return build_train_loader(dataset, recipe, batch_size=8, rank=1, world_size=3, seed=5, num_threads=1,
+                                  epoch=epoch, shuffle_buffer=16, resumable=True, dali_checkpoint=dali_checkpoint)
+
+    straight = DataStream(build, build_ahead=1)
+    expected = [next(straight)["index"] for _ in range(7)]  # 5 per epoch
+    straight.close()
+    first = DataStream(build)
+    for _ in range(2):
+        next(first)
+    state = first.state()
+    first.close()
+    restored = DataStream(build, epoch=0, batches=2, dali_checkpoint=tensor_to_bytes(state["dali"]))
+    for batch in expected[2:]:
+        assert torch.equal(next(restored)["index"], batch)
+    restored.close()
+    assert "could not restore" not in capsys.readouterr().err  # DALI's checkpoint, not a replay
