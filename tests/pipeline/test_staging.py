@@ -369,3 +369,36 @@ def test_a_stream_over_a_partial_copy_resumes_from_its_dali_checkpoint(demo_shar
         assert torch.equal(next(restored)["index"], batch)
     restored.close()
     assert "could not restore" not in capsys.readouterr().err  # DALI's checkpoint, not a replay
+
+
+def test_ranks_of_a_node_staging_at_once_copy_each_file_once(demo_shards, tmp_path, monkeypatch):
+    """Ranks 0-2 of 3, all on this node, prepare epoch 0 at the same time (threads stand in for
+    their processes): every file of the split arrives, each copied once."""
+    import threading
+
+    import pipeline.node_staging
+
+    copies = []
+    original_copy = pipeline.node_staging.copy_file
+    monkeypatch.setattr(pipeline.node_staging, "copy_file",
+                        lambda filesystem, source, target, size: (copies.append(target.name),
+                                                                  original_copy(filesystem, source, target, size)))
+    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0, 1, 2], world_size=3)
+    session = session_for(folder)
+    session.prefetch_next = False
+    errors = []
+
+    def prepare(rank):
+        try:
+            session.prepare(rank, 3, 0)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=prepare, args=(rank,)) for rank in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    train = {path.name for path in demo_shards.glob("train-*.tar")}
+    assert _staged_shards(folder) == train and sorted(copies) == sorted(train)
