@@ -198,9 +198,10 @@ def build_train_loader(
     Rank r of W reads part (r + epoch) mod W of the W contiguous parts of the split (DALI's
     shard_id/num_shards); after each pass it moves on to the next part, so over epochs every rank
     sees all data. A dataset staged per epoch (`pipeline.node_staging`) has the files of that
-    part copied here first (and the next epoch's prefetched); the batches are the same. The graph's seed is `epoch_seed(seed, epoch, rank)`: a loader built for a
-    given (seed, epoch, rank) yields the same batches every time, which is how the trainer
-    rebuilds each epoch reproducibly. `resumable=True` enables DALI checkpointing
+    part copied here first (and the next epoch's prefetched); the batches are the same. The
+    graph's seed is `epoch_seed(seed, epoch, rank)`: a loader built for a given (seed, epoch,
+    rank) yields the same batches every time, which is how the trainer rebuilds each epoch
+    reproducibly. `resumable=True` enables DALI checkpointing
     (`DaliLoader.checkpoint()`); `dali_checkpoint` (from that method) restores a loader built
     with the same arguments to the position where the checkpoint was taken.
     """
