@@ -2,8 +2,11 @@
 
 Ten classes of shapes (circle, square, triangle, star, cross, ring, crescent, hexagon, arrow,
 heart) drawn on textured backgrounds (noise, stripes, checks, gradients) with random colour,
-size, position and rotation. Colour and texture carry no class information, so a backbone has
-to learn shape to classify them: random initialization does poorly, good features do well.
+size and position. Colour and texture carry no class information, so a backbone has to learn
+shape to classify them: random initialization does poorly, good features do well. Shapes stand
+upright, tilted by at most `max_tilt` radians (15 degrees by default), as objects in photographs
+mostly do: pretexts that rely on a canonical orientation or layout (rotation, jigsaw, relative
+location) have something to learn. `max_tilt=math.pi` draws them at any angle.
 """
 
 from __future__ import annotations
@@ -71,13 +74,16 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def draw_image(shape: str, rng: np.random.Generator, size: int = 96) -> Image.Image:
-    """One image of `shape` with random colour, size, position, rotation and background."""
+DEFAULT_TILT = math.radians(15)
+
+
+def draw_image(shape: str, rng: np.random.Generator, size: int = 96, max_tilt: float = DEFAULT_TILT) -> Image.Image:
+    """One image of `shape` with random colour, size, position, tilt (|angle| <= max_tilt) and background."""
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     radius = rng.uniform(0.28, 0.42) * size
     center = rng.uniform(radius, size - radius, size=2)
-    angle = rng.uniform(0, 2 * math.pi)
+    angle = rng.uniform(-max_tilt, max_tilt)
     fill = tuple(int(c) for c in rng.integers(0, 256, size=3))
     outline = tuple(int(c) for c in rng.integers(0, 256, size=3))
     box = [center[0] - radius, center[1] - radius, center[0] + radius, center[1] + radius]
@@ -100,7 +106,7 @@ def draw_image(shape: str, rng: np.random.Generator, size: int = 96) -> Image.Im
 
 
 def make_demo_folder(path: str | Path, images_per_class: int = 100, size: int = 96, seed: int = 0,
-                     classes: tuple[str, ...] = CLASSES) -> Path:
+                     classes: tuple[str, ...] = CLASSES, max_tilt: float = DEFAULT_TILT) -> Path:
     """Write `path/CLASS/NNNN.jpg` for each class; returns the folder. Existing files are replaced."""
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -108,7 +114,7 @@ def make_demo_folder(path: str | Path, images_per_class: int = 100, size: int = 
         folder = path / shape
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(images_per_class):
-            draw_image(shape, rng, size).save(folder / f"{index:04d}.jpg", quality=90)
+            draw_image(shape, rng, size, max_tilt).save(folder / f"{index:04d}.jpg", quality=90)
     return path
 
 
