@@ -28,30 +28,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.dataset import DatasetError
-from pipeline.shards import INDEX_VERSION
+from pipeline.shards import INDEX_VERSION, index_lines
 
 
 def part_bounds(total: int, part: int, parts: int) -> tuple[int, int]:
     """[start, stop) positions of part `part` of `parts` over `total` samples, as DALI cuts them."""
     return total * part // parts, total * (part + 1) // parts
-
-
-def index_lines(path: str | Path) -> list[str]:
-    """The sample lines of a DALI v1.2 index (the header checked, blank lines dropped)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read the DALI index ({error})") from error
-    header = lines[0].split() if lines else []
-    if len(header) != 2 or header[0] != INDEX_VERSION or not header[1].isdigit():
-        raise DatasetError(f"{path}: line 1 is {lines[0] if lines else ''!r}, expected "
-                           f"'{INDEX_VERSION} N' (a DALI webdataset index)")
-    body = [line for line in lines[1:] if line.strip()]
-    if len(body) != int(header[1]):
-        raise DatasetError(f"{path}: header announces {header[1]} samples but {len(body)} lines follow")
-    return body
 
 
 @dataclass(frozen=True)

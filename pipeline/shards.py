@@ -82,8 +82,8 @@ def format_index(samples: list[tuple[str, dict[str, tuple[int, int]]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_index_entries(path: str | Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """Parse a DALI v1.2 index into (key, {ext: (data offset, size)}) per sample, in order."""
+def index_lines(path: str | Path) -> list[str]:
+    """The sample lines of a DALI v1.2 index (the header checked, blank lines dropped)."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -93,10 +93,16 @@ def read_index_entries(path: str | Path) -> list[tuple[str, dict[str, tuple[int,
     if len(header) != 2 or header[0] != INDEX_VERSION or not header[1].isdigit():
         raise DatasetError(f"{path}: line 1 is {lines[0] if lines else ''!r}, expected "
                            f"'{INDEX_VERSION} N' (a DALI webdataset index)")
-    expected = int(header[1])
     body = [line for line in lines[1:] if line.strip()]
-    if len(body) != expected:
-        raise DatasetError(f"{path}: header announces {expected} samples but {len(body)} lines follow")
+    if len(body) != int(header[1]):
+        raise DatasetError(f"{path}: header announces {header[1]} samples but {len(body)} lines follow")
+    return body
+
+
+def read_index_entries(path: str | Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Parse a DALI v1.2 index into (key, {ext: (data offset, size)}) per sample, in order."""
+    path = Path(path)
+    body = index_lines(path)
     entries = []
     for number, line in enumerate(body, start=2):
         fields = line.split()
