@@ -232,7 +232,10 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT encoder with a class token and learned position embeddings.
 
-    * ``forward(x, mask=None) -> (B, D)``: class-token features after the final norm.
+    * ``forward(x, mask=None) -> (B, D)``: pooled features after the final norm: the class token
+      (``global_pool="token"``, ViT/DINO/MoCo v3) or the mean of the patch tokens
+      (``global_pool="avg"``, as MAE and SimMIM evaluate their encoders; their class token gets
+      no training signal of its own).
     * ``forward_tokens(x, mask=None, mask_token=False) -> (B, 1 + N_kept, D)``: all tokens after
       the final norm; token 0 is the class token.
 
@@ -260,8 +263,13 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         use_mask_token: bool = False,
+        global_pool: str = "token",
     ):
         super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' (the class token) or 'avg' (the mean of the "
+                             f"patch tokens), got {global_pool!r}")
+        self.global_pool = global_pool
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         self.img_size = img_size
@@ -339,7 +347,8 @@ class VisionTransformer(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: bool = False
     ) -> torch.Tensor:
-        return self.forward_tokens(x, mask, mask_token)[:, 0]
+        tokens = self.forward_tokens(x, mask, mask_token)
+        return tokens[:, 0] if self.global_pool == "token" else tokens[:, 1:].mean(dim=1)
 
 
 def resize_position_embeddings(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

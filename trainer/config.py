@@ -41,6 +41,7 @@ class ModelConfig:
     backbone: str = "resnet50"
     small_input: bool = False  # CIFAR-style stem for images of 64 px or less (ResNets)
     patch_size: int = 16  # ViTs: pixels per patch side (8 suits images of 32-64 px)
+    global_pool: str = "token"  # ViTs: features from the class token ("token") or the patch mean ("avg")
     sync_batchnorm: bool = False  # BatchNorm statistics over all ranks (CUDA, more than one rank)
 
 

@@ -22,7 +22,8 @@ def backbone_options(config: Config) -> dict:
     """Constructor arguments for the configured backbone."""
     if config.model.backbone.startswith("resnet"):
         return {"small_input": config.model.small_input}
-    return {"img_size": config.data.image_size, "patch_size": config.model.patch_size}
+    return {"img_size": config.data.image_size, "patch_size": config.model.patch_size,
+            "global_pool": config.model.global_pool}
 
 
 def build_model(config: Config) -> torch.nn.Module:

@@ -195,3 +195,21 @@ def test_vit_gradients_reach_every_parameter():
     module.train()
     module(torch.randn(2, 3, 48, 48)).sum().backward()
     assert all(p.grad is not None for p in module.parameters())
+
+
+def test_vit_global_pool_is_the_class_token_or_the_mean_of_the_patch_tokens():
+    torch.manual_seed(0)
+    token = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2).eval()
+    average = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2,
+                                global_pool="avg").eval()
+    average.load_state_dict(token.state_dict())  # pooling adds no parameter
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = token.forward_tokens(x)  # (2, 1 + 16, 16)
+        assert torch.equal(token(x), tokens[:, 0])
+        assert torch.allclose(average(x), tokens[:, 1:].mean(dim=1))
+        kept = torch.zeros(2, 16, dtype=torch.bool)
+        kept[:, :12] = True  # MAE style: 4 visible patches; the mean covers only those
+        assert torch.allclose(average(x, kept), average.forward_tokens(x, kept)[:, 1:].mean(dim=1))
+    with pytest.raises(ValueError, match="global_pool"):
+        VisionTransformer(img_size=32, embed_dim=16, depth=1, num_heads=2, global_pool="max")
