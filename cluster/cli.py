@@ -128,7 +128,8 @@ def _eval_knn(args: argparse.Namespace) -> int:
     else:
         print(f"kNN ({result['weights']}, k={result['k']}, T={result['temperature']}): "
               f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-              f"({result['query_samples']} {result['query_split']} queries, {result['bank_samples']} in the bank)")
+              f"({result['query_samples']} {result['query_split']} queries, {result['bank_samples']} in the bank; "
+              f"effective rank of the bank features {result['effective_rank']:.1f})")
     return 0
 
 

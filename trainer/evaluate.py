@@ -49,6 +49,17 @@ def extract_features(backbone: torch.nn.Module, dataset: DatasetInfo, split: str
     return torch.cat(features), torch.cat(labels)
 
 
+def effective_rank(features: torch.Tensor, epsilon: float = 1e-7) -> float:
+    """RankMe: the effective rank of a feature matrix (Garrido, Balestriero, Najman & LeCun,
+    "RankMe: Assessing the Downstream Performance of Pretrained Self-Supervised Representations
+    by Their Rank", ICML 2023, Eq. 1): ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum(s) + eps``
+    over the singular values s of `features` (N, D). Between 1 (every sample on one line: a
+    collapsed representation) and min(N, D). Needs no labels."""
+    singular_values = torch.linalg.svdvals(features.double())
+    shares = singular_values / singular_values.sum() + epsilon
+    return float(torch.exp(-(shares * shares.log()).sum()))
+
+
 def knn_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int, batch_size: int = 256,
                  k: int = 20, temperature: float = 0.07, device: str | torch.device = "cpu") -> dict:
     """Weighted kNN top-1/top-5 (percent) of a backbone on a labeled converted dataset."""
@@ -65,7 +76,8 @@ def knn_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int
         queries, query_labels = bank, bank_labels
     result = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes=len(dataset.classes),
                           k=k, temperature=temperature, exclude_self=query_split == "train")
-    return {**result, "k": k, "temperature": temperature, "bank_samples": len(bank),
+    return {**result, "k": k, "temperature": temperature, "effective_rank": effective_rank(bank),
+            "bank_samples": len(bank),
             "query_split": query_split, "query_samples": len(queries)}
 
 

@@ -93,3 +93,15 @@ def test_top5_with_many_classes_and_bad_inputs():
         weighted_knn_predict(train, labels + 1, queries, 8)
     with pytest.raises(ValueError, match="temperature"):
         weighted_knn_predict(train, labels, queries, 8, temperature=0.0)
+
+
+def test_effective_rank_is_one_for_collapsed_features_and_the_dimension_for_isotropic_ones():
+    from trainer.evaluate import effective_rank
+
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.randn(1, 16, generator=generator)
+    collapsed = torch.randn(100, 1, generator=generator) * direction  # every sample on one line
+    assert effective_rank(collapsed) == pytest.approx(1.0, abs=1e-3)
+    assert effective_rank(torch.eye(16) * 3.0) == pytest.approx(16.0, rel=1e-4)
+    two_directions = torch.cat([torch.eye(2).repeat(50, 1), torch.zeros(100, 14)], dim=1)
+    assert effective_rank(two_directions) == pytest.approx(2.0, rel=1e-4)
