@@ -275,7 +275,10 @@ def test_worker_pool_gives_the_same_shards_and_max_side_downscales(tmp_path):
 
 # Each image takes at least 10 ms (about 0.1 s per shard), so the test, polling for shards on a loaded
 # machine, gets to interrupt the conversion well before its end.
-CONVERT_CALL = ("import time; from pipeline.convert import convert; from pipeline.images import prepare_image; "
+# SIGINT back to Python's handler first: a process started from a background job inherits SIGINT
+# ignored (POSIX shells do that to `cmd &`), and Python then never raises KeyboardInterrupt.
+CONVERT_CALL = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "import time; from pipeline.convert import convert; from pipeline.images import prepare_image; "
                 "paced = lambda tasks: (time.sleep(0.01) or prepare_image(*task) for task in tasks); "
                 "convert({source!r}, {output!r}, shard_size='150KB', val_fraction=0.1, workers=1, progress=False, "
                 "map_in_order=paced)")
