@@ -220,7 +220,7 @@ def write_section(results: list[dict], epochs: int) -> None:
     if worse:
         lines += ["", f"**Not better than random initialization at this budget: {', '.join(worse)}.** "
                   "Issue 4 counts each of them as a defect until shown otherwise; do not read these rows as "
-                  "the methods' quality. What is known is under *Why most methods lose to random init here*."]
+                  "the methods' quality. What is known is under *Methods: why most lose to random init here*."]
     missing = [name for name in METHODS if name not in {r["method"] for r in results}]
     if missing:
         lines += ["", f"Not measured yet: {', '.join(missing)}."]
