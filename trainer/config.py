@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -41,7 +41,7 @@ class ModelConfig:
     backbone: str = "resnet50"
     small_input: bool = False  # CIFAR-style stem for images of 64 px or less (ResNets)
     patch_size: int = 16  # ViTs: pixels per patch side (8 suits images of 32-64 px)
-    global_pool: str = "token"  # ViTs: features from the class token ("token") or the patch mean ("avg")
+    global_pool: Literal["token", "avg"] = "token"  # ViTs: features from the class token or the patch mean
     sync_batchnorm: bool = False  # BatchNorm statistics over all ranks (CUDA, more than one rank)
 
 
@@ -112,6 +112,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(repr(choice) for choice in choices)}, "
+                              f"got {value!r}")
+        return value
     if dataclasses.is_dataclass(annotation):
         return _from_dict(annotation, value, where)
     if origin is tuple:

@@ -46,6 +46,9 @@ def test_wrong_type_and_unknown_method_are_refused():
         load_config(SIMCLR, ["method.name=simclrr"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(SIMCLR, ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"model\.global_pool: expected one of 'token', 'avg', got 'max'"):
+        load_config(SIMCLR, ["model.global_pool=max"])
+    assert load_config(SIMCLR, ["model.global_pool=avg"]).model.global_pool == "avg"
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
