@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.backbones import Block
+from methods.vision_transformer import Block
 from methods.losses import mae_loss
 
 

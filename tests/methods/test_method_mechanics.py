@@ -20,7 +20,8 @@ from methods import (
     byol, colorization, deepcluster_v2, dino, inpainting, jigsaw, mae, moco_v2, nnclr, npid,
     relative_location, rotation, simmim, swav,
 )
-from methods.backbones import VisionTransformer, resnet18
+from methods.backbones import resnet18
+from methods.vision_transformer import VisionTransformer
 from methods.momentum import cosine_momentum, enqueue_
 
 SIZE = 8  # tiny images: 3 x 8 x 8
