@@ -43,7 +43,7 @@ from pathlib import Path
 from pipeline.dataset import DATASET_FILE, DatasetError
 from pipeline.shard_parts import FileSpan, part_spans, write_part_indexes
 from pipeline.staging import (CLAIMS_FOLDER, FILES_LIST, MARKER_FILE, copy_file, file_bytes, file_lock,
-                              folder_bytes, folder_lock, is_placeholder, live_claims, location, locked,
+                              folder_bytes, folder_lock, is_placeholder, is_staged, live_claims, location, locked,
                               make_placeholder, make_room, open_filesystem, public_uri, stage_dataset)
 from pipeline.shards import index_lines, parse_size
 
@@ -205,13 +205,14 @@ class NodeStaging:
         with locked(folder_lock(self.folder)):
             if self.limit is not None:
                 need = self.sizes[name]
-                if self._cache_bytes() + need > self.limit:
+                used = self._cache_bytes()
+                if used + need > self.limit:
                     make_room(self.folder.parent, self.folder, self._staged_bytes() + need, self.limit)
+                    used = self._cache_bytes()
                 now, upcoming = self._claimed()
                 evictable = [shard.name for shard in self.shards if shard.name not in now | upcoming]
                 if required:  # a file needed now may take the place of one needed only next
                     evictable += [shard.name for shard in self.shards if shard.name in upcoming]
-                used = self._cache_bytes()
                 for candidate in evictable:
                     if used + need <= self.limit:
                         break
@@ -237,7 +238,7 @@ class NodeStaging:
         """`name` on disk, copied now if needed; False when a prefetch finds no room."""
         target = self.folder / name
         with locked(file_lock(self.folder, name)):
-            if not is_placeholder(target) and target.exists() and target.stat().st_size == self.sizes[name]:
+            if is_staged(target, self.sizes[name]):
                 return True
             deadline = time.monotonic() + WAIT_FOR_ROOM_SECONDS
             while not self._reserve(name, required):

@@ -190,8 +190,14 @@ def folder_bytes(folder: Path) -> int:
 
 
 def is_placeholder(path: Path) -> bool:
-    """Whether a staged shard is only its placeholder (a link to PLACEHOLDER_FILE): not on this node."""
-    return path.is_symlink()
+    """Whether a staged shard is only its placeholder (a link to PLACEHOLDER_FILE): not on this node.
+    A link to anything else (a user's shard kept on another disk) is a shard like any other."""
+    return path.is_symlink() and os.readlink(path) == PLACEHOLDER_FILE
+
+
+def is_staged(path: Path, size: int) -> bool:
+    """Whether the dataset file at `path` is on this node, whole: not a placeholder, `size` bytes."""
+    return not is_placeholder(path) and path.exists() and path.stat().st_size == size
 
 
 def make_placeholder(path: Path) -> None:
@@ -315,7 +321,7 @@ def stage_dataset(uri: str, cache_root: str | Path, *, max_bytes: int | str | No
         started = time.monotonic()
         for name, size in wanted.items():
             target = folder / name
-            if is_placeholder(target) or not (target.exists() and target.stat().st_size == size):
+            if not is_staged(target, size):
                 with locked(file_lock(folder, name)):
                     try:
                         copy_file(filesystem, f"{base}/{name}", target, size)

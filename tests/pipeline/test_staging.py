@@ -259,6 +259,28 @@ def test_the_loader_reads_the_same_batches_from_a_partial_copy(demo_shards, tmp_
     assert list((tmp_path / "a").glob("shapes-*/.parts/train-of-3/*.idx"))  # parts cut inside a shard
 
 
+def test_a_local_dataset_with_linked_shards_is_read_and_a_staged_placeholder_is_refused(demo_shards, tmp_path):
+    """Only links to the placeholder mean "not on this node": a user's shards linked from another
+    disk are read like any others, while the eval loader refuses a per-epoch copy's val split."""
+    from pipeline.loader import build_eval_loader
+    from pipeline.recipes import EvalRecipe
+
+    linked = tmp_path / "linked"
+    shutil.copytree(demo_shards, linked)
+    for shard in linked.glob("*.tar"):
+        shard.unlink()
+        shard.symlink_to((demo_shards / shard.name).resolve())
+    assert not any(is_placeholder(shard) for shard in linked.glob("*.tar"))
+    loader = build_eval_loader(load_dataset_info(linked), EvalRecipe(size=16), batch_size=64, split="val")
+    assert sum(len(batch["label"]) for batch in loader) == load_dataset_info(linked).splits["val"].count
+    loader.close()
+
+    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0], world_size=1)
+    assert all(is_placeholder(shard) for shard in folder.glob("val-*.tar"))
+    with pytest.raises(DatasetError, match="not on this node"):
+        build_eval_loader(load_dataset_info(folder), EvalRecipe(size=16), batch_size=64, split="val")
+
+
 def test_dali_maps_every_file_it_is_given(demo_shards, tmp_path):
     """Why a partial copy hands DALI only its part's files: DALI 2.x maps every tar it is given
     when the pipeline is built, also those outside the part it reads."""
