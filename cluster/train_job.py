@@ -382,4 +382,8 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
     summary = output / "metrics.json"
     if summary.exists():  # written by rank 0: present when rank 0 ran on this node or a shared disk
         metrics = {**json.loads(summary.read_text()), **metrics}
+    if metrics.get("stopped") and stop.requested:
+        # Rank 0 may see the request first through another rank ("stop requested on another
+        # rank"); the driver knows the signal itself, and the exit status is derived from it.
+        metrics["stopped"] = stop.reason
     return metrics
