@@ -26,5 +26,11 @@ def test_train_refuses_bad_input_clearly(demo_shards, tmp_path):
     missing = selfsup("train", "--config", "configs/simclr.yaml", "--data", str(tmp_path / "nowhere"),
                       "--output", str(tmp_path / "b"), *TINY)
     assert missing.returncode == 2 and "nowhere" in missing.stderr
+    # a model that cannot be built is refused before Ray starts (it failed inside every worker)
+    patch = selfsup("train", "--config", "configs/dino.yaml", "--data", str(demo_shards), "--output",
+                    str(tmp_path / "c"), "--set", "data.image_size=40", "--set", "data.recipe.local_size=16")
+    assert patch.returncode == 2, patch.stderr[-2000:]
+    assert "vit_small + dino: img_size 40 is not a multiple of patch_size 16" in patch.stderr
+    assert "Ray" not in patch.stderr and not (tmp_path / "c").exists()
     no_checkpoint = selfsup("eval", "knn", "--checkpoint", str(tmp_path / "empty"), "--data", str(demo_shards))
     assert no_checkpoint.returncode == 2 and "no checkpoint" in no_checkpoint.stderr
