@@ -13,10 +13,10 @@ overrides (ResNet-18 — ViT-Tiny with 8 px patches for the ViT-only methods —
 Then the weighted kNN top-1 (k=20, T=0.07) of the pretrained backbone is measured on the val
 split next to the same architecture randomly initialized with the same seed.
 
-Results are stored per method in `WORKDIR/results/NAME.json`; a method with a stored result at
-the same `--epochs` is skipped (resumable) unless `--force`. The section "Methods on the demo
-dataset" of `benchmarks/RESULTS.md` is rewritten after each method from the stored results at
-this `--epochs` (one table per budget).
+Results are stored per method and budget in `WORKDIR/results/NAME-Eep.json`; a method with a
+stored result at the same `--epochs` is skipped (resumable) unless `--force`. The section
+"Methods on the demo dataset (E epochs)" of `benchmarks/RESULTS.md` is rewritten after each
+method from the stored results at this `--epochs`; the tables of other budgets stay.
 """
 
 from __future__ import annotations
@@ -189,8 +189,12 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, CPU only"
 
 
+def section_heading(epochs: int) -> str:
+    return f"{SECTION} ({epochs} epochs)"
+
+
 def write_section(results: list[dict], epochs: int) -> None:
-    lines = [SECTION, "",
+    lines = [section_heading(epochs), "",
              f"Measured {max(r['date'] for r in results)} on {machine()}, with "
              "`python -m benchmarks.methods`.",
              f"Budget per method: {epochs} epochs of the {TRAIN_SAMPLES}-image demo train split "
@@ -226,19 +230,31 @@ def write_section(results: list[dict], epochs: int) -> None:
         lines += ["", f"Not measured yet: {', '.join(missing)}."]
     section = "\n".join(lines) + "\n"
     text = RESULTS_MD.read_text() if RESULTS_MD.is_file() else "# Benchmark results\n"
-    if SECTION in text:
-        before, rest = text.split(SECTION, 1)
-        after = rest.split("\n## ", 1)
-        text = before + section + ("\n## " + after[1] if len(after) > 1 else "")
+    # this budget's table, or one from before tables were kept per budget (a heading with no budget)
+    for heading in (section_heading(epochs) + "\n", SECTION + "\n"):
+        if heading in text:
+            before, rest = text.split(heading, 1)
+            after = rest.split("\n## ", 1)
+            text = before + section + ("\n## " + after[1] if len(after) > 1 else "")
+            break
     else:
         text = text.rstrip("\n") + "\n\n" + section
     RESULTS_MD.write_text(text)
 
 
+def result_path(workdir: Path, name: str, epochs: int) -> Path:
+    return workdir / "results" / f"{name}-{epochs}ep.json"
+
+
 def stored_results(workdir: Path, epochs: int) -> list[dict]:
-    """The stored results measured at this budget (another `--epochs` is another table)."""
-    results = [json.loads(path.read_text()) for path in sorted((workdir / "results").glob("*.json"))]
-    return [result for result in results if result.get("epochs") == epochs]
+    """The stored results measured at this budget, one per method (another `--epochs` is
+    another table). Files named NAME.json are from before results were kept per budget."""
+    by_method = {}
+    for path in sorted((workdir / "results").glob("*.json"), key=lambda path: path.stat().st_mtime):
+        result = json.loads(path.read_text())
+        if result.get("epochs") == epochs:
+            by_method[result["method"]] = result  # the newest measurement wins
+    return list(by_method.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         shards = prepare_data(workdir)
         for name in names:
-            path = workdir / "results" / f"{name}.json"
-            if path.is_file() and not args.force and json.loads(path.read_text()).get("epochs") == args.epochs:
+            path = result_path(workdir, name, args.epochs)
+            if not args.force and any(r["method"] == name for r in stored_results(workdir, args.epochs)):
                 print(f"{name}: stored result, skipped (--force to measure again)", flush=True)
                 continue
             print(f"{name}: training {args.epochs} epochs ...", flush=True)

@@ -35,6 +35,27 @@ def decode_random_resized_crop(encoded, view: ViewSpec, decoder_device: str):
                      antialias=False)
 
 
+def random_resized_crop(images, view: ViewSpec):
+    """A random region (area fraction `view.scale`, aspect `view.ratio`) of decoded uint8 HWC
+    images, resized to (view.size, view.size): the same draw as `decode_random_resized_crop`."""
+    return fn.random_resized_crop(images, size=[view.size, view.size], random_area=list(view.scale),
+                                  random_aspect_ratio=list(view.ratio), num_attempts=10,
+                                  interp_type=types.INTERP_LINEAR, antialias=False)
+
+
+def decoded_crops(encoded, views, decoder_device: str) -> list:
+    """One uint8 HWC random resized crop per view.
+
+    One view: decode only its region (`decode_random_resized_crop`). Several views (two-view and
+    multi-crop recipes): decode each image once and crop it once per view, which on the CPU is
+    faster than one region decode per view (each costs about a full decode).
+    """
+    if len(views) == 1:
+        return [decode_random_resized_crop(encoded, views[0], decoder_device)]
+    images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
+    return [random_resized_crop(images, view) for view in views]
+
+
 def color_jitter(images, view: ViewSpec):
     """Brightness/contrast/saturation/hue jitter with p=view.jitter_probability, grayscale with
     p=view.grayscale_probability, fused into one `color_twist` (saturation 0 = grayscale).
@@ -103,9 +124,8 @@ def flip_and_normalize(images, mean, std, flip_probability: float):
     )
 
 
-def augmented_view(encoded, view: ViewSpec, mean, std, decoder_device: str):
-    """The full view: crop, colour, blur, solarize, flip, normalize."""
-    images = decode_random_resized_crop(encoded, view, decoder_device)
+def augmented_view(images, view: ViewSpec, mean, std):
+    """The full view from its uint8 HWC crop: colour, blur, solarize, flip, normalize."""
     images = color_jitter(images, view)
     images = random_gaussian_blur(images, view)
     images = random_solarize(images, view)

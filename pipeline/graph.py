@@ -17,7 +17,7 @@ import torch
 from nvidia.dali import fn
 
 from pipeline.augment import (
-    augmented_view, color_jitter, decode_random_resized_crop, random_gaussian_blur, random_solarize,
+    augmented_view, color_jitter, decode_random_resized_crop, decoded_crops, random_gaussian_blur, random_solarize,
 )
 from pipeline.masks import block_masks, random_patch_masks
 from pipeline.permutations import jigsaw_permutations, load_permutations
@@ -58,8 +58,9 @@ def recipe_outputs(encoded, recipe: Recipe, decoder_device: str) -> dict:
     """encoded image bytes -> {batch key: DALI data node} for every view and pretext label."""
     mean, std, pretext = recipe.mean, recipe.std, recipe.pretext
     if pretext is None or isinstance(pretext, MaskSpec):
-        outputs = {f"view_{index}": augmented_view(encoded, view, mean, std, decoder_device)
-                   for index, view in enumerate(recipe.views)}
+        crops = decoded_crops(encoded, recipe.views, decoder_device)
+        outputs = {f"view_{index}": augmented_view(crop, view, mean, std)
+                   for index, (crop, view) in enumerate(zip(crops, recipe.views))}
         if isinstance(pretext, MaskSpec):
             rows, columns = patch_grid(recipe)
             if pretext.kind == "random":
