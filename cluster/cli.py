@@ -117,7 +117,7 @@ def _check_model(config) -> None:
     try:
         with torch.device("meta"):
             build_model(config)
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         raise ConfigError(f"{config.model.backbone} + {config.method.name}: {message}") from error
     except (NotImplementedError, RuntimeError):  # a constructor that needs real tensors: the workers build it
