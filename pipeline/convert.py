@@ -2,12 +2,12 @@
 
 What it reads, what it writes and how it resumes are described in `convert`'s docstring; the
 on-disk format is described in `pipeline/dataset.py`, the shard format in `pipeline/shards.py`.
-How each image is checked and stored is in `prepare_image`.
+How each image is checked and stored is in `prepare_image`; which images are read, in what order
+and with which split and key is in `pipeline/convert_plan.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -20,18 +20,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from pipeline.convert_plan import (KEY_DIGITS, SPLITS, PlanItem, build_plan, is_hidden, scan_source,
+                                   source_fingerprint)
 from pipeline.dataset import (DATASET_FILE, ERRORS_FILE, FORMAT_VERSION, DatasetError, is_dataset_file,
                               shard_name, write_atomically, write_dataset_files)
 from pipeline.images import prepare_image
-from pipeline.shards import ShardWriter, parse_size
+from pipeline.shards import IMAGE_EXTENSIONS, ShardWriter, parse_size
 
 STATE_FOLDER = ".selfsup-convert"
 PLAN_FILE = "plan.json"
-SPLITS = ("val", "train")  # plan order: the first round(val_fraction * N) positions are "val"
-KEY_DIGITS = 9
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -53,72 +50,6 @@ class ConvertSummary:
     processed: int = 0  # images read in this call
 
 
-@dataclass(frozen=True)
-class PlanItem:
-    """One candidate file at its place in the shuffled plan."""
-
-    position: int  # place in the shuffled plan; the sample key is this number zero-padded
-    split: str
-    relative: str  # path relative to SRC, forward slashes
-    label: int  # -1 when unlabeled
-
-    @property
-    def key(self) -> str:
-        """The sample key: the plan position, zero-padded (no dots, sorts in plan order)."""
-        return f"{self.position:0{KEY_DIGITS}d}"
-
-
-def _is_hidden(name: str) -> bool:
-    """Names starting with '.' (hidden files and folders, including our state folder)."""
-    return name.startswith(".")
-
-
-def scan_source(source: Path, exclude: Path | None = None) -> tuple[list[str], bool, list[str]]:
-    """Sorted candidate image paths (relative, '/'-separated), whether labeled, and the classes.
-
-    Candidates are files with an accepted extension (any case); hidden files and folders (names
-    starting with '.') and every other file are ignored. If any candidate lies directly in SRC,
-    the folder is flat: unlabeled, every candidate at any depth is used. Otherwise it is labeled:
-    the classes are the sorted names of the top-level folders holding at least one candidate,
-    and an image nested anywhere below a top-level folder belongs to that folder's class.
-    """
-    found = []
-    for folder, subfolders, files in os.walk(source):
-        folder_path = Path(folder)
-        subfolders[:] = sorted(name for name in subfolders if not _is_hidden(name)
-                               and (exclude is None or (folder_path / name).resolve() != exclude))
-        for name in files:
-            if not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append((folder_path / name).relative_to(source).as_posix())
-    found.sort()
-    labeled = bool(found) and all("/" in relative for relative in found)
-    classes = sorted({relative.split("/", 1)[0] for relative in found}) if labeled else []
-    return found, labeled, classes
-
-
-def _fingerprint(source: Path, files: list[str], options: dict) -> str:
-    """Hash of the source path, every candidate's size and mtime, the options and the format version."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([str(source), options, FORMAT_VERSION]).encode())
-    for relative in files:
-        stat = (source / relative).stat()
-        digest.update(json.dumps([relative, stat.st_size, stat.st_mtime_ns]).encode())
-    return digest.hexdigest()
-
-
-def build_plan(files: list[str], classes: list[str], val_fraction: float, seed: int) -> list[PlanItem]:
-    """Shuffle the sorted candidates with numpy's Generator(seed); the first round(val_fraction*N) are val."""
-    order = np.random.default_rng(seed).permutation(len(files))
-    validation = round(val_fraction * len(files)) if val_fraction > 0 else 0
-    class_index = {name: index for index, name in enumerate(classes)}
-    plan = []
-    for position, file_index in enumerate(order.tolist()):
-        relative = files[file_index]
-        label = class_index[relative.split("/", 1)[0]] if classes else -1
-        plan.append(PlanItem(position, "val" if position < validation else "train", relative, label))
-    return plan
-
-
 def _refuse(output: Path, why: str) -> DatasetError:
     """The error for an OUT folder that holds something other than this conversion."""
     return DatasetError(f"{output}: {why}; convert into a new or empty folder (or delete this one)")
@@ -131,7 +62,7 @@ def _check_output(output: Path, fingerprint: str) -> str:
     if not output.exists():
         return "fresh"
     foreign = sorted(entry.name for entry in output.iterdir()
-                     if not _is_hidden(entry.name) and not is_dataset_file(entry.name))
+                     if not is_hidden(entry.name) and not is_dataset_file(entry.name))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise _refuse(output, f"holds files that `selfsup convert` did not write ({shown})")
@@ -146,7 +77,7 @@ def _check_output(output: Path, fingerprint: str) -> str:
                 raise _refuse(output, f"holds {what} of a different dataset or options ({path.name} "
                                       "fingerprint differs; the source files may have changed)")
             return "complete" if path.name == DATASET_FILE else "resume"
-    if any(not _is_hidden(entry.name) for entry in output.iterdir()):
+    if any(not is_hidden(entry.name) for entry in output.iterdir()):
         raise _refuse(output, "holds shard files but no record of the conversion that wrote them")
     return "fresh"
 
@@ -324,10 +255,11 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
 
     files, labeled, classes = scan_source(source, exclude=output)
     if not files:
-        raise DatasetError(f"{source}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} "
+        looked_for = ", ".join("." + extension for extension in IMAGE_EXTENSIONS)
+        raise DatasetError(f"{source}: no images found (looked for {looked_for} "
                            "files, hidden ones excluded)")
     options = {"shard_size": shard_bytes, "max_side": max_side, "val_fraction": float(val_fraction), "seed": seed}
-    fingerprint = _fingerprint(source, files, options)
+    fingerprint = source_fingerprint(source, files, options)
     status = _check_output(output, fingerprint)
     if status == "complete":
         return _summary_from_description(output, started)

@@ -34,9 +34,9 @@ from pipeline.dataset import DatasetError, DatasetInfo
 from pipeline.graph import finish_batch, recipe_outputs
 from pipeline.node_staging import placeholders, session_for
 from pipeline.recipes import EvalRecipe, Recipe, validate_recipe
-from pipeline.shards import read_index_entries, split_member_name
+from pipeline.shards import IMAGE_EXTENSIONS as IMAGE_EXTENSION_LIST, read_index_entries, split_member_name
 
-IMAGE_EXTENSIONS = "jpg;jpeg;png;webp;bmp;tif;tiff"
+IMAGE_EXTENSIONS = ";".join(IMAGE_EXTENSION_LIST)  # DALI's webdataset `ext` form
 READER_NAME = "reader"
 SOURCE_INFO = "source_info"  # graph output turned into `index` by DaliLoader
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from pipeline.dataset import DatasetError, sync_folder, write_atomically
 
 INDEX_VERSION = "v1.2"
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")  # accepted by convert, verify, the loader
 TAR_BLOCK = 512
 TAR_RECORD = tarfile.RECORDSIZE  # tarfile pads the finished archive to a multiple of this
 END_OF_ARCHIVE = 2 * TAR_BLOCK

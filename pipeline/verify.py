@@ -21,9 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.dataset import MANIFEST_FILE, DatasetError, read_description, read_manifest
-from pipeline.shards import END_OF_ARCHIVE, TAR_BLOCK, read_index_entries, split_member_name
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+from pipeline.shards import END_OF_ARCHIVE, IMAGE_EXTENSIONS, TAR_BLOCK, read_index_entries, split_member_name
 
 
 @dataclass(frozen=True)
