@@ -14,7 +14,8 @@ Then the weighted kNN top-1 (k=20, T=0.07) of the pretrained backbone is measure
 split next to the same architecture randomly initialized with the same seed.
 
 Results are stored per method and budget in `WORKDIR/results/NAME-Eep.json`; a method with a
-stored result at the same `--epochs` is skipped (resumable) unless `--force`. The section
+stored result at the same `--epochs` is skipped unless `--force`; a measurement that was killed
+continues from its last checkpoint (every 5 epochs) unless `--force`. The section
 "Methods on the demo dataset (E epochs)" of `benchmarks/RESULTS.md` is rewritten after each
 method from the stored results at this `--epochs`; the tables of other budgets stay.
 """
@@ -35,6 +36,7 @@ import torch
 
 from methods.registry import METHODS
 from pipeline.demo_images import make_demo_folder
+from trainer.checkpoint import latest_checkpoint
 from trainer.config import load_config
 from trainer.evaluate import knn_evaluate, load_backbone
 from trainer.loop import train
@@ -61,7 +63,7 @@ BUDGET = [
     "optim.warmup_epochs=1",
     "optim.betas=[0.9, 0.999]",
     "trainer.log_every=5",
-    "trainer.checkpoint_every=100000",
+    "trainer.checkpoint_every=300",  # every 5 epochs: a killed measurement continues from there
     "trainer.grad_clip=null",
 ]
 # Colour carries no class information in the demo images: views that make it useless (as the
@@ -146,18 +148,34 @@ def prepare_data(workdir: Path) -> Path:
     return shards
 
 
-def run_method(name: str, shards: Path, workdir: Path, epochs: int) -> dict:
+def interrupted_step(output: Path, epochs: int) -> int:
+    """The step an interrupted measurement of this budget reached (0: none to continue)."""
+    checkpoint = latest_checkpoint(output / "checkpoints")
+    marker = output / "budget.json"
+    if checkpoint is None or not marker.is_file() or json.loads(marker.read_text()).get("epochs") != epochs:
+        return 0
+    return int(checkpoint.name.split("-")[-1])
+
+
+def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool = False) -> dict:
     overrides = overrides_for(name, epochs) + [f"data.path={shards}"]
     config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
     output = workdir / "runs" / name
-    if output.exists():
-        shutil.rmtree(output)  # every measurement trains from scratch
+    start_step = 0 if fresh else interrupted_step(output, epochs)
+    if start_step:
+        print(f"{name}: continuing the interrupted run from step {start_step}", flush=True)
+    elif output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "budget.json").write_text(json.dumps({"epochs": epochs}))
     started = time.perf_counter()
-    summary = train(config, output)
+    summary = train(config, output)  # continues from the run's own newest checkpoint, if any
     seconds = time.perf_counter() - started
     if summary["step"] < summary["total_steps"]:  # e.g. stopped by SIGTERM (the trainer checkpoints)
         raise RuntimeError(f"training stopped at step {summary['step']} of {summary['total_steps']}")
-    images = summary["step"] * config.data.batch_size
+    # throughput of this process's steps; the time of a run killed earlier is estimated from it
+    images_per_second = (summary["step"] - start_step) * config.data.batch_size / seconds
+    seconds = summary["step"] * config.data.batch_size / images_per_second
     checkpoint = summary["checkpoint"]
     scores = {}
     for label, random_init in (("pretrained", False), ("random", True)):
@@ -170,7 +188,8 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int) -> dict:
         "epochs": epochs,
         "steps": summary["step"],
         "train_seconds": round(seconds, 1),
-        "images_per_second": round(images / seconds, 1),
+        "images_per_second": round(images_per_second, 1),
+        "continued_from_step": start_step,
         "knn_top1": scores["pretrained"]["top1"],
         "random_top1": scores["random"]["top1"],
         "effective_rank": scores["pretrained"]["effective_rank"],
@@ -291,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{name}: training {args.epochs} epochs ...", flush=True)
             try:
-                result = run_method(name, shards, workdir, args.epochs)
+                result = run_method(name, shards, workdir, args.epochs, fresh=args.force)
             except Exception as error:  # report and go on with the next method
                 print(f"{name}: FAILED: {type(error).__name__}: {error}", flush=True)
                 failures.append(name)
