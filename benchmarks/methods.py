@@ -170,12 +170,15 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
     (output / "budget.json").write_text(json.dumps({"epochs": epochs}))
     started = time.perf_counter()
     summary = train(config, output)  # continues from the run's own newest checkpoint, if any
-    seconds = time.perf_counter() - started
+    seconds_here = time.perf_counter() - started
     if summary["step"] < summary["total_steps"]:  # e.g. stopped by SIGTERM (the trainer checkpoints)
         raise RuntimeError(f"training stopped at step {summary['step']} of {summary['total_steps']}")
     # throughput of this process's steps; the time of a run killed earlier is estimated from it
-    images_per_second = (summary["step"] - start_step) * config.data.batch_size / seconds
-    seconds = summary["step"] * config.data.batch_size / images_per_second
+    images_per_second = seconds = None
+    if summary["step"] > start_step:
+        images_per_second = (summary["step"] - start_step) * config.data.batch_size / seconds_here
+        seconds = round(summary["step"] * config.data.batch_size / images_per_second, 1)
+        images_per_second = round(images_per_second, 1)
     checkpoint = summary["checkpoint"]
     scores = {}
     for label, random_init in (("pretrained", False), ("random", True)):
@@ -187,8 +190,8 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
         "backbone": config.model.backbone,
         "epochs": epochs,
         "steps": summary["step"],
-        "train_seconds": round(seconds, 1),
-        "images_per_second": round(images_per_second, 1),
+        "train_seconds": seconds,
+        "images_per_second": images_per_second,
         "continued_from_step": start_step,
         "knn_top1": scores["pretrained"]["top1"],
         "random_top1": scores["random"]["top1"],
@@ -212,11 +215,15 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, CPU only"
 
 
+def _whole(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def section_heading(epochs: int) -> str:
     return f"{SECTION} ({epochs} epochs)"
 
 
-def write_section(results: list[dict], epochs: int) -> None:
+def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_MD) -> None:
     lines = [section_heading(epochs), "",
              f"Measured {max(r['date'] for r in results)} on {machine()}, with "
              "`python -m benchmarks.methods`.",
@@ -242,8 +249,8 @@ def write_section(results: list[dict], epochs: int) -> None:
         rank = (f"{result['effective_rank']:.1f} / {result['random_effective_rank']:.1f}"
                 if "effective_rank" in result else "-")
         lines.append(f"| {result['method']} | {result['backbone']} | {result['knn_top1']:.1f} | "
-                     f"{result['random_top1']:.1f} | {gain:+.1f} | {rank} | {result['images_per_second']:.0f} | "
-                     f"{result['train_seconds']:.0f} |")
+                     f"{result['random_top1']:.1f} | {gain:+.1f} | {rank} | {_whole(result['images_per_second'])} | "
+                     f"{_whole(result['train_seconds'])} |")
     worse = [r["method"] for r in results if r["knn_top1"] <= r["random_top1"]]
     if worse:
         lines += ["", f"**Not better than random initialization at this budget: {', '.join(worse)}.** "
@@ -253,7 +260,7 @@ def write_section(results: list[dict], epochs: int) -> None:
     if missing:
         lines += ["", f"Not measured yet: {', '.join(missing)}."]
     section = "\n".join(lines) + "\n"
-    text = RESULTS_MD.read_text() if RESULTS_MD.is_file() else "# Benchmark results\n"
+    text = results_md.read_text() if results_md.is_file() else "# Benchmark results\n"
     # this budget's table, or one from before tables were kept per budget (a heading with no budget)
     for heading in (section_heading(epochs) + "\n", SECTION + "\n"):
         if heading in text:
@@ -263,7 +270,7 @@ def write_section(results: list[dict], epochs: int) -> None:
             break
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    RESULTS_MD.write_text(text)
+    results_md.write_text(text)
 
 
 def result_path(workdir: Path, name: str, epochs: int) -> Path:
@@ -289,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=os.environ.get("SELFSUP_BENCH_DIR", "/tmp/selfsup-methods-bench"))
     parser.add_argument("--force", action="store_true", help="measure again methods with results")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--results", default=str(RESULTS_MD),
+                        help="the markdown file whose section for this budget is rewritten (a scratch "
+                             "workdir's partial table would replace the committed one)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: DALI gets the other core, no oversubscription)")
     args = parser.parse_args(argv)
@@ -317,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             path.write_text(json.dumps(result, indent=1))
             print(f"{name}: kNN top-1 {result['knn_top1']:.1f}% vs random {result['random_top1']:.1f}%, "
-                  f"{result['images_per_second']:.0f} images/s", flush=True)
-            write_section(stored_results(workdir, args.epochs), args.epochs)
+                  f"{_whole(result['images_per_second'])} images/s", flush=True)
+            write_section(stored_results(workdir, args.epochs), args.epochs, Path(args.results))
     stored = stored_results(workdir, args.epochs)
     if stored:
-        write_section(stored, args.epochs)
+        write_section(stored, args.epochs, Path(args.results))
     worse = [r["method"] for r in stored if r["knn_top1"] <= r["random_top1"]]
     if worse:
         print(f"not better than random initialization: {', '.join(worse)}", file=sys.stderr)
