@@ -98,30 +98,12 @@ def _check_before_launch(config) -> None:
     from pipeline.dataset import load_dataset_info
     from pipeline.recipes import build_recipe
     from pipeline.staging import is_uri
+    from trainer.model import check_model
 
     if not is_uri(str(config.data.path)):  # a URI is checked by each node as it stages it
         load_dataset_info(config.data.path)
     build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
-    _check_model(config)
-
-
-def _check_model(config) -> None:
-    """Build the model on the meta device (no memory, no weights): a backbone or method option
-    that cannot be built (an image size that is not a multiple of the ViT patch size, an unknown
-    loss) fails here as a one-line error instead of inside every Ray worker."""
-    import torch
-
-    from trainer.config import ConfigError
-    from trainer.model import build_model
-
-    try:
-        with torch.device("meta"):
-            build_model(config)
-    except (ValueError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        raise ConfigError(f"{config.model.backbone} + {config.method.name}: {message}") from error
-    except (NotImplementedError, RuntimeError):  # a constructor that needs real tensors: the workers build it
-        pass
+    check_model(config)
 
 
 def _backbone_to_evaluate(args: argparse.Namespace):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import itertools
 import math
 import re
 from pathlib import Path
@@ -49,6 +50,7 @@ from pipeline.dataset import load_dataset_info
 from pipeline.staging import is_uri
 from trainer.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from trainer.loop import train
+from trainer.model import check_model
 
 SEARCH_KEY = "search"
 TRIAL_KEY = "trial"  # how each trial runs; not part of the training config
@@ -156,6 +158,45 @@ def search_space(base: Config, search: dict) -> dict:
     return space
 
 
+MAX_CHECKED_COMBINATIONS = 64
+
+
+def _edge_values(domain) -> list:
+    """A domain's values worth building: every choice, or a range's two ends."""
+    categories = getattr(domain, "categories", None)
+    if categories is not None:
+        return list(categories)
+    upper = domain.upper - 1 if isinstance(domain, tune.search.sample.Integer) else domain.upper  # randint: exclusive
+    return [domain.lower, upper]
+
+
+def check_search(base: dict, space: dict) -> None:
+    """Refuse, before Ray starts a trial, a search whose values give a config that cannot be built.
+
+    Each combination of every choice and both ends of every range (each key on its own when there
+    are more than 64 combinations) is turned into a config, its view recipe and its model (on the
+    meta device): `data.image_size: [40, 48]` with a ViT of patch 16 fails here with one line,
+    not in the trial that samples 40.
+    """
+    from methods.registry import method_entry  # the recipe a method takes
+    from pipeline.recipes import build_recipe
+
+    keys = list(space)
+    edges = [_edge_values(space[key]) for key in keys]
+    if math.prod(len(values) for values in edges) <= MAX_CHECKED_COMBINATIONS:
+        combinations = [dict(zip(keys, values)) for values in itertools.product(*edges)]
+    else:
+        combinations = [{key: value} for key, values in zip(keys, edges) for value in values]
+    for values in combinations:
+        where = ", ".join(f"{key}={value!r}" for key, value in values.items())
+        try:
+            config = config_with(base, values)
+            build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
+            check_model(config)
+        except (ConfigError, ValueError) as error:
+            raise ConfigError(f"search values {where}: {error}") from None
+
+
 def target_metric(config: Config) -> tuple[str, str]:
     """(metric, mode): online kNN top-1 when the run measures it, else the training loss."""
     if config.eval.online_knn_every_epochs > 0:
@@ -237,6 +278,7 @@ def run_search(raw: dict, output: str | Path, *, samples: int, cpus_per_trial: f
     if not search:
         raise ConfigError(f"the config has no `{SEARCH_KEY}:` section: nothing to search over")
     space = search_space(base, search)
+    check_search(base_dict, space)
     metric, mode = target_metric(base)
     total = _total_steps(base, workers) if not is_uri(str(base.data.path)) else base.trainer.max_steps or 1
     # max_t one past the last step: a trial that reaches its end finishes by itself rather than being

@@ -1,7 +1,8 @@
 """Building the method module a config describes, and seeding every generator.
 
 `build_model(config)` builds the backbone from `methods.backbones` with `backbone_options(config)`
-and hands it to the method's builder from the registry. `prepare_model` applies the options that
+and hands it to the method's builder from the registry; `check_model(config)` does so on the meta
+device, to refuse a config before anything is launched. `prepare_model` applies the options that
 change how the model runs rather than what it is: SyncBatchNorm across ranks and channels-last
 memory layout.
 """
@@ -30,6 +31,20 @@ def build_model(config: Config) -> torch.nn.Module:
     """The method module (with its `backbone`) described by a config."""
     backbone, feature_dim = build_backbone(config.model.backbone, **backbone_options(config))
     return method_entry(config.method.name).build(config.method, backbone, feature_dim)
+
+
+def check_model(config: Config) -> None:
+    """Build the model on the meta device (no memory, no weights), so that a backbone or method
+    option no constructor accepts (an image size that is not a multiple of the ViT patch size, an
+    unknown loss) is a one-line ConfigError before any worker starts, not a traceback in each."""
+    try:
+        with torch.device("meta"):
+            build_model(config)
+    except (ValueError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise ConfigError(f"{config.model.backbone} + {config.method.name}: {message}") from error
+    except (NotImplementedError, RuntimeError):  # a constructor that needs real tensors: the workers build it
+        pass
 
 
 def check_memory_bank(config: Config, train_samples: int) -> None:

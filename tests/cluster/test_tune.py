@@ -47,6 +47,22 @@ def test_search_space_parsing():
         search_space(load_config(None, base=base), {"optim.lrr": "uniform(0, 1)"})
 
 
+def test_search_values_that_cannot_be_built_are_refused_before_any_trial():
+    from cluster.tune import check_search, search_space, split_search
+
+    raw = yaml.safe_load((ROOT / "configs" / "dino.yaml").read_text())  # ViT-S, patch 16
+    raw["search"] = {"data.image_size": [224, 200], "optim.lr": "loguniform(1e-4, 1e-3)"}
+    base, search = split_search(raw)
+    space = search_space(load_config(None, base=base), search)
+    with pytest.raises(ConfigError, match=r"search values data.image_size=200, optim.lr=0.0001: "
+                                          r"vit_small \+ dino: img_size 200 is not a multiple of patch_size 16"):
+        check_search(base, space)
+    # the ends of a range are built too: randint(96, 209) reaches 208 = 13 x 16, fine; 210 is not
+    check_search(base, search_space(load_config(None, base=base), {"data.image_size": "randint(96, 209)"}))
+    with pytest.raises(ConfigError, match="data.image_size=210: vit_small"):
+        check_search(base, search_space(load_config(None, base=base), {"data.image_size": "randint(96, 211)"}))
+
+
 def test_trial_settings_and_worker_resources():
     from cluster.tune import split_search, trial_settings, worker_resources
 
