@@ -94,16 +94,13 @@ def data_location(data: str) -> str:
 
 def _check_before_launch(config) -> None:
     """Catch a bad dataset or recipe here, with a one-line error, before any worker starts."""
-    from methods.registry import method_entry
     from pipeline.dataset import load_dataset_info
-    from pipeline.recipes import build_recipe
     from pipeline.staging import is_uri
-    from trainer.model import check_model
+    from trainer.model import check_buildable
 
     if not is_uri(str(config.data.path)):  # a URI is checked by each node as it stages it
         load_dataset_info(config.data.path)
-    build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
-    check_model(config)
+    check_buildable(config)
 
 
 def _backbone_to_evaluate(args: argparse.Namespace):

@@ -50,7 +50,7 @@ from pipeline.dataset import load_dataset_info
 from pipeline.staging import is_uri
 from trainer.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from trainer.loop import train
-from trainer.model import check_model
+from trainer.model import check_buildable
 
 SEARCH_KEY = "search"
 TRIAL_KEY = "trial"  # how each trial runs; not part of the training config
@@ -178,9 +178,6 @@ def check_search(base: dict, space: dict) -> None:
     meta device): `data.image_size: [40, 48]` with a ViT of patch 16 fails here with one line,
     not in the trial that samples 40.
     """
-    from methods.registry import method_entry  # the recipe a method takes
-    from pipeline.recipes import build_recipe
-
     keys = list(space)
     edges = [_edge_values(space[key]) for key in keys]
     if math.prod(len(values) for values in edges) <= MAX_CHECKED_COMBINATIONS:
@@ -190,9 +187,7 @@ def check_search(base: dict, space: dict) -> None:
     for values in combinations:
         where = ", ".join(f"{key}={value!r}" for key, value in values.items())
         try:
-            config = config_with(base, values)
-            build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
-            check_model(config)
+            check_buildable(config_with(base, values))
         except (ConfigError, ValueError) as error:
             raise ConfigError(f"search values {where}: {error}") from None
 

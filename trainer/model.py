@@ -1,10 +1,10 @@
 """Building the method module a config describes, and seeding every generator.
 
 `build_model(config)` builds the backbone from `methods.backbones` with `backbone_options(config)`
-and hands it to the method's builder from the registry; `check_model(config)` does so on the meta
-device, to refuse a config before anything is launched. `prepare_model` applies the options that
-change how the model runs rather than what it is: SyncBatchNorm across ranks and channels-last
-memory layout.
+and hands it to the method's builder from the registry; `check_buildable(config)` builds the
+config's recipe and its model on the meta device, to refuse a config before anything is launched.
+`prepare_model` applies the options that change how the model runs rather than what it is:
+SyncBatchNorm across ranks and channels-last memory layout.
 """
 
 from __future__ import annotations
@@ -33,10 +33,14 @@ def build_model(config: Config) -> torch.nn.Module:
     return method_entry(config.method.name).build(config.method, backbone, feature_dim)
 
 
-def check_model(config: Config) -> None:
-    """Build the model on the meta device (no memory, no weights), so that a backbone or method
-    option no constructor accepts (an image size that is not a multiple of the ViT patch size, an
-    unknown loss) is a one-line ConfigError before any worker starts, not a traceback in each."""
+def check_buildable(config: Config) -> None:
+    """Build the view recipe, and the model on the meta device (no memory, no weights), so that an
+    option no recipe or constructor accepts (an image size that is not a multiple of the ViT patch
+    size, an unknown loss) is a one-line error before any worker starts, not a traceback in each.
+    Raises ConfigError (or the recipe's RecipeError, a ValueError)."""
+    from pipeline.recipes import build_recipe
+
+    build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
     try:
         with torch.device("meta"):
             build_model(config)
