@@ -148,22 +148,19 @@ def prepare_data(workdir: Path) -> Path:
     return shards
 
 
-def interrupted_step(output: Path, epochs: int) -> int:
-    """The step an interrupted measurement of this budget reached (0: none to continue)."""
-    checkpoint = latest_checkpoint(output / "checkpoints")
+def interrupted(output: Path, epochs: int) -> bool:
+    """Whether `output` holds a checkpoint of a killed measurement of this budget to continue."""
     marker = output / "budget.json"
-    if checkpoint is None or not marker.is_file() or json.loads(marker.read_text()).get("epochs") != epochs:
-        return 0
-    return int(checkpoint.name.split("-")[-1])
+    return (latest_checkpoint(output / "checkpoints") is not None and marker.is_file()
+            and json.loads(marker.read_text()).get("epochs") == epochs)
 
 
 def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool = False) -> dict:
     overrides = overrides_for(name, epochs) + [f"data.path={shards}"]
     config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
     output = workdir / "runs" / name
-    start_step = 0 if fresh else interrupted_step(output, epochs)
-    if start_step:
-        print(f"{name}: continuing the interrupted run from step {start_step}", flush=True)
+    if not fresh and interrupted(output, epochs):
+        print(f"{name}: continuing the interrupted run", flush=True)  # the trainer says from which step
     elif output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -174,6 +171,7 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
     if summary["step"] < summary["total_steps"]:  # e.g. stopped by SIGTERM (the trainer checkpoints)
         raise RuntimeError(f"training stopped at step {summary['step']} of {summary['total_steps']}")
     # throughput of this process's steps; the time of a run killed earlier is estimated from it
+    start_step = summary["start_step"]
     images_per_second = seconds = None
     if summary["step"] > start_step:
         images_per_second = (summary["step"] - start_step) * config.data.batch_size / seconds_here

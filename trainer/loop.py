@@ -184,8 +184,8 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
 
     def summarize() -> dict:
         """What `train` returns: where the run stands, and the latest metrics."""
-        summary = {"step": step, "total_steps": total_steps, "checkpoint": str(latest_checkpoint(checkpoints)),
-                   "skipped_steps": skipped, **metrics}
+        summary = {"step": step, "start_step": start_step, "total_steps": total_steps,
+                   "checkpoint": str(latest_checkpoint(checkpoints)), "skipped_steps": skipped, **metrics}
         if stopping and step < total_steps:
             summary["stopped"] = stop.reason
         return summary
