@@ -13,9 +13,11 @@ overrides (ResNet-18 — ViT-Tiny with 8 px patches for the ViT-only methods —
 Then the weighted kNN top-1 (k=20, T=0.07) of the pretrained backbone is measured on the val
 split next to the same architecture randomly initialized with the same seed.
 
-Results are stored per method and budget in `WORKDIR/results/NAME-Eep.json`; a method with a
-stored result at the same `--epochs` is skipped unless `--force`; a measurement that was killed
-continues from its last checkpoint (every 5 epochs) unless `--force`. The section
+Results are stored per method and budget in `benchmarks/results/methods/NAME-Eep.json` (`--store`),
+committed with the table they make, so a later session on a fresh machine keeps them; the data and
+the checkpoints stay in `--workdir`. A method with a stored result at the same `--epochs` is skipped
+unless `--force`; a measurement that was killed continues from its last checkpoint (every 5
+epochs, while the workdir lasts) unless `--force`. The section
 "Methods on the demo dataset (E epochs)" of `benchmarks/RESULTS.md` is rewritten after each
 method from the stored results at this `--epochs`; the tables of other budgets stay.
 """
@@ -43,6 +45,7 @@ from trainer.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+RESULTS_STORE = ROOT / "benchmarks" / "results" / "methods"
 SECTION = "## Methods on the demo dataset"
 IMAGE_SIZE = 48
 BATCH = 64
@@ -63,7 +66,7 @@ BUDGET = [
     "optim.warmup_epochs=1",
     "optim.betas=[0.9, 0.999]",
     "trainer.log_every=5",
-    "trainer.checkpoint_every=300",  # every 5 epochs: a killed measurement continues from there
+    "trainer.checkpoint_every=75",  # every 5 epochs of 15 steps: a killed measurement continues from there
     "trainer.grad_clip=null",
 ]
 # Colour carries no class information in the demo images: views that make it useless (as the
@@ -268,22 +271,25 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
             break
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    results_md.write_text(text)
+    write_atomically(results_md, text)
 
 
-def result_path(workdir: Path, name: str, epochs: int) -> Path:
-    return workdir / "results" / f"{name}-{epochs}ep.json"
+def result_path(store: Path, name: str, epochs: int) -> Path:
+    return store / f"{name}-{epochs}ep.json"
 
 
-def stored_results(workdir: Path, epochs: int) -> list[dict]:
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename: a killed run leaves the old file or the new one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def stored_results(store: Path, epochs: int) -> list[dict]:
     """The stored results measured at this budget, one per method (another `--epochs` is
-    another table). Files named NAME.json are from before results were kept per budget."""
-    by_method = {}
-    for path in sorted((workdir / "results").glob("*.json"), key=lambda path: path.stat().st_mtime):
-        result = json.loads(path.read_text())
-        if result.get("epochs") == epochs:
-            by_method[result["method"]] = result  # the newest measurement wins
-    return list(by_method.values())
+    another table)."""
+    results = [json.loads(path.read_text()) for path in sorted(store.glob(f"*-{epochs}ep.json"))]
+    return [result for result in results if result.get("epochs") == epochs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=40,
                         help="training epochs per method (40 = 600 steps; 10 is too few for most methods)")
     parser.add_argument("--workdir", default=os.environ.get("SELFSUP_BENCH_DIR", "/tmp/selfsup-methods-bench"))
+    parser.add_argument("--store", default=str(RESULTS_STORE),
+                        help="folder of the per-method result files (committed: the table is made from them)")
     parser.add_argument("--force", action="store_true", help="measure again methods with results")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--results", default=str(RESULTS_MD),
@@ -301,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch intra-op threads (1: DALI gets the other core, no oversubscription)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    workdir = Path(args.workdir)
-    (workdir / "results").mkdir(parents=True, exist_ok=True)
+    workdir, store = Path(args.workdir), Path(args.store)
+    store.mkdir(parents=True, exist_ok=True)
     names = [n for n in args.methods.split(",") if n] or list(METHODS)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
@@ -312,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         shards = prepare_data(workdir)
         for name in names:
-            path = result_path(workdir, name, args.epochs)
-            if not args.force and any(r["method"] == name for r in stored_results(workdir, args.epochs)):
+            path = result_path(store, name, args.epochs)
+            if not args.force and any(r["method"] == name for r in stored_results(store, args.epochs)):
                 print(f"{name}: stored result, skipped (--force to measure again)", flush=True)
                 continue
             print(f"{name}: training {args.epochs} epochs ...", flush=True)
@@ -323,11 +331,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: FAILED: {type(error).__name__}: {error}", flush=True)
                 failures.append(name)
                 continue
-            path.write_text(json.dumps(result, indent=1))
+            write_atomically(path, json.dumps(result, indent=1) + "\n")
             print(f"{name}: kNN top-1 {result['knn_top1']:.1f}% vs random {result['random_top1']:.1f}%, "
                   f"{_whole(result['images_per_second'])} images/s", flush=True)
-            write_section(stored_results(workdir, args.epochs), args.epochs, Path(args.results))
-    stored = stored_results(workdir, args.epochs)
+            write_section(stored_results(store, args.epochs), args.epochs, Path(args.results))
+    stored = stored_results(store, args.epochs)
     if stored:
         write_section(stored, args.epochs, Path(args.results))
     worse = [r["method"] for r in stored if r["knn_top1"] <= r["random_top1"]]
