@@ -202,6 +202,7 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
         "random_effective_rank": scores["random"]["effective_rank"],
         "final_loss": summary.get("loss"),
         "date": datetime.date.today().isoformat(),
+        "machine": machine(),
         "overrides": overrides_for(name, epochs),
     }
 
@@ -227,15 +228,17 @@ def section_heading(epochs: int) -> str:
 
 
 def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_MD) -> None:
+    dates = sorted({r["date"] for r in results})
+    machines = sorted({r.get("machine", "an unrecorded machine") for r in results})
     lines = [section_heading(epochs), "",
-             f"Measured {max(r['date'] for r in results)} on {machine()}, with "
-             "`python -m benchmarks.methods`.",
+             f"Measured {dates[0] if len(dates) == 1 else dates[0] + ' to ' + dates[-1]} on "
+             f"{'; '.join(machines)}, with `python -m benchmarks.methods`.",
              f"Budget per method: {epochs} epochs of the {TRAIN_SAMPLES}-image demo train split "
              f"(10 upright shape classes), {IMAGE_SIZE} px, batch {BATCH}, AdamW (lr 2e-3, 1 warm-up epoch, "
              "cosine), ResNet-18 (ViT-Tiny with 8 px patches for MAE and SimMIM), each method's config "
              "with small heads/queues/prototypes and the few per-method settings in `PER_METHOD` of "
-             "`benchmarks/methods.py` (MoCo v2 and v3 lr 5e-4; rotation 16 images x 4 rotations per step; NPID with "
-             "the exact softmax over its 960-row bank, where the 10-epoch table used NCE). kNN: k=20, "
+             "`benchmarks/methods.py` (each row's own overrides are in "
+             f"`benchmarks/results/methods/NAME-{epochs}ep.json`). kNN: k=20, "
              "T=0.07, 960 train images as the bank, 240 val images as queries; *random* is the "
              "same architecture randomly initialized with the same seed. images/s: training "
              "images per wall-clock second of the whole run (graph build and checkpoints included), "
