@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from methods.registry import METHODS
+from pipeline.dataset import write_atomically
 from pipeline.demo_images import make_demo_folder
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import load_config
@@ -276,18 +277,11 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
             break
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    write_atomically(results_md, text)
+    write_atomically(results_md, text.encode())
 
 
 def result_path(store: Path, name: str, epochs: int) -> Path:
     return store / f"{name}-{epochs}ep.json"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename: a killed run leaves the old file or the new one."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def stored_results(store: Path, epochs: int) -> list[dict]:
@@ -308,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="measure again methods with results")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--results", default=str(RESULTS_MD),
-                        help="the markdown file whose section for this budget is rewritten (a scratch "
-                             "workdir's partial table would replace the committed one)")
+                        help="the markdown file whose section for this budget is rewritten (with a scratch "
+                             "--store, name another file: its partial table would replace the committed one)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: DALI gets the other core, no oversubscription)")
     args = parser.parse_args(argv)
@@ -326,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         shards = prepare_data(workdir)
         for name in names:
             path = result_path(store, name, args.epochs)
-            if not args.force and any(r["method"] == name for r in stored_results(store, args.epochs)):
+            if not args.force and path.is_file():
                 print(f"{name}: stored result, skipped (--force to measure again)", flush=True)
                 continue
             print(f"{name}: training {args.epochs} epochs ...", flush=True)
@@ -336,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: FAILED: {type(error).__name__}: {error}", flush=True)
                 failures.append(name)
                 continue
-            write_atomically(path, json.dumps(result, indent=1) + "\n")
+            write_atomically(path, (json.dumps(result, indent=1) + "\n").encode())
             print(f"{name}: kNN top-1 {result['knn_top1']:.1f}% vs random {result['random_top1']:.1f}%, "
                   f"{_whole(result['images_per_second'])} images/s", flush=True)
             write_section(stored_results(store, args.epochs), args.epochs, Path(args.results))
