@@ -161,6 +161,11 @@ def interrupted(output: Path, epochs: int) -> bool:
             and json.loads(marker.read_text()).get("epochs") == epochs)
 
 
+class TrainingStopped(RuntimeError):
+    """The trainer stopped before the budget's last step (SIGTERM or SIGINT): the whole benchmark
+    stops, rather than going on with the next method."""
+
+
 def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool = False) -> dict:
     overrides = overrides_for(name, epochs) + [f"data.path={shards}"]
     config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
@@ -175,7 +180,7 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
     summary = train(config, output)  # continues from the run's own newest checkpoint, if any
     seconds_here = time.perf_counter() - started
     if summary["step"] < summary["total_steps"]:  # e.g. stopped by SIGTERM (the trainer checkpoints)
-        raise RuntimeError(f"training stopped at step {summary['step']} of {summary['total_steps']}")
+        raise TrainingStopped(f"training stopped at step {summary['step']} of {summary['total_steps']}")
     # throughput of this process's steps; the time of a run killed earlier is estimated from it
     start_step = summary["start_step"]
     images_per_second = seconds = None
@@ -326,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: training {args.epochs} epochs ...", flush=True)
             try:
                 result = run_method(name, shards, workdir, args.epochs, fresh=args.force)
+            except TrainingStopped as error:
+                print(f"{name}: {error}; the same command continues it from its checkpoint", flush=True)
+                return 130
             except Exception as error:  # report and go on with the next method
                 print(f"{name}: FAILED: {type(error).__name__}: {error}", flush=True)
                 failures.append(name)
