@@ -244,7 +244,7 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
              "cosine), ResNet-18 (ViT-Tiny with 8 px patches for MAE and SimMIM), each method's config "
              "with small heads/queues/prototypes and the few per-method settings in `PER_METHOD` of "
              "`benchmarks/methods.py` (each row's own overrides are in "
-             f"`benchmarks/results/methods/NAME-{epochs}ep.json`). kNN: k=20, "
+             f"`{RESULTS_STORE.relative_to(ROOT)}/NAME-{epochs}ep.json`). kNN: k=20, "
              "T=0.07, 960 train images as the bank, 240 val images as queries; *random* is the "
              "same architecture randomly initialized with the same seed. images/s: training "
              "images per wall-clock second of the whole run (graph build and checkpoints included), "
