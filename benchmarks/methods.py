@@ -291,9 +291,20 @@ def result_path(store: Path, name: str, epochs: int) -> Path:
 
 def stored_results(store: Path, epochs: int) -> list[dict]:
     """The stored results measured at this budget, one per method (another `--epochs` is
-    another table)."""
-    results = [json.loads(path.read_text()) for path in sorted(store.glob(f"*-{epochs}ep.json"))]
-    return [result for result in results if result.get("epochs") == epochs]
+    another table). A file that is not a JSON object is refused with its path: the files are
+    committed and can be edited by hand."""
+    results = []
+    for path in sorted(store.glob(f"*-{epochs}ep.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SystemExit(f"{path}: not a readable result file ({error}); measure it again with "
+                             "--force or restore it from git") from None
+        if not isinstance(result, dict) or "method" not in result:
+            raise SystemExit(f"{path}: expected a JSON object with a 'method' key")
+        if result.get("epochs") == epochs:
+            results.append(result)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
