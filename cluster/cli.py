@@ -103,6 +103,13 @@ def _check_before_launch(config) -> None:
     check_buildable(config)
 
 
+def _image_count(text: str) -> int:
+    """argparse type of --recalibrate-bn: a whole number of images, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of images of at least 1, got {text!r}")
+    return int(text)
+
+
 def _backbone_to_evaluate(args: argparse.Namespace):
     """The checkpoint's backbone (or its random-init twin), its config, and the device to run on."""
     import torch
@@ -110,7 +117,16 @@ def _backbone_to_evaluate(args: argparse.Namespace):
     from trainer.evaluate import load_backbone
 
     backbone, config = load_backbone(find_checkpoint(args.checkpoint), random_init=args.random_init)
-    return backbone, config, args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.weights = "random-init" if args.random_init else "pretrained"
+    if args.recalibrate_bn:
+        from trainer.evaluate import recalibrate_batch_norm
+
+        used = recalibrate_batch_norm(backbone, args.data, image_size=args.image_size or config.data.image_size,
+                                      batch_size=config.eval.batch_size, max_samples=args.recalibrate_bn,
+                                      device=device)
+        args.weights += f", BatchNorm re-estimated on {used} train images" if used else ", no BatchNorm to re-estimate"
+    return backbone, config, device
 
 
 def _eval_knn(args: argparse.Namespace) -> int:
@@ -121,7 +137,7 @@ def _eval_knn(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size or config.eval.batch_size,
                           k=args.k or config.eval.knn_k,
                           temperature=args.temperature or config.eval.knn_temperature, device=device)
-    result["weights"] = "random-init" if args.random_init else "pretrained"
+    result["weights"] = args.weights
     if args.json:
         print(json.dumps(result))
     else:
@@ -140,7 +156,7 @@ def _eval_linear(args: argparse.Namespace) -> int:
                              epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              feature_batch_size=config.eval.batch_size, weight_decay=args.weight_decay,
                              device=device, seed=config.seed)
-    result["weights"] = "random-init" if args.random_init else "pretrained"
+    result["weights"] = args.weights
     if args.json:
         print(json.dumps(result))
     else:
@@ -233,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--batch-size", type=int, default=None)
     knn.add_argument("--device", default=None)
     knn.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
+    knn.add_argument("--recalibrate-bn", type=_image_count, nargs="?", const=8192, default=0, metavar="IMAGES",
+                        help="re-estimate BatchNorm statistics on this many train images first "
+                             "(precise BN; default 8192 when given without a number)")
     knn.add_argument("--json", action="store_true", help="print one JSON object")
     knn.set_defaults(run=_eval_knn)
     linear = protocols.add_parser("linear", help="linear classifier on frozen features (top-1/top-5)")
@@ -245,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     linear.add_argument("--image-size", type=int, default=None)
     linear.add_argument("--device", default=None)
     linear.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
+    linear.add_argument("--recalibrate-bn", type=_image_count, nargs="?", const=8192, default=0, metavar="IMAGES",
+                        help="re-estimate BatchNorm statistics on this many train images first "
+                             "(precise BN; default 8192 when given without a number)")
     linear.add_argument("--json", action="store_true", help="print one JSON object")
     linear.set_defaults(run=_eval_linear)
 

@@ -3,6 +3,10 @@
 The feature bank is the labeled `train` split; the queries are the `val` split when the
 dataset has one, otherwise the train split itself with each sample's own match left out.
 Images pass through the eval recipe (resize, center crop) at the run's image size.
+
+`recalibrate_batch_norm` re-estimates a backbone's BatchNorm statistics on the eval images
+("precise BN") before it is measured: the stored statistics are an average over augmented
+training views (or, at random initialization, the identity), not over the images measured.
 """
 
 from __future__ import annotations
@@ -47,6 +51,66 @@ def extract_features(backbone: torch.nn.Module, dataset: DatasetInfo, split: str
     finally:
         loader.close()
     return torch.cat(features), torch.cat(labels)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(backbone: torch.nn.Module, data: str | Path, *, image_size: int,
+                           batch_size: int = 256, max_samples: int = 8192,
+                           device: str | torch.device = "cpu") -> int:
+    """Replace every BatchNorm layer's running mean and variance by population statistics of
+    the first `max_samples` eval-recipe images of the train split; returns the images used
+    (0 when the backbone has no BatchNorm, e.g. a ViT, and is left as it was).
+
+    "Precise BN" (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", arXiv:2105.07576, Sec. 3):
+    the forward runs in training mode, as the layers were trained, and each layer's statistics
+    are the exact mean and (unbiased) variance of its inputs over all the images, not an EMA of
+    per-batch values, so neither the batch size nor the order of the samples biases them.
+    Other layers (dropout) stay in eval mode; every layer's mode is put back afterwards.
+    """
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1 image, got {max_samples}")
+    norms = [module for module in backbone.modules()
+             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats]
+    if not norms:
+        return 0
+    device = torch.device(device)
+    sums: dict[torch.nn.Module, list[torch.Tensor | int]] = {}
+
+    def accumulate(module, inputs, _output):
+        x = inputs[0].detach().double().transpose(0, 1).flatten(1)  # (C, N * H * W)
+        total = sums.setdefault(module, [0.0, 0.0, 0])
+        total[0] = total[0] + x.sum(dim=1)
+        total[1] = total[1] + (x * x).sum(dim=1)
+        total[2] += x.shape[1]
+
+    modes = {module: module.training for module in backbone.modules()}
+    hooks = [norm.register_forward_hook(accumulate) for norm in norms]
+    backbone.eval().to(device)
+    for norm in norms:
+        norm.train()
+    loader = build_eval_loader(load_dataset_info(data), EvalRecipe(size=image_size),
+                               batch_size=batch_size, split="train", device=device)
+    seen = 0
+    try:
+        for batch in loader:
+            images = batch["image"].to(device)[: max_samples - seen]
+            backbone(images)
+            seen += len(images)
+            if seen >= max_samples:
+                break
+    finally:
+        loader.close()
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.train(training)
+    for norm in norms:
+        total, squares, count = sums[norm]
+        mean = total / count
+        variance = (squares / count - mean * mean).clamp_min(0) * count / max(count - 1, 1)
+        norm.running_mean.copy_(mean.to(norm.running_mean.dtype))
+        norm.running_var.copy_(variance.to(norm.running_var.dtype))
+    return seen
 
 
 def effective_rank(features: torch.Tensor, epsilon: float = 1e-7) -> float:

@@ -147,3 +147,10 @@ def test_sigterm_to_the_driver_checkpoints_every_rank_at_one_step_and_the_same_c
     assert knn.returncode == 0, knn.stderr[-3000:]
     answer = json.loads(knn.stdout.strip().splitlines()[-1])
     assert 0.0 <= answer["top1"] <= 100.0 and answer["query_split"] == "val" and answer["query_samples"] == 40
+    recalibrated = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "knn", "--checkpoint", str(run),
+                                   "--data", str(demo_shards), "--recalibrate-bn", "50", "--json"], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=300)
+    assert recalibrated.returncode == 0, recalibrated.stderr[-3000:]
+    answer = json.loads(recalibrated.stdout.strip().splitlines()[-1])
+    assert answer["weights"] == "pretrained, BatchNorm re-estimated on 50 train images"
+    assert answer["query_samples"] == 40

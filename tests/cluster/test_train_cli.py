@@ -34,3 +34,7 @@ def test_train_refuses_bad_input_clearly(demo_shards, tmp_path):
     assert "Ray" not in patch.stderr and not (tmp_path / "c").exists()
     no_checkpoint = selfsup("eval", "knn", "--checkpoint", str(tmp_path / "empty"), "--data", str(demo_shards))
     assert no_checkpoint.returncode == 2 and "no checkpoint" in no_checkpoint.stderr
+    no_images = selfsup("eval", "knn", "--checkpoint", str(tmp_path / "empty"), "--data", str(demo_shards),
+                        "--recalibrate-bn", "0")
+    assert no_images.returncode == 2
+    assert "--recalibrate-bn: expected a number of images of at least 1, got '0'" in no_images.stderr
