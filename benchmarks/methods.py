@@ -4,6 +4,7 @@
     python -m benchmarks.methods --methods simclr,byol  # a selection
     python -m benchmarks.methods --epochs 10            # the 10-epoch table (2 h; too few steps for most)
     python -m benchmarks.methods --report-only          # rewrite the table from stored results
+    python -m benchmarks.methods --add-precise-bn       # fill the precise-BN column from kept checkpoints
 
 The demo dataset (10 upright shape classes drawn by `pipeline.demo_images`, 120 per class, 20% val) is
 made and converted once into `--workdir`. Each method trains in this process
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -41,7 +43,7 @@ from pipeline.dataset import write_atomically
 from pipeline.demo_images import make_demo_folder
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import load_config
-from trainer.evaluate import knn_evaluate, load_backbone
+from trainer.evaluate import knn_evaluate, load_backbone, recalibrate_batch_norm
 from trainer.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,12 +190,7 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
         images_per_second = (summary["step"] - start_step) * config.data.batch_size / seconds_here
         seconds = round(summary["step"] * config.data.batch_size / images_per_second, 1)
         images_per_second = round(images_per_second, 1)
-    checkpoint = summary["checkpoint"]
-    scores = {}
-    for label, random_init in (("pretrained", False), ("random", True)):
-        backbone, _ = load_backbone(checkpoint, random_init=random_init)
-        scores[label] = knn_evaluate(backbone, shards, image_size=config.data.image_size,
-                                     k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+    scores, precise_bn = knn_scores(summary["checkpoint"], shards)
     return {
         "method": name,
         "backbone": config.model.backbone,
@@ -204,6 +201,8 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
         "continued_from_step": start_step,
         "knn_top1": scores["pretrained"]["top1"],
         "random_top1": scores["random"]["top1"],
+        "knn_top1_precise_bn": precise_bn["pretrained"],
+        "random_top1_precise_bn": precise_bn["random"],
         "effective_rank": scores["pretrained"]["effective_rank"],
         "random_effective_rank": scores["random"]["effective_rank"],
         "final_loss": summary.get("loss"),
@@ -211,6 +210,46 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
         "machine": machine(),
         "overrides": overrides_for(name, epochs),
     }
+
+
+def knn_scores(checkpoint: Path, shards: Path) -> tuple[dict, dict]:
+    """kNN of the checkpoint's backbone and its random-init twin, as stored and with precise BN
+    (BatchNorm statistics re-estimated on the clean train images; None for a backbone without)."""
+    scores, precise_bn = {}, {}
+    for label, random_init in (("pretrained", False), ("random", True)):
+        backbone, config = load_backbone(checkpoint, random_init=random_init)
+        measure = functools.partial(knn_evaluate, backbone, shards, image_size=config.data.image_size,
+                                    k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+        scores[label] = measure()
+        recalibrated = recalibrate_batch_norm(backbone, shards, image_size=config.data.image_size,
+                                              batch_size=config.eval.batch_size)
+        precise_bn[label] = measure()["top1"] if recalibrated else None
+    return scores, precise_bn
+
+
+def add_precise_bn(store: Path, workdir: Path, epochs: int, names: list[str]) -> None:
+    """Give stored results measured before the precise-BN column their figures, from the run's
+    checkpoint in `workdir` when it is the one measured: its kNN and rank must reproduce the row."""
+    shards = prepare_data(workdir)
+    for result in stored_results(store, epochs):
+        name = result["method"]
+        if name not in names or "knn_top1_precise_bn" in result:
+            continue
+        checkpoint = latest_checkpoint(workdir / "runs" / name / "checkpoints")
+        if checkpoint is None:
+            print(f"{name}: no checkpoint in {workdir / 'runs' / name}; measure it again to fill the column")
+            continue
+        scores, precise_bn = knn_scores(checkpoint, shards)
+        if (abs(scores["pretrained"]["top1"] - result["knn_top1"]) > 1e-6
+                or abs(scores["pretrained"]["effective_rank"] - result.get("effective_rank", -1)) > 1e-3):
+            print(f"{name}: {checkpoint} gives kNN {scores['pretrained']['top1']:.2f}, not the stored "
+                  f"{result['knn_top1']:.2f}: another run's checkpoint, left out")
+            continue
+        result.update(knn_top1_precise_bn=precise_bn["pretrained"], random_top1_precise_bn=precise_bn["random"],
+                      precise_bn_added=f"{datetime.date.today().isoformat()}, from the measured checkpoint "
+                                       "(it reproduced the stored kNN and rank)")
+        write_atomically(result_path(store, name, epochs), (json.dumps(result, indent=1) + "\n").encode())
+        print(f"{name}: precise BN {_precise_bn(result)}")
 
 
 def machine() -> str:
@@ -227,6 +266,14 @@ def machine() -> str:
 
 def _whole(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def _precise_bn(result: dict) -> str:
+    if "knn_top1_precise_bn" not in result:
+        return "-"
+    if result["knn_top1_precise_bn"] is None:
+        return "no BN"
+    return f"{result['knn_top1_precise_bn']:.1f} / {result['random_top1_precise_bn']:.1f}"
 
 
 def section_heading(epochs: int) -> str:
@@ -253,15 +300,22 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
              "*rank*: the effective rank (RankMe, Garrido et al. 2023) of the 960 bank features, "
              "pretrained / random init: near 1 means the representation collapsed onto a line.",
              "",
-             "| method | backbone | kNN top-1 (%) | random init (%) | gain | rank | images/s | train time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "*precise BN*: kNN top-1 of the pretrained / random-init backbone after re-estimating every "
+             "BatchNorm layer's statistics on the clean train images (`selfsup eval knn --recalibrate-bn`): "
+             "the stored statistics are an average over augmented views, and a random network's are the "
+             "identity. *-*: measured before this column existed; *no BN*: a ViT.",
+             "",
+             "| method | backbone | kNN top-1 (%) | random init (%) | gain | rank | precise BN (%) | images/s "
+             "| train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for result in sorted(results, key=lambda r: list(METHODS).index(r["method"])
                          if r["method"] in METHODS else 99):
         gain = result["knn_top1"] - result["random_top1"]
         rank = (f"{result['effective_rank']:.1f} / {result['random_effective_rank']:.1f}"
                 if "effective_rank" in result else "-")
         lines.append(f"| {result['method']} | {result['backbone']} | {result['knn_top1']:.1f} | "
-                     f"{result['random_top1']:.1f} | {gain:+.1f} | {rank} | {_whole(result['images_per_second'])} | "
+                     f"{result['random_top1']:.1f} | {gain:+.1f} | {rank} | {_precise_bn(result)} | "
+                     f"{_whole(result['images_per_second'])} | "
                      f"{_whole(result['train_seconds'])} |")
     worse = [r["method"] for r in results if r["knn_top1"] <= r["random_top1"]]
     if worse:
@@ -317,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the per-method result files (committed: the table is made from them)")
     parser.add_argument("--force", action="store_true", help="measure again methods with results")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--add-precise-bn", action="store_true",
+                        help="fill the precise-BN column of stored results from their checkpoints in --workdir")
     parser.add_argument("--results", default=str(RESULTS_MD),
                         help="the markdown file whose section for this budget is rewritten (with a scratch "
                              "--store, name another file: its partial table would replace the committed one)")
@@ -332,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
 
     failures = []
-    if not args.report_only:
+    if args.add_precise_bn:
+        add_precise_bn(store, workdir, args.epochs, names)
+    elif not args.report_only:
         shards = prepare_data(workdir)
         for name in names:
             path = result_path(store, name, args.epochs)
