@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from benchmarks.methods import RESULTS_MD, RESULTS_STORE, stored_results, write_section
+from benchmarks.methods_report import RESULTS_MD, RESULTS_STORE, stored_results, write_section
 from methods.registry import METHODS
 
 BUDGETS = sorted({json.loads(path.read_text())["epochs"] for path in RESULTS_STORE.glob("*.json")})
