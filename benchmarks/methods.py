@@ -4,7 +4,7 @@
     python -m benchmarks.methods --methods simclr,byol  # a selection
     python -m benchmarks.methods --epochs 10            # the 10-epoch table (2 h; too few steps for most)
     python -m benchmarks.methods --report-only          # rewrite the table from stored results
-    python -m benchmarks.methods --add-precise-bn       # fill the precise-BN column from kept checkpoints
+    python -m benchmarks.methods --fill-missing         # fill newer columns from kept checkpoints
 
 The demo dataset (10 upright shape classes drawn by `pipeline.demo_images`, 120 per class, 20% val) is
 made and converted once into `--workdir`. Each method trains in this process
@@ -12,7 +12,9 @@ made and converted once into `--workdir`. Each method trains in this process
 overrides (ResNet-18 — ViT-Tiny with 8 px patches for the ViT-only methods —, 48 px, batch 64, AdamW 2e-3,
 `--epochs` epochs) plus small per-method sizes (heads, queues, prototypes) that fit 960 images.
 Then the weighted kNN top-1 (k=20, T=0.07) of the pretrained backbone is measured on the val
-split next to the same architecture randomly initialized with the same seed.
+split next to the same architecture randomly initialized with the same seed; so are, as second
+views, a linear probe (`trainer.linear_probe`, 100 epochs on the standardized frozen features) and
+kNN after re-estimating the BatchNorm statistics on the clean train images (precise BN).
 
 Results are stored per method and budget in `benchmarks/results/methods/NAME-Eep.json` (`--store`),
 committed with the table they make, so a later session on a fresh machine keeps them; the data and
@@ -39,13 +41,15 @@ from pathlib import Path
 import torch
 
 from benchmarks.methods_report import (BATCH, IMAGE_SIZE, RESULTS_MD, RESULTS_STORE, ROOT, TRAIN_SAMPLES,
-                                       precise_bn_cell, result_path, stored_results, whole, write_section)
+                                       linear_cell, precise_bn_cell, result_path, stored_results, whole,
+                                       write_section)
 from methods.registry import METHODS
 from pipeline.dataset import write_atomically
 from pipeline.demo_images import make_demo_folder
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import load_config
 from trainer.evaluate import knn_evaluate, load_backbone, recalibrate_batch_norm
+from trainer.linear_probe import linear_evaluate
 from trainer.loop import train
 
 
@@ -186,7 +190,6 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
         images_per_second = (summary["step"] - start_step) * config.data.batch_size / seconds_here
         seconds = round(summary["step"] * config.data.batch_size / images_per_second, 1)
         images_per_second = round(images_per_second, 1)
-    scores, precise_bn = knn_scores(summary["checkpoint"], shards)
     return {
         "method": name,
         "backbone": config.model.backbone,
@@ -195,12 +198,7 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
         "train_seconds": seconds,
         "images_per_second": images_per_second,
         "continued_from_step": start_step,
-        "knn_top1": scores["pretrained"]["top1"],
-        "random_top1": scores["random"]["top1"],
-        "knn_top1_precise_bn": precise_bn["pretrained"],
-        "random_top1_precise_bn": precise_bn["random"],
-        "effective_rank": scores["pretrained"]["effective_rank"],
-        "random_effective_rank": scores["random"]["effective_rank"],
+        **measure_checkpoint(summary["checkpoint"], shards),
         "final_loss": summary.get("loss"),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
@@ -208,44 +206,61 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
     }
 
 
-def knn_scores(checkpoint: Path, shards: Path) -> tuple[dict, dict]:
-    """kNN of the checkpoint's backbone and its random-init twin, as stored and with precise BN
-    (BatchNorm statistics re-estimated on the clean train images; None for a backbone without)."""
-    scores, precise_bn = {}, {}
-    for label, random_init in (("pretrained", False), ("random", True)):
+# The figures measured on a checkpoint, for its backbone and for the random-init twin.
+MEASURED = ("knn_top1", "random_top1", "effective_rank", "random_effective_rank", "knn_top1_precise_bn",
+            "random_top1_precise_bn", "linear_top1", "random_linear_top1")
+
+
+def measure_checkpoint(checkpoint: Path, shards: Path) -> dict:
+    """kNN (and the features' effective rank), the linear probe, and kNN with precise BN (BatchNorm
+    statistics re-estimated on the clean train images; None for a backbone without) of the
+    checkpoint's backbone and of its random-init twin, as the fields of a result (`MEASURED`)."""
+    fields = {}
+    for random_init in (False, True):
         backbone, config = load_backbone(checkpoint, random_init=random_init)
         measure = functools.partial(knn_evaluate, backbone, shards, image_size=config.data.image_size,
                                     k=config.eval.knn_k, temperature=config.eval.knn_temperature)
-        scores[label] = measure()
+        knn = measure()
+        linear = linear_evaluate(backbone, shards, image_size=config.data.image_size,
+                                 feature_batch_size=config.eval.batch_size, seed=config.seed)
         recalibrated = recalibrate_batch_norm(backbone, shards, image_size=config.data.image_size,
                                               batch_size=config.eval.batch_size)
-        precise_bn[label] = measure()["top1"] if recalibrated else None
-    return scores, precise_bn
+        precise_bn = measure()["top1"] if recalibrated else None
+        if random_init:
+            fields.update(random_top1=knn["top1"], random_effective_rank=knn["effective_rank"],
+                          random_top1_precise_bn=precise_bn, random_linear_top1=linear["top1"])
+        else:
+            fields.update(knn_top1=knn["top1"], effective_rank=knn["effective_rank"],
+                          knn_top1_precise_bn=precise_bn, linear_top1=linear["top1"])
+    return fields
 
 
-def add_precise_bn(store: Path, workdir: Path, epochs: int, names: list[str]) -> None:
-    """Give stored results measured before the precise-BN column their figures, from the run's
-    checkpoint in `workdir` when it is the one measured: its kNN and rank must reproduce the row."""
+def fill_missing(store: Path, workdir: Path, epochs: int, names: list[str]) -> None:
+    """Give stored results measured before a column existed (precise BN, linear probe) its figures,
+    from the run's checkpoint in `workdir` when it is the one measured: it must reproduce the row's
+    kNN and rank. Figures already stored are kept."""
     shards = prepare_data(workdir)
     for result in stored_results(store, epochs):
         name = result["method"]
-        if name not in names or "knn_top1_precise_bn" in result:
+        missing = [key for key in MEASURED if key not in result]
+        if name not in names or not missing:
             continue
         checkpoint = latest_checkpoint(workdir / "runs" / name / "checkpoints")
         if checkpoint is None:
-            print(f"{name}: no checkpoint in {workdir / 'runs' / name}; measure it again to fill the column")
+            print(f"{name}: no checkpoint in {workdir / 'runs' / name}; measure it again to fill {', '.join(missing)}")
             continue
-        scores, precise_bn = knn_scores(checkpoint, shards)
-        if (abs(scores["pretrained"]["top1"] - result["knn_top1"]) > 1e-6
-                or abs(scores["pretrained"]["effective_rank"] - result.get("effective_rank", -1)) > 1e-3):
-            print(f"{name}: {checkpoint} gives kNN {scores['pretrained']['top1']:.2f}, not the stored "
+        fields = measure_checkpoint(checkpoint, shards)
+        if (abs(fields["knn_top1"] - result["knn_top1"]) > 1e-6
+                or abs(fields["effective_rank"] - result.get("effective_rank", -1)) > 1e-3):
+            print(f"{name}: {checkpoint} gives kNN {fields['knn_top1']:.2f}, not the stored "
                   f"{result['knn_top1']:.2f}: another run's checkpoint, left out")
             continue
-        result.update(knn_top1_precise_bn=precise_bn["pretrained"], random_top1_precise_bn=precise_bn["random"],
-                      precise_bn_added=f"{datetime.date.today().isoformat()}, from the measured checkpoint "
-                                       "(it reproduced the stored kNN and rank)")
+        result.update({key: fields[key] for key in missing})
+        result.setdefault("filled_later", []).append(
+            f"{datetime.date.today().isoformat()}: {', '.join(missing)}, from the measured checkpoint "
+            "(it reproduced the stored kNN and rank)")
         write_atomically(result_path(store, name, epochs), (json.dumps(result, indent=1) + "\n").encode())
-        print(f"{name}: precise BN {precise_bn_cell(result)}")
+        print(f"{name}: precise BN {precise_bn_cell(result)}, linear {linear_cell(result)}")
 
 
 def machine() -> str:
@@ -270,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the per-method result files (committed: the table is made from them)")
     parser.add_argument("--force", action="store_true", help="measure again methods with results")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--add-precise-bn", action="store_true",
-                        help="fill the precise-BN column of stored results from their checkpoints in --workdir")
+    parser.add_argument("--fill-missing", action="store_true",
+                        help="fill the columns added since a stored result was measured (precise BN, linear "
+                             "probe) from its checkpoint in --workdir")
     parser.add_argument("--results", default=str(RESULTS_MD),
                         help="the markdown file whose section for this budget is rewritten (with a scratch "
                              "--store, name another file: its partial table would replace the committed one)")
@@ -287,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
 
     failures = []
-    if args.add_precise_bn:
-        add_precise_bn(store, workdir, args.epochs, names)
+    if args.fill_missing:
+        fill_missing(store, workdir, args.epochs, names)
     elif not args.report_only:
         shards = prepare_data(workdir)
         for name in names:
