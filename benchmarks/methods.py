@@ -52,8 +52,6 @@ from trainer.evaluate import knn_evaluate, load_backbone, recalibrate_batch_norm
 from trainer.linear_probe import linear_evaluate
 from trainer.loop import train
 
-
-
 BUDGET = [
     "model.backbone=resnet18",
     f"data.image_size={IMAGE_SIZE}",

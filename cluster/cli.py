@@ -111,33 +111,34 @@ def _image_count(text: str) -> int:
 
 
 def _backbone_to_evaluate(args: argparse.Namespace):
-    """The checkpoint's backbone (or its random-init twin), its config, and the device to run on."""
+    """The checkpoint's backbone (or its random-init twin), its config, the device to run on, and
+    which weights these are (with the images its BatchNorm statistics were re-estimated on)."""
     import torch
 
     from trainer.evaluate import load_backbone
 
     backbone, config = load_backbone(find_checkpoint(args.checkpoint), random_init=args.random_init)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.weights = "random-init" if args.random_init else "pretrained"
+    weights = "random-init" if args.random_init else "pretrained"
     if args.recalibrate_bn:
         from trainer.evaluate import recalibrate_batch_norm
 
         used = recalibrate_batch_norm(backbone, args.data, image_size=args.image_size or config.data.image_size,
                                       batch_size=config.eval.batch_size, max_samples=args.recalibrate_bn,
                                       device=device)
-        args.weights += f", BatchNorm re-estimated on {used} train images" if used else ", no BatchNorm to re-estimate"
-    return backbone, config, device
+        weights += f", BatchNorm re-estimated on {used} train images" if used else ", no BatchNorm to re-estimate"
+    return backbone, config, device, weights
 
 
 def _eval_knn(args: argparse.Namespace) -> int:
     from trainer.evaluate import knn_evaluate
 
-    backbone, config, device = _backbone_to_evaluate(args)
+    backbone, config, device, weights = _backbone_to_evaluate(args)
     result = knn_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
                           batch_size=args.batch_size or config.eval.batch_size,
                           k=args.k or config.eval.knn_k,
                           temperature=args.temperature or config.eval.knn_temperature, device=device)
-    result["weights"] = args.weights
+    result["weights"] = weights
     if args.json:
         print(json.dumps(result))
     else:
@@ -151,12 +152,12 @@ def _eval_knn(args: argparse.Namespace) -> int:
 def _eval_linear(args: argparse.Namespace) -> int:
     from trainer.linear_probe import linear_evaluate
 
-    backbone, config, device = _backbone_to_evaluate(args)
+    backbone, config, device, weights = _backbone_to_evaluate(args)
     result = linear_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
                              epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              feature_batch_size=config.eval.batch_size, weight_decay=args.weight_decay,
                              device=device, seed=config.seed)
-    result["weights"] = args.weights
+    result["weights"] = weights
     if args.json:
         print(json.dumps(result))
     else:

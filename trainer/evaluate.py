@@ -74,7 +74,7 @@ def recalibrate_batch_norm(backbone: torch.nn.Module, data: str | Path, *, image
     if not norms:
         return 0
     device = torch.device(device)
-    sums: dict[torch.nn.Module, list[torch.Tensor | int]] = {}
+    sums: dict[torch.nn.Module, list] = {}  # per layer: [sum of x, sum of x^2, count] per channel
 
     def accumulate(module, inputs, _output):
         x = inputs[0].detach().double().transpose(0, 1).flatten(1)  # (C, N * H * W)
@@ -104,8 +104,7 @@ def recalibrate_batch_norm(backbone: torch.nn.Module, data: str | Path, *, image
             hook.remove()
         for module, training in modes.items():
             module.train(training)
-    for norm in norms:
-        total, squares, count = sums[norm]
+    for norm, (total, squares, count) in sums.items():
         mean = total / count
         variance = (squares / count - mean * mean).clamp_min(0) * count / max(count - 1, 1)
         norm.running_mean.copy_(mean.to(norm.running_mean.dtype))
