@@ -110,6 +110,13 @@ def _image_count(text: str) -> int:
     return int(text)
 
 
+def _add_recalibrate_bn(parser: argparse.ArgumentParser) -> None:
+    """`--recalibrate-bn [IMAGES]`, shared by `eval knn` and `eval linear`."""
+    parser.add_argument("--recalibrate-bn", type=_image_count, nargs="?", const=8192, default=0, metavar="IMAGES",
+                        help="re-estimate BatchNorm statistics on this many train images first "
+                             "(precise BN; default 8192 when given without a number)")
+
+
 def _backbone_to_evaluate(args: argparse.Namespace):
     """The checkpoint's backbone (or its random-init twin), its config, the device to run on, and
     which weights these are (with the images its BatchNorm statistics were re-estimated on)."""
@@ -250,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--batch-size", type=int, default=None)
     knn.add_argument("--device", default=None)
     knn.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
-    knn.add_argument("--recalibrate-bn", type=_image_count, nargs="?", const=8192, default=0, metavar="IMAGES",
-                        help="re-estimate BatchNorm statistics on this many train images first "
-                             "(precise BN; default 8192 when given without a number)")
+    _add_recalibrate_bn(knn)
     knn.add_argument("--json", action="store_true", help="print one JSON object")
     knn.set_defaults(run=_eval_knn)
     linear = protocols.add_parser("linear", help="linear classifier on frozen features (top-1/top-5)")
@@ -265,9 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     linear.add_argument("--image-size", type=int, default=None)
     linear.add_argument("--device", default=None)
     linear.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
-    linear.add_argument("--recalibrate-bn", type=_image_count, nargs="?", const=8192, default=0, metavar="IMAGES",
-                        help="re-estimate BatchNorm statistics on this many train images first "
-                             "(precise BN; default 8192 when given without a number)")
+    _add_recalibrate_bn(linear)
     linear.add_argument("--json", action="store_true", help="print one JSON object")
     linear.set_defaults(run=_eval_linear)
 
