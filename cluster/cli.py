@@ -110,11 +110,21 @@ def _image_count(text: str) -> int:
     return int(text)
 
 
-def _add_recalibrate_bn(parser: argparse.ArgumentParser) -> None:
-    """`--recalibrate-bn [IMAGES]`, shared by `eval knn` and `eval linear`."""
+def _add_evaluation_arguments(parser: argparse.ArgumentParser, batch_size: int | None = None,
+                              batch_size_help: str | None = None) -> None:
+    """The arguments `eval knn` and `eval linear` share: what to evaluate, on which data and how.
+
+    `--recalibrate-bn [IMAGES]` re-estimates BatchNorm statistics first (precise BN)."""
+    parser.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint")
+    parser.add_argument("--data", required=True, help="a labeled converted dataset")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_size_help)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
     parser.add_argument("--recalibrate-bn", type=_image_count, nargs="?", const=8192, default=0, metavar="IMAGES",
                         help="re-estimate BatchNorm statistics on this many train images first "
                              "(precise BN; default 8192 when given without a number)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _backbone_to_evaluate(args: argparse.Namespace):
@@ -249,29 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a pretrained backbone")
     protocols = evaluate.add_subparsers(dest="protocol", required=True)
     knn = protocols.add_parser("knn", help="weighted kNN accuracy on a labeled dataset")
-    knn.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint")
-    knn.add_argument("--data", required=True, help="a labeled converted dataset")
+    _add_evaluation_arguments(knn)
     knn.add_argument("--k", type=int, default=None)
     knn.add_argument("--temperature", type=float, default=None)
-    knn.add_argument("--image-size", type=int, default=None)
-    knn.add_argument("--batch-size", type=int, default=None)
-    knn.add_argument("--device", default=None)
-    knn.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
-    _add_recalibrate_bn(knn)
-    knn.add_argument("--json", action="store_true", help="print one JSON object")
     knn.set_defaults(run=_eval_knn)
     linear = protocols.add_parser("linear", help="linear classifier on frozen features (top-1/top-5)")
-    linear.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint")
-    linear.add_argument("--data", required=True, help="a labeled converted dataset")
+    _add_evaluation_arguments(linear, batch_size=256, batch_size_help="classifier batch size (default 256)")
     linear.add_argument("--epochs", type=int, default=100, help="epochs over the cached features (default 100)")
     linear.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, cosine to 0 (default 0.1)")
-    linear.add_argument("--batch-size", type=int, default=256, help="classifier batch size (default 256)")
     linear.add_argument("--weight-decay", type=float, default=0.0)
-    linear.add_argument("--image-size", type=int, default=None)
-    linear.add_argument("--device", default=None)
-    linear.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
-    _add_recalibrate_bn(linear)
-    linear.add_argument("--json", action="store_true", help="print one JSON object")
     linear.set_defaults(run=_eval_linear)
 
     export = commands.add_parser("export", help="write a pretrained backbone as a plain state_dict file")

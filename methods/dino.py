@@ -8,7 +8,11 @@ the multi-crop local ones); each student crop predicts each teacher crop except 
 Collapse is avoided by *centering* the teacher's logits with a running mean c (momentum 0.9,
 Eq. 4) and *sharpening* them with a low temperature tau_t (0.04, warmed up linearly from
 ``warmup_teacher_temperature`` over the first ``teacher_temperature_warmup_fraction`` of
-training); the student uses tau_s = 0.1. The head's last layer is frozen (zero gradient) during
+training); the student uses tau_s = 0.1. ``centering="sinkhorn"`` replaces the running mean by
+DINOv2's Sinkhorn-Knopp centering (Oquab et al. 2024, Sec. 4): the teacher's targets are 3
+Sinkhorn-Knopp iterations over the batch with tau_t as the entropy regularization, so every
+output dimension gets an equal share of the batch and the targets cannot drift to the uniform
+distribution (the center buffer then stays 0). The head's last layer is frozen (zero gradient) during
 the first ``freeze_last_layer_fraction`` of training (the paper's first epoch).
 
 Batch: `view_0`, `view_1` (global crops), then `view_2`, ... (local crops, any smaller size).
@@ -28,9 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.heads import DINOHead
-from methods.losses import dino_loss, dino_update_center
+from methods.losses import dino_loss, dino_sinkhorn_loss, dino_update_center, sinkhorn_knopp
 from methods.momentum import cosine_momentum, ema_update_, frozen_copy
 from methods.multicrop import batch_views, same_size_runs
+
+
+CENTERING = ("mean", "sinkhorn")
 
 
 @dataclass
@@ -47,6 +54,7 @@ class DINOOptions:
     warmup_teacher_temperature: float = 0.04
     teacher_temperature_warmup_fraction: float = 0.3  # of all steps (30 of 100 epochs)
     center_momentum: float = 0.9
+    centering: str = "mean"  # "mean": DINO's running center; "sinkhorn": DINOv2's Sinkhorn-Knopp
     momentum: float = 0.996
     final_momentum: float = 1.0
     freeze_last_layer_fraction: float = 0.01  # of all steps (1 of 100 epochs)
@@ -58,9 +66,12 @@ class DINO(nn.Module):
                  bottleneck_dim: int, head_layers: int, norm_last_layer: bool,
                  head_batch_norm: bool, student_temperature: float, teacher_temperature: float,
                  warmup_teacher_temperature: float, teacher_temperature_warmup_fraction: float,
-                 center_momentum: float, momentum: float, final_momentum: float,
+                 center_momentum: float, centering: str, momentum: float, final_momentum: float,
                  freeze_last_layer_fraction: float, num_global_views: int):
         super().__init__()
+        if centering not in CENTERING:
+            raise ValueError(f"dino: centering={centering!r} is not one of {', '.join(CENTERING)}")
+        self.centering = centering
         self.backbone = backbone
         self.head = DINOHead(feature_dim, output_dim, hidden_dim, bottleneck_dim, head_layers,
                              norm_last_layer, head_batch_norm)
@@ -101,12 +112,19 @@ class DINO(nn.Module):
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_backbone(torch.cat(global_views)))  # (G * B, K)
         temperature = float(self.teacher_temperature)
-        loss = dino_loss(student, teacher, self.center, self.student_temperature,
-                         temperature, num_teacher_views=len(global_views))
+        if self.centering == "sinkhorn":
+            loss = dino_sinkhorn_loss(student, teacher, self.student_temperature, temperature,
+                                      num_teacher_views=len(global_views))
+        else:
+            loss = dino_loss(student, teacher, self.center, self.student_temperature,
+                             temperature, num_teacher_views=len(global_views))
         with torch.no_grad():
-            targets = F.softmax((teacher - self.center) / temperature, dim=-1)
+            if self.centering == "sinkhorn":
+                targets = sinkhorn_knopp(teacher, epsilon=temperature)
+            else:
+                targets = F.softmax((teacher - self.center) / temperature, dim=-1)
             entropy = -(targets * torch.log(targets.clamp_min(1e-12))).sum(dim=-1).mean()
-            if self.training:
+            if self.training and self.centering == "mean":
                 self.center.copy_(dino_update_center(self.center, teacher, self.center_momentum))
         return {"loss": loss, "dino": loss.detach(), "teacher_entropy": entropy,
                 "teacher_temperature": self.teacher_temperature.clone(),

@@ -2,7 +2,8 @@
 
 contrastive  nt_xent (SimCLR), infonce (MoCo v1/v2), moco_v3_loss, nnclr_loss,
              npid_nce_loss (NPID)
-bootstrap    negative_cosine (BYOL, SimSiam), dino_loss, dino_update_center
+bootstrap    negative_cosine (BYOL, SimSiam), dino_loss, dino_update_center,
+             dino_sinkhorn_loss (DINOv2's Sinkhorn-Knopp centering)
 redundancy   barlow_twins, vicreg, vicreg_terms
 clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV)
 masked       patchify, unpatchify, mae_loss (MAE), simmim_loss (SimMIM)
@@ -10,7 +11,7 @@ pretext      classification_loss (rotation, jigsaw, relative location), coloriza
              rebalancing_weights (colorization), inpainting_loss (context encoder)
 """
 
-from methods.losses.bootstrap import dino_loss, dino_update_center, negative_cosine
+from methods.losses.bootstrap import dino_loss, dino_sinkhorn_loss, dino_update_center, negative_cosine
 from methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
 from methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, npid_nce_loss, nt_xent
 from methods.losses.masked import mae_loss, patchify, simmim_loss, unpatchify
@@ -27,6 +28,7 @@ __all__ = [
     "classification_loss",
     "colorization_loss",
     "dino_loss",
+    "dino_sinkhorn_loss",
     "dino_update_center",
     "infonce",
     "inpainting_loss",

@@ -1,4 +1,4 @@
-"""Bootstrap / self-distillation losses: BYOL, SimSiam, DINO.
+"""Bootstrap / self-distillation losses: BYOL, SimSiam, DINO (mean or Sinkhorn-Knopp centering).
 
 The teacher side (momentum encoder or stop-gradient branch) never receives gradients here.
 """
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from methods import distributed
+from methods.losses.clustering import sinkhorn_knopp
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -59,20 +60,71 @@ def dino_loss(
     Returns the scalar mean of H over the T * (V_s - 1) pairs, as the official code does
     (a student view with the same index as a teacher view is the same crop, so it is skipped).
     """
-    if isinstance(teacher_logits, torch.Tensor):
-        teacher_views = list(teacher_logits.chunk(num_teacher_views))
-    else:
-        teacher_views = list(teacher_logits)
-    batch = teacher_views[0].shape[0]
-    if isinstance(student_logits, torch.Tensor):
-        student_views = list(student_logits.split(batch))
-    else:
-        student_views = list(student_logits)
+    teacher_views = _views(teacher_logits, num_teacher_views=num_teacher_views)
     targets = [
         F.softmax((t.detach() - center) / teacher_temperature, dim=-1) for t in teacher_views
     ]
-    log_predictions = [F.log_softmax(s / student_temperature, dim=-1) for s in student_views]
+    return _distillation_cross_entropy(student_logits, targets, student_temperature)
 
+
+def dino_sinkhorn_loss(
+    student_logits: torch.Tensor | Sequence[torch.Tensor],
+    teacher_logits: torch.Tensor | Sequence[torch.Tensor],
+    student_temperature: float = 0.1,
+    teacher_temperature: float = 0.07,
+    num_teacher_views: int = 2,
+    iterations: int = 3,
+) -> torch.Tensor:
+    """DINO self-distillation with Sinkhorn-Knopp centering of the teacher (DINOv2).
+
+    Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision", TMLR 2024,
+    Sec. 4 ("Sinkhorn-Knopp centering", after SwAV, Caron et al. 2020, Sec. 3.1): the teacher's
+    softmax-with-running-center is replaced by 3 Sinkhorn-Knopp iterations over the teacher
+    outputs of every global view of the (global) batch, with the teacher temperature as the
+    entropy regularization. Each target row still sums to 1, but every output dimension gets an
+    equal share of the batch, so the targets can collapse neither onto one dimension nor onto
+    the uniform distribution; no running center is kept.
+
+    Args:
+        student_logits: V_s views of (B, K) student head outputs (a list or one (V_s * B, K)
+            tensor), the first ``num_teacher_views`` being the teacher's global crops.
+        teacher_logits: T views of (B, K) teacher outputs (a list or one (T * B, K) tensor);
+            detached here.
+        student_temperature: tau_s (0.1).
+        teacher_temperature: tau_t, the Sinkhorn entropy regularization (0.07 after DINOv2's
+            warm-up from 0.04).
+        num_teacher_views: T, used to split a stacked ``teacher_logits``.
+        iterations: Sinkhorn-Knopp iterations (3).
+
+    Returns the scalar mean over the T * (V_s - 1) pairs (t, s), t != s, of
+    ``mean_b sum_k -Q_t[b, k] * log_softmax(g_s / tau_s)[b, k]`` with
+    ``Q = sinkhorn_knopp(cat(g_1, ..., g_T), epsilon=tau_t)`` split back per view.
+    """
+    teacher_views = _views(teacher_logits, num_teacher_views=num_teacher_views)
+    codes = sinkhorn_knopp(torch.cat([t.detach() for t in teacher_views]), epsilon=teacher_temperature,
+                           iterations=iterations)
+    targets = list(codes.split(teacher_views[0].shape[0]))
+    return _distillation_cross_entropy(student_logits, targets, student_temperature)
+
+
+def _views(logits: torch.Tensor | Sequence[torch.Tensor], *, num_teacher_views: int | None = None,
+           batch: int | None = None) -> list[torch.Tensor]:
+    """A list of (B, K) views: a list as given, or a stacked tensor cut into `num_teacher_views`
+    equal chunks or into rows of `batch`."""
+    if not isinstance(logits, torch.Tensor):
+        return list(logits)
+    if num_teacher_views is not None:
+        return list(logits.chunk(num_teacher_views))
+    return list(logits.split(batch))
+
+
+def _distillation_cross_entropy(student_logits: torch.Tensor | Sequence[torch.Tensor],
+                                targets: list[torch.Tensor], student_temperature: float) -> torch.Tensor:
+    """Mean over pairs (t, s), t != s, of ``mean_b sum_k -targets[t] * log_softmax(g_s / tau_s)``
+    (a student view with a teacher view's index is the same crop, so it is skipped, as in the
+    official code)."""
+    student_views = _views(student_logits, batch=targets[0].shape[0])
+    log_predictions = [F.log_softmax(s / student_temperature, dim=-1) for s in student_views]
     total = student_views[0].new_zeros(())
     num_pairs = 0
     for teacher_index, target in enumerate(targets):

@@ -8,6 +8,7 @@ with ``sinkhorn_knopp`` on ``cat([queue_scores, scores])`` and keep the last B r
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -30,26 +31,29 @@ def sinkhorn_knopp(
     Returns Q (B, K), no gradient: ``Q = diag(u) exp(scores / epsilon) diag(v)`` scaled so that
     every prototype receives B_total / K of the mass and every sample's row sums to 1
     (exactly after the last column step). As in the official ``distributed_sinkhorn``, the
-    prototype (row) sums and the total are all-reduced over ranks, so the equipartition holds
-    over the global batch of B_total = B * W samples. The global maximum score is subtracted
-    before the exponential for stability; it cancels in the first normalization.
+    prototype (row) sums are all-reduced over ranks, so the equipartition holds over the global
+    batch of B_total = B * W samples. The iterations run on log Q (log-sum-exp normalizations,
+    in float32 at least), so scores far apart on the scale of epsilon (unbounded logits, small
+    temperatures) cannot underflow a whole prototype to zero and divide by it; where the
+    official exp-domain iterations do not underflow, the result is theirs.
     """
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        scores = scores.float()
-    shift = distributed.all_reduce_max(scores.max())
-    q = torch.exp((scores - shift) / epsilon).T  # (K, B): prototypes x samples, paper layout
-    num_prototypes = q.shape[0]
-    total_samples = q.shape[1] * distributed.world_size()
-
-    q = q / distributed.all_reduce_sum(q.sum())
+    log_q = (scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores) / epsilon
+    log_q = log_q.T  # (K, B): prototypes x samples, paper layout
+    num_prototypes = log_q.shape[0]
+    total_samples = log_q.shape[1] * distributed.world_size()
+    # the first normalization by the global total cancels in the first row step, so it is skipped
     for _ in range(iterations):
         # every prototype gets total mass 1/K (over all ranks)
-        q = q / distributed.all_reduce_sum(q.sum(dim=1, keepdim=True))
-        q = q / num_prototypes
+        log_q = log_q - _global_log_sum_exp_rows(log_q) - math.log(num_prototypes)
         # every sample gets total mass 1/B_total
-        q = q / q.sum(dim=0, keepdim=True)
-        q = q / total_samples
-    return (q * total_samples).T  # (B, K), rows sum to 1
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(total_samples)
+    return torch.exp(log_q + math.log(total_samples)).T  # (B, K), rows sum to 1
+
+
+def _global_log_sum_exp_rows(log_q: torch.Tensor) -> torch.Tensor:
+    """(K, 1) log of each row's sum of exp(log_q) over this rank's columns and every other rank's."""
+    shift = distributed.all_reduce_max(log_q.max(dim=1, keepdim=True).values)
+    return shift + torch.log(distributed.all_reduce_sum(torch.exp(log_q - shift).sum(dim=1, keepdim=True)))
 
 
 def swav_swapped_prediction(

@@ -167,6 +167,68 @@ def test_dino_loss_no_teacher_gradient():
     assert teachers.grad is None and students.grad.abs().sum() > 0
 
 
+def reference_sinkhorn_teacher(teacher, tau_t, iterations=3):
+    """DINOv2's sinkhorn_knopp_teacher, written out: (N, K) logits -> (N, K) targets."""
+    q = torch.exp(teacher / tau_t).T
+    samples, prototypes = q.shape[1], q.shape[0]
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / prototypes
+        q = q / q.sum(dim=0, keepdim=True) / samples
+    return (q * samples).T
+
+
+def test_dino_sinkhorn_loss_matches_dinov2_reference():
+    batch, k, tau_s, tau_t = 3, 7, 0.1, 0.07
+    students = [randn(batch, k) for _ in range(4)]
+    teachers = [randn(batch, k) * 0.3 for _ in range(2)]
+    targets = reference_sinkhorn_teacher(torch.cat(teachers), tau_t).split(batch)
+    # every prototype gets an equal share of the 2 * batch teacher rows; each row sums to 1
+    codes = torch.cat(targets)
+    assert torch.allclose(codes.sum(dim=1), torch.ones(2 * batch, dtype=torch.float64))
+    expected, pairs = 0.0, 0
+    for t_index, target in enumerate(targets):
+        for s_index, student in enumerate(students):
+            if s_index != t_index:
+                expected += float(-(target * F.log_softmax(student / tau_s, dim=1)).sum(dim=1).mean())
+                pairs += 1
+    expected /= pairs
+    got = losses.dino_sinkhorn_loss(students, teachers, tau_s, tau_t)
+    assert float(got) == pytest.approx(expected, rel=1e-9)
+    stacked = losses.dino_sinkhorn_loss(torch.cat(students), torch.cat(teachers), tau_s, tau_t)
+    assert float(stacked) == pytest.approx(expected, rel=1e-9)
+    # not the mean-centered loss: a different target
+    assert abs(float(losses.dino_loss(students, teachers, torch.zeros(1, k), tau_s, tau_t)) - expected) > 1e-3
+
+
+def test_dino_sinkhorn_targets_share_the_outputs_when_one_dominates():
+    """The collapse DINO's running center prevents over time, Sinkhorn-Knopp prevents in one
+    batch: a teacher that puts one output far above the others for every image still hands each
+    output about its fair share of the batch (32 images / 16 outputs = 2; exactly 2 as the
+    iterations converge), and each image a target that sums to 1."""
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(32, 16, generator=generator, dtype=torch.float64) * 0.5
+    teacher[:, 0] += 3.0
+    plain = F.softmax(teacher / 0.04, dim=1)
+    assert float(plain[:, 0].mean()) > 0.95  # uncentered: every target is output 0
+    targets = losses.sinkhorn_knopp(teacher, epsilon=0.04)  # the 3 iterations DINOv2 uses
+    shares = targets.sum(dim=0)
+    assert float(shares[0]) < 4.0 and float(shares.min()) > 0.5, shares
+    assert torch.allclose(targets.sum(dim=1), torch.ones(32, dtype=torch.float64))
+    converged = losses.sinkhorn_knopp(teacher, epsilon=0.04, iterations=50).sum(dim=0)
+    assert torch.allclose(converged, torch.full((16,), 2.0, dtype=torch.float64), atol=0.05), converged
+    # and far-apart logits (an unnormalized last layer) do not underflow into NaN
+    spread = losses.sinkhorn_knopp(teacher * 100, epsilon=0.04)
+    assert torch.isfinite(spread).all() and torch.allclose(spread.sum(dim=1), torch.ones(32, dtype=torch.float64))
+
+
+def test_dino_sinkhorn_loss_no_teacher_gradient():
+    students = randn(6, 5).requires_grad_()
+    teachers = randn(4, 5).requires_grad_()
+    losses.dino_sinkhorn_loss(students, teachers).backward()
+    assert teachers.grad is None and students.grad.abs().sum() > 0
+
+
 def test_dino_update_center():
     center, teacher = randn(1, 5), randn(8, 5)
     expected = 0.9 * center + 0.1 * teacher.mean(dim=0, keepdim=True)

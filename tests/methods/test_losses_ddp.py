@@ -30,7 +30,7 @@ WORLD_SIZE = 2
 GLOBAL_BATCH = 8
 NUM_VIEWS = 4  # 2 "global" + 2 "local" views (for DINO / SwAV multi-crop)
 INPUT_DIM, HIDDEN_DIM, OUTPUT_DIM, NUM_PROTOTYPES = 6, 16, 8, 5
-CASES = ["nt_xent", "barlow_twins", "vicreg", "dino", "swav", "moco_v3", "nnclr"]
+CASES = ["nt_xent", "barlow_twins", "vicreg", "dino", "dino_sinkhorn", "swav", "moco_v3", "nnclr"]
 GLOBAL_LOSSES = {"barlow_twins"}  # identical on every rank
 
 
@@ -80,6 +80,8 @@ def compute_case(name, model, views, fixture):
     elif name == "dino":
         loss = losses.dino_loss(list(out), list(teacher[:2]), fixture["center"])
         extras["center"] = losses.dino_update_center(fixture["center"], teacher[:2].flatten(0, 1))
+    elif name == "dino_sinkhorn":  # the codes are normalized over every rank's teacher rows
+        loss = losses.dino_sinkhorn_loss(list(out), list(teacher[:2]), teacher_temperature=0.5)
     elif name == "swav":
         scores = [F.normalize(view, dim=1) @ fixture["prototypes"].T for view in out]
         loss = losses.swav_loss(scores, assignments_for=[0, 1])

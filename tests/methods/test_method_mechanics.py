@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import byol, deepcluster_v2, dino, mae, moco_v2, nnclr, npid, simmim, swav
+from methods import byol, deepcluster_v2, dino, losses, mae, moco_v2, nnclr, npid, simmim, swav
 from methods.momentum import cosine_momentum, enqueue_
 from tests.methods.tiny_models import TinyBackbone, sgd_step, tiny_vit, two_views
 
@@ -131,6 +131,26 @@ def test_dino_center_is_an_ema_of_the_teacher_mean():
     previous = model.center.clone()
     model(batch)
     assert torch.allclose(model.center, 0.9 * previous + 0.1 * teacher.mean(0, keepdim=True), atol=1e-6)
+
+
+def test_dino_sinkhorn_centering_uses_the_batch_codes_and_keeps_no_center():
+    model = dino_model(centering="sinkhorn", teacher_temperature=0.07, warmup_teacher_temperature=0.07)
+    batch = dict(two_views(), view_2=torch.randn(4, 3, 4, 4))
+    with torch.no_grad():
+        teacher = model.teacher_head(model.teacher_backbone(torch.cat([batch["view_0"], batch["view_1"]])))
+        student = model._student([batch["view_0"], batch["view_1"], batch["view_2"]])
+    outputs = model(batch)
+    expected = losses.dino_sinkhorn_loss(student, teacher, 0.1, 0.07)
+    assert float(outputs["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert not torch.allclose(outputs["loss"], losses.dino_loss(student, teacher, model.center, 0.1, 0.07))
+    assert torch.count_nonzero(model.center) == 0  # the running center is not used
+    outputs["loss"].backward()
+    assert model.head.last_layer.direction.grad is not None
+
+
+def test_dino_refuses_an_unknown_centering():
+    with pytest.raises(ValueError, match="centering='median'.*mean, sinkhorn"):
+        dino_model(centering="median")
 
 
 def test_dino_teacher_temperature_warms_up_and_last_layer_is_frozen_first():
