@@ -12,7 +12,8 @@ import shutil
 
 import pytest
 
-from benchmarks.methods_report import RESULTS_MD, RESULTS_STORE, stored_results, write_section
+from benchmarks.methods_report import (RESULTS_MD, RESULTS_STORE, gain_margin, gain_verdict, stored_results,
+                                       write_section)
 from methods.registry import METHODS
 
 BUDGETS = sorted({json.loads(path.read_text())["epochs"] for path in RESULTS_STORE.glob("*.json")})
@@ -40,3 +41,15 @@ def test_result_files_are_complete(epochs):
         for key in ("knn_top1", "random_top1", "effective_rank", "date", "machine", "overrides"):
             assert result.get(key) is not None, f"{result['method']}-{epochs}ep.json: no {key}"
         assert 0.0 <= result["knn_top1"] <= 100.0 and 0.0 <= result["random_top1"] <= 100.0
+
+
+def test_gain_margin_is_the_binomial_95_percent_half_width():
+    # p = 0.5 on both sides over 240 queries: 1.96 * sqrt(2 * 0.25 / 240) = 8.95 points
+    even = {"knn_top1": 50.0, "random_top1": 50.0}
+    assert gain_margin(even) == pytest.approx(100 * 1.96 * (0.5 / 240) ** 0.5)
+    assert gain_margin(even) == pytest.approx(8.946, abs=1e-3)
+    assert gain_margin(dict(even, queries=2400)) == pytest.approx(gain_margin(even) / 10 ** 0.5)
+    assert gain_verdict(even) == "within"
+    assert gain_verdict({"knn_top1": 51.7, "random_top1": 23.3}) == "above"     # +28.4 vs 8.3
+    assert gain_verdict({"knn_top1": 29.6, "random_top1": 23.3}) == "within"    # +6.3 vs 7.9
+    assert gain_verdict({"knn_top1": 21.3, "random_top1": 36.3}) == "below"     # -15.0 vs 8.0
