@@ -210,7 +210,12 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
 
 # The figures measured on a checkpoint, for its backbone and for the random-init twin.
 MEASURED = ("knn_top1", "random_top1", "effective_rank", "random_effective_rank", "knn_top1_precise_bn",
-            "random_top1_precise_bn", "linear_top1", "random_linear_top1")
+            "random_top1_precise_bn", "linear_top1", "random_linear_top1", "knn_correct", "random_knn_correct")
+
+
+def outcomes(correct: list[bool]) -> str:
+    """Per-query kNN outcomes as a string of 0/1 in query order (compact in the JSON files)."""
+    return "".join("1" if hit else "0" for hit in correct)
 
 
 def measure_checkpoint(checkpoint: Path, shards: Path) -> dict:
@@ -222,7 +227,7 @@ def measure_checkpoint(checkpoint: Path, shards: Path) -> dict:
         backbone, config = load_backbone(checkpoint, random_init=random_init)
         measure = functools.partial(knn_evaluate, backbone, shards, image_size=config.data.image_size,
                                     k=config.eval.knn_k, temperature=config.eval.knn_temperature)
-        knn = measure()
+        knn = measure(per_query=True)
         linear = linear_evaluate(backbone, shards, image_size=config.data.image_size,
                                  feature_batch_size=config.eval.batch_size, seed=config.seed)
         recalibrated = recalibrate_batch_norm(backbone, shards, image_size=config.data.image_size,
@@ -230,10 +235,12 @@ def measure_checkpoint(checkpoint: Path, shards: Path) -> dict:
         precise_bn = measure()["top1"] if recalibrated else None
         if random_init:
             fields.update(random_top1=knn["top1"], random_effective_rank=knn["effective_rank"],
-                          random_top1_precise_bn=precise_bn, random_linear_top1=linear["top1"])
+                          random_top1_precise_bn=precise_bn, random_linear_top1=linear["top1"],
+                          random_knn_correct=outcomes(knn["top1_correct"]))
         else:
             fields.update(knn_top1=knn["top1"], effective_rank=knn["effective_rank"],
-                          knn_top1_precise_bn=precise_bn, linear_top1=linear["top1"])
+                          knn_top1_precise_bn=precise_bn, linear_top1=linear["top1"],
+                          knn_correct=outcomes(knn["top1_correct"]))
     return fields
 
 

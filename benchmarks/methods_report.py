@@ -27,13 +27,29 @@ QUERY_SAMPLES = 240  # the val split: the kNN queries
 def gain_margin(result: dict) -> float:
     """Half-width, in points, of the approximate 95% interval of the kNN gain over random init.
 
-    Each top-1 is a proportion over the same QUERY_SAMPLES queries; treated as independent
-    binomial estimates, the difference has the standard error sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n).
-    The two are measured on the same queries, so this is conservative (a paired test on the
-    per-query outcomes would be sharper, but the result files keep only the top-1)."""
+    Paired, where the result keeps both backbones' per-query outcomes (`knn_correct`,
+    `random_knn_correct`: '0'/'1' per query, in query order): with b the queries only the
+    pretrained backbone gets right and c those only the random one does, the gain (b - c) / n
+    has the standard error sqrt(b + c - (b - c)^2 / n) / n (the Wald interval for paired
+    proportions). Otherwise each top-1 is taken as an independent binomial proportion over the
+    QUERY_SAMPLES queries, sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n): conservative, since both
+    are measured on the same queries."""
+    pretrained, random = result.get("knn_correct"), result.get("random_knn_correct")
+    if pretrained and random and len(pretrained) == len(random):
+        n = len(pretrained)
+        only_pretrained = sum(a == "1" and b == "0" for a, b in zip(pretrained, random))
+        only_random = sum(a == "0" and b == "1" for a, b in zip(pretrained, random))
+        variance = only_pretrained + only_random - (only_pretrained - only_random) ** 2 / n
+        return 100.0 * 1.96 * math.sqrt(max(variance, 0.0)) / n
     n = result.get("queries", QUERY_SAMPLES)
     p1, p2 = result["knn_top1"] / 100.0, result["random_top1"] / 100.0
     return 100.0 * 1.96 * math.sqrt(p1 * (1.0 - p1) / n + p2 * (1.0 - p2) / n)
+
+
+def gain_interval_kind(result: dict) -> str:
+    """"paired" when the result keeps per-query outcomes (see `gain_margin`), else "unpaired"."""
+    pretrained, random = result.get("knn_correct"), result.get("random_knn_correct")
+    return "paired" if pretrained and random and len(pretrained) == len(random) else "unpaired"
 
 
 def gain_verdict(result: dict) -> str:
@@ -78,7 +94,9 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
              f"`{RESULTS_STORE.relative_to(ROOT)}/NAME-{epochs}ep.json`). kNN: k=20, "
              "T=0.07, 960 train images as the bank, 240 val images as queries; *random* is the "
              "same architecture randomly initialized with the same seed. *gain*: kNN minus random init, "
-             "with the half-width of its approximate 95% interval (240 queries: about 4 to 8 points). "
+             "with the half-width of its approximate 95% interval over the 240 queries: paired (marked *p*) "
+             "where the result keeps each query's outcome for both backbones, otherwise unpaired binomial, "
+             "which is conservative (7 to 8 points here). "
              "images/s: training "
              "images per wall-clock second of the whole run (graph build and checkpoints included), "
              "one process (1 torch thread, 1 DALI thread), while the machine was shared with other jobs.",
@@ -102,7 +120,8 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
         rank = (f"{result['effective_rank']:.1f} / {result['random_effective_rank']:.1f}"
                 if "effective_rank" in result else "-")
         lines.append(f"| {result['method']} | {result['backbone']} | {result['knn_top1']:.1f} | "
-                     f"{result['random_top1']:.1f} | {gain:+.1f} ± {gain_margin(result):.1f} | {rank} | "
+                     f"{result['random_top1']:.1f} | {gain:+.1f} ± {gain_margin(result):.1f}{' p' if gain_interval_kind(result) == 'paired' else ''} | "
+                     f"{rank} | "
                      f"{precise_bn_cell(result)} | "
                      f"{linear_cell(result)} | "
                      f"{whole(result['images_per_second'])} | "

@@ -124,8 +124,10 @@ def effective_rank(features: torch.Tensor, epsilon: float = 1e-7) -> float:
 
 
 def knn_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int, batch_size: int = 256,
-                 k: int = 20, temperature: float = 0.07, device: str | torch.device = "cpu") -> dict:
-    """Weighted kNN top-1/top-5 (percent) of a backbone on a labeled converted dataset."""
+                 k: int = 20, temperature: float = 0.07, device: str | torch.device = "cpu",
+                 per_query: bool = False) -> dict:
+    """Weighted kNN top-1/top-5 (percent) of a backbone on a labeled converted dataset; with
+    `per_query`, also "top1_correct" (one bool per query, in the split's order)."""
     dataset = load_dataset_info(data)
     if not dataset.labeled:
         raise DatasetError(f"{dataset.root}: kNN evaluation needs labels; this dataset was converted "
@@ -138,7 +140,7 @@ def knn_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int
     else:
         queries, query_labels = bank, bank_labels
     result = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes=len(dataset.classes),
-                          k=k, temperature=temperature, exclude_self=query_split == "train")
+                          k=k, temperature=temperature, exclude_self=query_split == "train", per_query=per_query)
     return {**result, "k": k, "temperature": temperature, "effective_rank": effective_rank(bank),
             "bank_samples": len(bank),
             "query_split": query_split, "query_samples": len(queries)}

@@ -87,12 +87,14 @@ def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tenso
 @torch.no_grad()
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
                  query_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07,
-                 exclude_self: bool = False) -> dict:
+                 exclude_self: bool = False, per_query: bool = False) -> dict:
     """Weighted-kNN top-1 and top-5 accuracy (percent) of the queries.
 
     Shapes as in `weighted_knn_predict`, plus query_labels (M,). Returns
     {"top1": float, "top5": float}; with fewer than 5 classes "top5" is top-`num_classes`
-    (always 100). Ties between class scores are broken by `torch.topk`.
+    (always 100). Ties between class scores are broken by `torch.topk`. With `per_query`, also
+    "top1_correct": M bools in query order, for paired comparisons of two backbones on the
+    same queries.
     """
     if query_labels.shape != (query_features.shape[0],):
         raise ValueError(f"query_labels has shape {tuple(query_labels.shape)}; expected "
@@ -104,7 +106,10 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, query
     targets = query_labels.to(scores.device).long().unsqueeze(1)              # (M, 1)
     ranked = scores.topk(min(5, num_classes), dim=1).indices                  # (M, 5)
     correct = ranked == targets                                               # (M, 5)
-    return {
+    result = {
         "top1": correct[:, 0].float().mean().item() * 100.0,
         "top5": correct.any(dim=1).float().mean().item() * 100.0,
     }
+    if per_query:
+        result["top1_correct"] = correct[:, 0].tolist()
+    return result

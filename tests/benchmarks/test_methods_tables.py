@@ -53,3 +53,16 @@ def test_gain_margin_is_the_binomial_95_percent_half_width():
     assert gain_verdict({"knn_top1": 51.7, "random_top1": 23.3}) == "above"     # +28.4 vs 8.3
     assert gain_verdict({"knn_top1": 29.6, "random_top1": 23.3}) == "within"    # +6.3 vs 7.9
     assert gain_verdict({"knn_top1": 21.3, "random_top1": 36.3}) == "below"     # -15.0 vs 8.0
+
+
+def test_gain_margin_is_paired_when_the_per_query_outcomes_are_kept():
+    # 240 queries: 40 only the pretrained backbone gets right, 10 only the random one, 50 both
+    pretrained = "1" * 40 + "0" * 10 + "1" * 50 + "0" * 140
+    random = "0" * 40 + "1" * 10 + "1" * 50 + "0" * 140
+    result = {"knn_top1": 90 / 2.4, "random_top1": 60 / 2.4, "knn_correct": pretrained,
+              "random_knn_correct": random}
+    expected = 100 * 1.96 * (40 + 10 - 30 ** 2 / 240) ** 0.5 / 240
+    assert gain_margin(result) == pytest.approx(expected)
+    unpaired = {"knn_top1": result["knn_top1"], "random_top1": result["random_top1"]}
+    assert gain_margin(result) < gain_margin(unpaired)  # the same queries: a sharper interval
+    assert gain_verdict(result) == "above"  # +12.5 points against a margin of about 5.4

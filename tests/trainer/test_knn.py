@@ -105,3 +105,15 @@ def test_effective_rank_is_one_for_collapsed_features_and_the_dimension_for_isot
     assert effective_rank(torch.eye(16) * 3.0) == pytest.approx(16.0, rel=1e-4)
     two_directions = torch.cat([torch.eye(2).repeat(50, 1), torch.zeros(100, 14)], dim=1)
     assert effective_rank(two_directions) == pytest.approx(2.0, rel=1e-4)
+
+
+def test_per_query_outcomes_are_the_top1_hits_in_query_order():
+    train, train_labels = _clusters(seed=0)
+    queries, query_labels = _clusters(per_class=5, seed=0)
+    wrong = query_labels.clone()
+    wrong[::3] = (wrong[::3] + 1) % 6  # every third query carries a label its cluster does not have
+    result = knn_accuracy(train, train_labels, queries, wrong, num_classes=6, k=10, per_query=True)
+    expected = [index % 3 != 0 for index in range(len(wrong))]
+    assert result["top1_correct"] == expected
+    assert result["top1"] == pytest.approx(100.0 * sum(expected) / len(expected))
+    assert "top1_correct" not in knn_accuracy(train, train_labels, queries, wrong, num_classes=6, k=10)
