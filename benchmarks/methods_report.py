@@ -24,21 +24,27 @@ TRAIN_SAMPLES = 960  # 1200 images, 20% val
 QUERY_SAMPLES = 240  # the val split: the kNN queries
 
 
+def paired_outcomes(result: dict) -> tuple[str, str] | None:
+    """Both backbones' per-query kNN outcomes (`knn_correct`, `random_knn_correct`: '0'/'1' per
+    query, in query order) when the result keeps them for the same queries, else None."""
+    pretrained, random = result.get("knn_correct"), result.get("random_knn_correct")
+    return (pretrained, random) if pretrained and random and len(pretrained) == len(random) else None
+
+
 def gain_margin(result: dict) -> float:
     """Half-width, in points, of the approximate 95% interval of the kNN gain over random init.
 
-    Paired, where the result keeps both backbones' per-query outcomes (`knn_correct`,
-    `random_knn_correct`: '0'/'1' per query, in query order): with b the queries only the
-    pretrained backbone gets right and c those only the random one does, the gain (b - c) / n
-    has the standard error sqrt(b + c - (b - c)^2 / n) / n (the Wald interval for paired
-    proportions). Otherwise each top-1 is taken as an independent binomial proportion over the
-    QUERY_SAMPLES queries, sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n): conservative, since both
+    Paired where the result keeps both backbones' per-query outcomes (`paired_outcomes`): with b
+    the queries only the pretrained backbone gets right and c those only the random one does, the
+    gain (b - c) / n has the standard error sqrt(b + c - (b - c)^2 / n) / n (the Wald interval for
+    paired proportions). Otherwise each top-1 is taken as an independent binomial proportion over
+    the QUERY_SAMPLES queries, sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n): conservative, since both
     are measured on the same queries."""
-    pretrained, random = result.get("knn_correct"), result.get("random_knn_correct")
-    if pretrained and random and len(pretrained) == len(random):
-        n = len(pretrained)
-        only_pretrained = sum(a == "1" and b == "0" for a, b in zip(pretrained, random))
-        only_random = sum(a == "0" and b == "1" for a, b in zip(pretrained, random))
+    outcomes = paired_outcomes(result)
+    if outcomes is not None:
+        n = len(outcomes[0])
+        only_pretrained = sum(a == "1" and b == "0" for a, b in zip(*outcomes))
+        only_random = sum(a == "0" and b == "1" for a, b in zip(*outcomes))
         variance = only_pretrained + only_random - (only_pretrained - only_random) ** 2 / n
         return 100.0 * 1.96 * math.sqrt(max(variance, 0.0)) / n
     n = result.get("queries", QUERY_SAMPLES)
@@ -46,16 +52,16 @@ def gain_margin(result: dict) -> float:
     return 100.0 * 1.96 * math.sqrt(p1 * (1.0 - p1) / n + p2 * (1.0 - p2) / n)
 
 
-def gain_interval_kind(result: dict) -> str:
-    """"paired" when the result keeps per-query outcomes (see `gain_margin`), else "unpaired"."""
-    pretrained, random = result.get("knn_correct"), result.get("random_knn_correct")
-    return "paired" if pretrained and random and len(pretrained) == len(random) else "unpaired"
-
-
 def gain_verdict(result: dict) -> str:
     """"above", "below" (the gain is beyond its 95% margin either way) or "within" the noise."""
     gain, margin = result["knn_top1"] - result["random_top1"], gain_margin(result)
     return "above" if gain > margin else "below" if gain < -margin else "within"
+
+
+def gain_cell(result: dict) -> str:
+    """The kNN gain with its 95% margin, marked p where the interval is paired."""
+    paired = " p" if paired_outcomes(result) is not None else ""
+    return f"{result['knn_top1'] - result['random_top1']:+.1f} ± {gain_margin(result):.1f}{paired}"
 
 
 def whole(value: float | None) -> str:
@@ -116,13 +122,10 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
              "|---|---|---|---|---|---|---|---|---|---|"]
     for result in sorted(results, key=lambda r: list(METHODS).index(r["method"])
                          if r["method"] in METHODS else 99):
-        gain = result["knn_top1"] - result["random_top1"]
         rank = (f"{result['effective_rank']:.1f} / {result['random_effective_rank']:.1f}"
                 if "effective_rank" in result else "-")
         lines.append(f"| {result['method']} | {result['backbone']} | {result['knn_top1']:.1f} | "
-                     f"{result['random_top1']:.1f} | {gain:+.1f} ± {gain_margin(result):.1f}{' p' if gain_interval_kind(result) == 'paired' else ''} | "
-                     f"{rank} | "
-                     f"{precise_bn_cell(result)} | "
+                     f"{result['random_top1']:.1f} | {gain_cell(result)} | {rank} | {precise_bn_cell(result)} | "
                      f"{linear_cell(result)} | "
                      f"{whole(result['images_per_second'])} | "
                      f"{whole(result['train_seconds'])} |")

@@ -11,8 +11,9 @@ Eq. 4) and *sharpening* them with a low temperature tau_t (0.04, warmed up linea
 training); the student uses tau_s = 0.1. ``centering="sinkhorn"`` replaces the running mean by
 DINOv2's Sinkhorn-Knopp centering (Oquab et al. 2024, Sec. 4): the teacher's targets are 3
 Sinkhorn-Knopp iterations over the batch with tau_t as the entropy regularization, so every
-output dimension gets an equal share of the batch and the targets cannot drift to the uniform
-distribution (the center buffer then stays 0). The head's last layer is frozen (zero gradient) during
+output dimension gets an equal share of the batch at once (no output can dominate, as the running
+center only ensures over time). It does not sharpen: logits that barely differ between images
+still give near-uniform targets. The center buffer then stays 0. The head's last layer is frozen (zero gradient) during
 the first ``freeze_last_layer_fraction`` of training (the paper's first epoch).
 
 Batch: `view_0`, `view_1` (global crops), then `view_2`, ... (local crops, any smaller size).

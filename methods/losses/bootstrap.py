@@ -81,9 +81,10 @@ def dino_sinkhorn_loss(
     Sec. 4 ("Sinkhorn-Knopp centering", after SwAV, Caron et al. 2020, Sec. 3.1): the teacher's
     softmax-with-running-center is replaced by 3 Sinkhorn-Knopp iterations over the teacher
     outputs of every global view of the (global) batch, with the teacher temperature as the
-    entropy regularization. Each target row still sums to 1, but every output dimension gets an
-    equal share of the batch, so the targets can collapse neither onto one dimension nor onto
-    the uniform distribution; no running center is kept.
+    entropy regularization. Each target row still sums to 1, and every output dimension gets an
+    equal share of the batch, so no dimension can dominate the targets (what the running center
+    only ensures over time); no running center is kept. Like the softmax, it does not sharpen:
+    teacher logits that barely differ between images give near-uniform targets.
 
     Args:
         student_logits: V_s views of (B, K) student head outputs (a list or one (V_s * B, K)
