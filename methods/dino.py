@@ -71,7 +71,7 @@ class DINO(nn.Module):
                  freeze_last_layer_fraction: float, num_global_views: int):
         super().__init__()
         if centering not in CENTERING:
-            raise ValueError(f"dino: centering={centering!r} is not one of {', '.join(CENTERING)}")
+            raise ValueError(f"dino: method.centering={centering!r} is not one of {', '.join(CENTERING)}")
         self.centering = centering
         self.backbone = backbone
         self.head = DINOHead(feature_dim, output_dim, hidden_dim, bottleneck_dim, head_layers,
