@@ -117,6 +117,9 @@ def _add_evaluation_arguments(parser: argparse.ArgumentParser, batch_size: int |
     `--recalibrate-bn [IMAGES]` re-estimates BatchNorm statistics first (precise BN)."""
     parser.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint")
     parser.add_argument("--data", required=True, help="a labeled converted dataset")
+    parser.add_argument("--test-data", default=None, metavar="PATH",
+                        help="a labeled converted dataset with the same classes to measure on (every "
+                             "sample of it) instead of the --data val split: a held-out test set")
     parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_size_help)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--device", default=None)
@@ -147,6 +150,11 @@ def _backbone_to_evaluate(args: argparse.Namespace):
     return backbone, config, device, weights
 
 
+def _measured_on(count: int, source: str, test_data: str | None) -> str:
+    """"40 val" or "4800 test-set" (with the test set's path and splits) for the evaluation summaries."""
+    return f"{count} test-set [{source}]" if test_data else f"{count} {source}"
+
+
 def _eval_knn(args: argparse.Namespace) -> int:
     from trainer.evaluate import knn_evaluate
 
@@ -154,14 +162,16 @@ def _eval_knn(args: argparse.Namespace) -> int:
     result = knn_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
                           batch_size=args.batch_size or config.eval.batch_size,
                           k=args.k or config.eval.knn_k,
-                          temperature=args.temperature or config.eval.knn_temperature, device=device)
+                          temperature=args.temperature or config.eval.knn_temperature, device=device,
+                          test_data=args.test_data)
     result["weights"] = weights
     if args.json:
         print(json.dumps(result))
     else:
         print(f"kNN ({result['weights']}, k={result['k']}, T={result['temperature']}): "
               f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-              f"({result['query_samples']} {result['query_split']} queries, {result['bank_samples']} in the bank; "
+              f"({_measured_on(result['query_samples'], result['query_split'], args.test_data)} queries, "
+              f"{result['bank_samples']} in the bank; "
               f"effective rank of the bank features {result['effective_rank']:.1f})")
     return 0
 
@@ -173,14 +183,15 @@ def _eval_linear(args: argparse.Namespace) -> int:
     result = linear_evaluate(backbone, args.data, image_size=args.image_size or config.data.image_size,
                              epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              feature_batch_size=config.eval.batch_size, weight_decay=args.weight_decay,
-                             device=device, seed=config.seed)
+                             device=device, seed=config.seed, test_data=args.test_data)
     result["weights"] = weights
     if args.json:
         print(json.dumps(result))
     else:
         print(f"linear ({result['weights']}, {result['epochs']} epochs, lr {result['lr']}): "
               f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  (train top-1 {result['train_top1']:.2f}%; "
-              f"{result['eval_samples']} {result['eval_split']} samples, {result['train_samples']} to train on)")
+              f"{_measured_on(result['eval_samples'], result['eval_split'], args.test_data)} samples, "
+              f"{result['train_samples']} to train on)")
     return 0
 
 

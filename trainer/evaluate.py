@@ -1,8 +1,10 @@
 """Measuring a representation: weighted kNN on frozen backbone features.
 
 The feature bank is the labeled `train` split; the queries are the `val` split when the
-dataset has one, otherwise the train split itself with each sample's own match left out.
-Images pass through the eval recipe (resize, center crop) at the run's image size.
+dataset has one, otherwise the train split itself with each sample's own match left out. A
+second converted dataset with the same classes (`test_data`: a held-out test set) can supply the
+queries instead: every sample of every split of it. Images pass through the eval recipe (resize,
+center crop) at the run's image size.
 
 `recalibrate_batch_norm` re-estimates a backbone's BatchNorm statistics on the eval images
 ("precise BN") before it is measured: the stored statistics are an average over augmented
@@ -51,6 +53,34 @@ def extract_features(backbone: torch.nn.Module, dataset: DatasetInfo, split: str
     finally:
         loader.close()
     return torch.cat(features), torch.cat(labels)
+
+
+@torch.no_grad()
+def evaluation_samples(backbone: torch.nn.Module, dataset: DatasetInfo, test_data: str | Path | None,
+                       bank: tuple[torch.Tensor, torch.Tensor], image_size: int, batch_size: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The features and labels to measure on, and where they come from ("val", "train" or the
+    test dataset's path with its splits): every sample of `test_data` when given (it must be a
+    labeled dataset with `dataset`'s classes in the same order), else the val split, else the
+    train split (`bank`, the train split's features, is returned as is)."""
+    if test_data is not None:
+        test = load_dataset_info(test_data)
+        if test.root.resolve() == dataset.root.resolve():
+            raise DatasetError(f"{test.root}: the test set is the dataset itself (its train split is the "
+                               "bank); give a separately converted held-out folder")
+        if not test.labeled:
+            raise DatasetError(f"{test.root}: a test set needs labels; this dataset was converted from a "
+                               "flat folder (convert a folder of class folders)")
+        if test.classes != dataset.classes:
+            raise DatasetError(f"{test.root}: its classes {list(test.classes)} are not those of "
+                               f"{dataset.root} {list(dataset.classes)}; a test set must have the same "
+                               "class folders")
+        parts = [extract_features(backbone, test, split, image_size, batch_size, device) for split in test.splits]
+        return (torch.cat([features for features, _ in parts]), torch.cat([labels for _, labels in parts]),
+                f"{test.root} ({'+'.join(test.splits)})")
+    if "val" in dataset.splits:
+        return (*extract_features(backbone, dataset, "val", image_size, batch_size, device), "val")
+    return (*bank, "train")
 
 
 @torch.no_grad()
@@ -125,20 +155,18 @@ def effective_rank(features: torch.Tensor, epsilon: float = 1e-7) -> float:
 
 def knn_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int, batch_size: int = 256,
                  k: int = 20, temperature: float = 0.07, device: str | torch.device = "cpu",
-                 per_query: bool = False) -> dict:
-    """Weighted kNN top-1/top-5 (percent) of a backbone on a labeled converted dataset; with
-    `per_query`, also "top1_correct" (one bool per query, in the split's order)."""
+                 per_query: bool = False, test_data: str | Path | None = None) -> dict:
+    """Weighted kNN top-1/top-5 (percent) of a backbone on a labeled converted dataset, the queries
+    from `test_data` when given (see `evaluation_samples`); with `per_query`, also "top1_correct"
+    (one bool per query, in the queries' order)."""
     dataset = load_dataset_info(data)
     if not dataset.labeled:
         raise DatasetError(f"{dataset.root}: kNN evaluation needs labels; this dataset was converted "
                            "from a flat folder (convert a folder of class folders)")
     device = torch.device(device)
     bank, bank_labels = extract_features(backbone, dataset, "train", image_size, batch_size, device)
-    query_split = "val" if "val" in dataset.splits else "train"
-    if query_split == "val":
-        queries, query_labels = extract_features(backbone, dataset, "val", image_size, batch_size, device)
-    else:
-        queries, query_labels = bank, bank_labels
+    queries, query_labels, query_split = evaluation_samples(backbone, dataset, test_data, (bank, bank_labels),
+                                                            image_size, batch_size, device)
     result = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes=len(dataset.classes),
                           k=k, temperature=temperature, exclude_self=query_split == "train", per_query=per_query)
     return {**result, "k": k, "temperature": temperature, "effective_rank": effective_rank(bank),

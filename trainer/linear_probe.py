@@ -4,8 +4,9 @@ The standard protocol of self-supervised papers (Zhang et al. 2016; SimCLR, MoCo
 the cheap way: the features of the labeled `train` split pass through the eval recipe (resize,
 center crop) once, are cached, standardized with their mean and standard deviation (as MAE's
 linear probe does with a non-affine BatchNorm), and a linear layer is trained on them with SGD
-(momentum 0.9, cosine learning rate, cross-entropy). Accuracy is measured on the `val` split
-(or, lacking one, on train itself, which the result says).
+(momentum 0.9, cosine learning rate, cross-entropy). Accuracy is measured on a held-out test set
+when one is given (`test_data`), else on the `val` split (or, lacking one, on train itself, which
+the result says).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.dataset import DatasetError, load_dataset_info
-from trainer.evaluate import extract_features
+from trainer.evaluate import evaluation_samples, extract_features
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
@@ -76,8 +77,11 @@ class Standardize(torch.nn.Module):
 
 def linear_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int, epochs: int = 100,
                     lr: float = 0.1, batch_size: int = 256, feature_batch_size: int = 256,
-                    weight_decay: float = 0.0, device: str | torch.device = "cpu", seed: int = 0) -> dict:
-    """Top-1/top-5 (percent) of a linear classifier on the frozen features of `backbone`."""
+                    weight_decay: float = 0.0, device: str | torch.device = "cpu", seed: int = 0,
+                    test_data: str | Path | None = None, per_query: bool = False) -> dict:
+    """Top-1/top-5 (percent) of a linear classifier on the frozen features of `backbone`, measured on
+    `test_data` when given (see `trainer.evaluate.evaluation_samples`); with `per_query`, also
+    "top1_correct" (one bool per evaluated sample, in order)."""
     dataset = load_dataset_info(data)
     if not dataset.labeled:
         raise DatasetError(f"{dataset.root}: linear evaluation needs labels; this dataset was converted "
@@ -85,12 +89,9 @@ def linear_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: 
     device = torch.device(device)
     train_features, train_labels = extract_features(backbone, dataset, "train", image_size, feature_batch_size,
                                                     device)
-    eval_split = "val" if "val" in dataset.splits else "train"
-    if eval_split == "val":
-        eval_features, eval_labels = extract_features(backbone, dataset, "val", image_size, feature_batch_size,
-                                                      device)
-    else:
-        eval_features, eval_labels = train_features, train_labels
+    eval_features, eval_labels, eval_split = evaluation_samples(backbone, dataset, test_data,
+                                                                (train_features, train_labels), image_size,
+                                                                feature_batch_size, device)
     num_classes = len(dataset.classes)
     with torch.enable_grad():
         classifier = train_linear_classifier(train_features.to(device), train_labels.to(device), num_classes,
@@ -100,6 +101,8 @@ def linear_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: 
         logits = classifier(eval_features.to(device))
         train_logits = classifier(train_features.to(device))
     result = topk_accuracy(logits.cpu(), eval_labels)
+    if per_query:
+        result["top1_correct"] = (logits.argmax(dim=1).cpu() == eval_labels).tolist()
     return {**result, "train_top1": topk_accuracy(train_logits.cpu(), train_labels, (1,))["top1"],
             "epochs": epochs, "lr": lr, "batch_size": batch_size, "eval_split": eval_split,
             "train_samples": len(train_features), "eval_samples": len(eval_features), "classes": num_classes}
