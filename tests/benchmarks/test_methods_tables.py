@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from benchmarks.methods_report import (RESULTS_MD, RESULTS_STORE, gain_margin, gain_verdict, stored_results,
-                                       write_section)
+from benchmarks.methods_report import (RESULTS_MD, RESULTS_STORE, gain_cell, gain_margin, gain_verdict,
+                                       not_better, stored_results, verdict_queries, write_section)
 from methods.registry import METHODS
 
 BUDGETS = sorted({json.loads(path.read_text())["epochs"] for path in RESULTS_STORE.glob("*.json")})
@@ -66,3 +66,18 @@ def test_gain_margin_is_paired_when_the_per_query_outcomes_are_kept():
     unpaired = {"knn_top1": result["knn_top1"], "random_top1": result["random_top1"]}
     assert gain_margin(result) < gain_margin(unpaired)  # the same queries: a sharper interval
     assert gain_verdict(result) == "above"  # +12.5 points against a margin of about 5.4
+
+
+def test_a_row_with_a_test_set_is_judged_on_it():
+    # +5 on the 240 val queries (within their noise) but -2 on 4800 test queries: below, and not better
+    outcomes = "1" * 1100 + "0" * 3700  # the pretrained backbone: 1100 of 4800
+    random = "1" * 1196 + "0" * 3604    # the random one: 1196, every one of the pretrained hits among them
+    result = {"method": "npid", "knn_top1": 28.3, "random_top1": 23.3, "test_knn_top1": 1100 / 48,
+              "random_test_knn_top1": 1196 / 48, "test_knn_correct": outcomes, "random_test_knn_correct": random}
+    assert verdict_queries(result) == "test" and verdict_queries({"knn_top1": 1.0, "random_top1": 0.0}) == "val"
+    margin = 100 * 1.96 * (96 - 96 ** 2 / 4800) ** 0.5 / 4800  # 96 queries only the random one gets right
+    assert gain_margin(result, "test") == pytest.approx(margin)
+    assert gain_cell(result, "test") == f"-2.0 ± {margin:.1f} p" and gain_cell(result) == "+5.0 ± 7.8"
+    assert gain_verdict(result) == "below" and not_better([result]) == ["npid"]
+    assert gain_verdict({key: value for key, value in result.items() if "test" not in key}) == "within"
+    assert gain_cell({"knn_top1": 30.0, "random_top1": 20.0}, "test") == "-"
