@@ -29,11 +29,10 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from methods.heads import DINOHead
-from methods.losses import dino_loss, dino_sinkhorn_loss, dino_update_center, sinkhorn_knopp
+from methods.losses import dino_sinkhorn_targets, dino_targets, dino_update_center, distillation_cross_entropy
 from methods.momentum import cosine_momentum, ema_update_, frozen_copy
 from methods.multicrop import batch_views, same_size_runs
 
@@ -114,17 +113,13 @@ class DINO(nn.Module):
             teacher = self.teacher_head(self.teacher_backbone(torch.cat(global_views)))  # (G * B, K)
         temperature = float(self.teacher_temperature)
         if self.centering == "sinkhorn":
-            loss = dino_sinkhorn_loss(student, teacher, self.student_temperature, temperature,
-                                      num_teacher_views=len(global_views))
+            targets = dino_sinkhorn_targets(teacher, temperature, num_teacher_views=len(global_views))
         else:
-            loss = dino_loss(student, teacher, self.center, self.student_temperature,
-                             temperature, num_teacher_views=len(global_views))
+            targets = dino_targets(teacher, self.center, temperature, num_teacher_views=len(global_views))
+        loss = distillation_cross_entropy(student, targets, self.student_temperature)
         with torch.no_grad():
-            if self.centering == "sinkhorn":
-                targets = sinkhorn_knopp(teacher, epsilon=temperature)
-            else:
-                targets = F.softmax((teacher - self.center) / temperature, dim=-1)
-            entropy = -(targets * torch.log(targets.clamp_min(1e-12))).sum(dim=-1).mean()
+            every_target = torch.cat(targets)
+            entropy = -(every_target * torch.log(every_target.clamp_min(1e-12))).sum(dim=-1).mean()
             if self.training and self.centering == "mean":
                 self.center.copy_(dino_update_center(self.center, teacher, self.center_momentum))
         return {"loss": loss, "dino": loss.detach(), "teacher_entropy": entropy,

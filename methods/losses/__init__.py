@@ -3,7 +3,8 @@
 contrastive  nt_xent (SimCLR), infonce (MoCo v1/v2), moco_v3_loss, nnclr_loss,
              npid_nce_loss (NPID)
 bootstrap    negative_cosine (BYOL, SimSiam), dino_loss, dino_update_center,
-             dino_sinkhorn_loss (DINOv2's Sinkhorn-Knopp centering)
+             dino_sinkhorn_loss (DINOv2's Sinkhorn-Knopp centering), and their parts
+             dino_targets, dino_sinkhorn_targets, distillation_cross_entropy
 redundancy   barlow_twins, vicreg, vicreg_terms
 clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV)
 masked       patchify, unpatchify, mae_loss (MAE), simmim_loss (SimMIM)
@@ -11,7 +12,15 @@ pretext      classification_loss (rotation, jigsaw, relative location), coloriza
              rebalancing_weights (colorization), inpainting_loss (context encoder)
 """
 
-from methods.losses.bootstrap import dino_loss, dino_sinkhorn_loss, dino_update_center, negative_cosine
+from methods.losses.bootstrap import (
+    dino_loss,
+    dino_sinkhorn_loss,
+    dino_sinkhorn_targets,
+    dino_targets,
+    dino_update_center,
+    distillation_cross_entropy,
+    negative_cosine,
+)
 from methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
 from methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, npid_nce_loss, nt_xent
 from methods.losses.masked import mae_loss, patchify, simmim_loss, unpatchify
@@ -29,7 +38,10 @@ __all__ = [
     "colorization_loss",
     "dino_loss",
     "dino_sinkhorn_loss",
+    "dino_sinkhorn_targets",
+    "dino_targets",
     "dino_update_center",
+    "distillation_cross_entropy",
     "infonce",
     "inpainting_loss",
     "mae_loss",

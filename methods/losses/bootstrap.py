@@ -1,5 +1,8 @@
 """Bootstrap / self-distillation losses: BYOL, SimSiam, DINO (mean or Sinkhorn-Knopp centering).
 
+Each DINO loss is its targets (`dino_targets`, `dino_sinkhorn_targets`) put into
+`distillation_cross_entropy`; a method that also logs the targets computes them once.
+
 The teacher side (momentum encoder or stop-gradient branch) never receives gradients here.
 """
 
@@ -60,11 +63,18 @@ def dino_loss(
     Returns the scalar mean of H over the T * (V_s - 1) pairs, as the official code does
     (a student view with the same index as a teacher view is the same crop, so it is skipped).
     """
-    teacher_views = _views(teacher_logits, num_teacher_views=num_teacher_views)
-    targets = [
-        F.softmax((t.detach() - center) / teacher_temperature, dim=-1) for t in teacher_views
-    ]
-    return _distillation_cross_entropy(student_logits, targets, student_temperature)
+    targets = dino_targets(teacher_logits, center, teacher_temperature, num_teacher_views)
+    return distillation_cross_entropy(student_logits, targets, student_temperature)
+
+
+def dino_targets(teacher_logits: torch.Tensor | Sequence[torch.Tensor], center: torch.Tensor,
+                 teacher_temperature: float = 0.04, num_teacher_views: int = 2) -> list[torch.Tensor]:
+    """DINO's teacher targets, one (B, K) row-stochastic tensor per teacher view:
+    ``softmax((g_t - c) / tau_t)`` (centering and sharpening, Caron et al. 2021, Eq. 4); the
+    arguments as in `dino_loss`. Computed without gradient."""
+    with torch.no_grad():
+        return [F.softmax((t.detach() - center) / teacher_temperature, dim=-1)
+                for t in _views(teacher_logits, num_teacher_views=num_teacher_views)]
 
 
 def dino_sinkhorn_loss(
@@ -101,11 +111,20 @@ def dino_sinkhorn_loss(
     ``mean_b sum_k -Q_t[b, k] * log_softmax(g_s / tau_s)[b, k]`` with
     ``Q = sinkhorn_knopp(cat(g_1, ..., g_T), epsilon=tau_t)`` split back per view.
     """
+    targets = dino_sinkhorn_targets(teacher_logits, teacher_temperature, num_teacher_views, iterations)
+    return distillation_cross_entropy(student_logits, targets, student_temperature)
+
+
+def dino_sinkhorn_targets(teacher_logits: torch.Tensor | Sequence[torch.Tensor], teacher_temperature: float = 0.07,
+                          num_teacher_views: int = 2, iterations: int = 3) -> list[torch.Tensor]:
+    """DINOv2's teacher targets, one (B, K) tensor per teacher view: the rows of
+    ``sinkhorn_knopp(cat(g_1, ..., g_T), epsilon=tau_t)`` split back per view (each row sums to 1,
+    each output dimension gets an equal share of the global batch); the arguments as in
+    `dino_sinkhorn_loss`. Computed without gradient."""
     teacher_views = _views(teacher_logits, num_teacher_views=num_teacher_views)
     codes = sinkhorn_knopp(torch.cat([t.detach() for t in teacher_views]), epsilon=teacher_temperature,
                            iterations=iterations)
-    targets = list(codes.split(teacher_views[0].shape[0]))
-    return _distillation_cross_entropy(student_logits, targets, student_temperature)
+    return list(codes.split(teacher_views[0].shape[0]))
 
 
 def _views(logits: torch.Tensor | Sequence[torch.Tensor], *, num_teacher_views: int | None = None,
@@ -119,11 +138,13 @@ def _views(logits: torch.Tensor | Sequence[torch.Tensor], *, num_teacher_views: 
     return list(logits.split(batch))
 
 
-def _distillation_cross_entropy(student_logits: torch.Tensor | Sequence[torch.Tensor],
-                                targets: list[torch.Tensor], student_temperature: float) -> torch.Tensor:
-    """Mean over pairs (t, s), t != s, of ``mean_b sum_k -targets[t] * log_softmax(g_s / tau_s)``
-    (a student view with a teacher view's index is the same crop, so it is skipped, as in the
-    official code)."""
+def distillation_cross_entropy(student_logits: torch.Tensor | Sequence[torch.Tensor],
+                               targets: Sequence[torch.Tensor], student_temperature: float = 0.1) -> torch.Tensor:
+    """The cross-entropy of DINO's student against given teacher targets (`dino_targets` or
+    `dino_sinkhorn_targets`, T tensors of (B, K)): the mean over pairs (t, s), t != s, of
+    ``mean_b sum_k -targets[t] * log_softmax(g_s / tau_s)`` (a student view with a teacher view's
+    index is the same crop, so it is skipped, as in the official code). `student_logits`: V_s
+    views of (B, K), a list or one (V_s * B, K) tensor."""
     student_views = _views(student_logits, batch=targets[0].shape[0])
     log_predictions = [F.log_softmax(s / student_temperature, dim=-1) for s in student_views]
     total = student_views[0].new_zeros(())

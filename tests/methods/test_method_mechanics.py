@@ -133,6 +133,23 @@ def test_dino_center_is_an_ema_of_the_teacher_mean():
     assert torch.allclose(model.center, 0.9 * previous + 0.1 * teacher.mean(0, keepdim=True), atol=1e-6)
 
 
+def test_dino_loss_and_logged_entropy_use_the_center_before_its_update():
+    model = dino_model(center_momentum=0.5, teacher_temperature=0.04, warmup_teacher_temperature=0.04)
+    batch = two_views()
+    model.center.copy_(torch.randn(1, 12))
+    center = model.center.clone()
+    with torch.no_grad():
+        teacher = model.teacher_head(model.teacher_backbone(torch.cat([batch["view_0"], batch["view_1"]])))
+        student = model._student([batch["view_0"], batch["view_1"]])
+    outputs = model(batch)
+    assert outputs["loss"].item() == pytest.approx(float(losses.dino_loss(student, teacher, center, 0.1, 0.04)),
+                                                   rel=1e-5)
+    targets = torch.softmax((teacher - center) / 0.04, dim=-1)
+    entropy = -(targets * targets.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    assert outputs["teacher_entropy"].item() == pytest.approx(float(entropy), rel=1e-5)
+    assert not torch.allclose(model.center, center)  # updated after the targets were taken
+
+
 def test_dino_sinkhorn_centering_uses_the_batch_codes_and_keeps_no_center():
     model = dino_model(centering="sinkhorn", teacher_temperature=0.07, warmup_teacher_temperature=0.07)
     batch = dict(two_views(), view_2=torch.randn(4, 3, 4, 4))
