@@ -118,6 +118,31 @@ def linear_cell(result: dict, prefix: str = "") -> str:
     return f"{result[f'{prefix}linear_top1']:.1f} / {result[f'random_{prefix}linear_top1']:.1f}"
 
 
+def rank_cell(result: dict) -> str:
+    if "effective_rank" not in result:
+        return "-"
+    return f"{result['effective_rank']:.1f} / {result['random_effective_rank']:.1f}"
+
+
+# The table's columns: header and cell. Those with "test" in the header are left out of a table
+# whose rows have no test-set figures.
+COLUMNS = [
+    ("method", lambda r: r["method"]),
+    ("backbone", lambda r: r["backbone"]),
+    ("kNN top-1 (%)", lambda r: f"{r['knn_top1']:.1f}"),
+    ("random init (%)", lambda r: f"{r['random_top1']:.1f}"),
+    ("gain", gain_cell),
+    ("kNN, test (%)", knn_test_cell),
+    ("gain, test", lambda r: gain_cell(r, "test")),
+    ("rank", rank_cell),
+    ("precise BN (%)", precise_bn_cell),
+    ("linear (%)", linear_cell),
+    ("linear, test (%)", lambda r: linear_cell(r, "test_")),
+    ("images/s", lambda r: whole(r["images_per_second"])),
+    ("train time (s)", lambda r: whole(r["train_seconds"])),
+]
+
+
 def section_heading(epochs: int) -> str:
     return f"{SECTION} ({epochs} epochs)"
 
@@ -139,9 +164,6 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
              f"random init, with the half-width of its approximate 95% interval over the {QUERY_SAMPLES} "
              "queries: paired (marked *p*) where the result keeps each query's outcome for both backbones, "
              "otherwise unpaired binomial, which is conservative (7 to 8 points here). "
-             f"*test*: the same on a held-out test set of {TEST_SAMPLES} more demo images (480 per class, "
-             "drawn with another seed; `selfsup eval knn|linear --test-data`), against the same bank: "
-             "a margin of about 2 points. A row is judged on its test set where it has one. "
              "images/s: training "
              "images per wall-clock second of the whole run (graph build and checkpoints included), "
              "one process (1 torch thread, 1 DALI thread), while the machine was shared with other jobs.",
@@ -155,20 +177,18 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
              "identity. *linear*: top-1 of a linear probe on the standardized frozen features (100 epochs, "
              "SGD 0.1, `selfsup eval linear`), pretrained / random init. *-*: measured before the column "
              "existed; *no BN*: a ViT.",
-             "",
-             "| method | backbone | kNN top-1 (%) | random init (%) | gain | kNN, test (%) | gain, test | rank "
-             "| precise BN (%) | linear (%) | linear, test (%) | images/s | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             ""]
+    with_test = any(verdict_queries(r) == "test" for r in results)
+    if with_test:
+        lines += [f"*test*: kNN (pretrained / random init), its gain, and the linear probe on a held-out test set "
+                  f"of {TEST_SAMPLES} more demo images (480 per class, drawn with another seed; `selfsup eval "
+                  "knn|linear --test-data`), against the same bank: a margin of about 2 points. A row is "
+                  "judged on its test set where it has one.", ""]
+    columns = [c for c in COLUMNS if with_test or "test" not in c[0]]
+    lines += ["| " + " | ".join(header for header, _ in columns) + " |", "|" + "---|" * len(columns)]
     for result in sorted(results, key=lambda r: list(METHODS).index(r["method"])
                          if r["method"] in METHODS else 99):
-        rank = (f"{result['effective_rank']:.1f} / {result['random_effective_rank']:.1f}"
-                if "effective_rank" in result else "-")
-        lines.append(f"| {result['method']} | {result['backbone']} | {result['knn_top1']:.1f} | "
-                     f"{result['random_top1']:.1f} | {gain_cell(result)} | {knn_test_cell(result)} | "
-                     f"{gain_cell(result, 'test')} | {rank} | {precise_bn_cell(result)} | "
-                     f"{linear_cell(result)} | {linear_cell(result, 'test_')} | "
-                     f"{whole(result['images_per_second'])} | "
-                     f"{whole(result['train_seconds'])} |")
+        lines.append("| " + " | ".join(cell(result) for _, cell in columns) + " |")
     worse = not_better(results)
     if worse:
         lines += ["", f"**Not better than random initialization at this budget: {', '.join(worse)}.** "
