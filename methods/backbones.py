@@ -4,6 +4,10 @@
   torchvision layout ("v1.5": the stride of a bottleneck sits on its 3x3 conv) with the same
   parameter names, so torchvision state dicts (minus ``fc``) load directly. ``small_input=True``
   swaps the stem for the CIFAR one (3x3 conv, stride 1, no max-pool) for images of <= 64 px.
+  ``dilated_stages=N`` (1 or 2) keeps the resolution through the last N stages, their stride 2
+  replaced by dilated 3x3 convs (Yu & Koltun 2016; DeepLab, Chen et al. 2017, "output stride"
+  16 or 8): the dense pretexts then predict from a finer map, as Zhang et al.'s colorization
+  network does. The parameters, and so the state dicts, are unchanged.
 * ViT (Dosovitskiy et al., ICLR 2021), in `methods.vision_transformer`: class token, learned
   position embeddings, any multiple of the patch size, MAE- and SimMIM-style masked inputs.
 
@@ -31,12 +35,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, dilation: int = 1,
+                 first_dilation: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride, 1, bias=False)
+        first = first_dilation or dilation
+        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride, first, dilation=first, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = _shortcut(in_channels, planes, stride)
 
@@ -58,12 +64,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, dilation: int = 1,
+                 first_dilation: int | None = None):
         super().__init__()
         out_channels = planes * self.expansion
+        first = first_dilation or dilation
         self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, first, dilation=first, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -95,7 +103,11 @@ class ResNet(nn.Module):
     """ResNet trunk without the classification layer.
 
     Input (B, 3, H, W) -> ``forward`` (B, feature_dim) globally average-pooled features;
-    ``forward_features`` (B, feature_dim, H/32, W/32) (H/8 with ``small_input``).
+    ``forward_features`` (B, feature_dim, H/s, W/s) with ``output_stride`` s = 32 (8 with
+    ``small_input``), halved by each of the ``dilated_stages`` last stages.
+
+    In a dilated stage the first block's first 3x3 conv keeps the previous dilation and every
+    other 3x3 conv doubles it, as torchvision's ``replace_stride_with_dilation`` does.
     """
 
     def __init__(
@@ -105,8 +117,12 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         small_input: bool = False,
         in_channels: int = 3,
+        dilated_stages: int = 0,
     ):
         super().__init__()
+        if dilated_stages not in (0, 1, 2):
+            raise ValueError(f"dilated_stages={dilated_stages!r}: expected 0, 1 or 2 (the last stages "
+                             "whose stride becomes a dilation)")
         if small_input:  # CIFAR stem: keep the resolution of 32-64 px images
             self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
             self.maxpool = nn.Identity()
@@ -116,13 +132,18 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
 
-        channels = 64
+        channels, dilation = 64, 1
+        self.output_stride: int = 1 if small_input else 4
         stages = []
         for index, (planes, num_blocks) in enumerate(zip((64, 128, 256, 512), layers)):
-            stride = 1 if index == 0 else 2
+            stride, previous_dilation = (1 if index == 0 else 2), dilation
+            if index >= 4 - dilated_stages:
+                dilation, stride = dilation * stride, 1
+            self.output_stride *= stride
             blocks = []
             for block_index in range(num_blocks):
-                blocks.append(block(channels, planes, stride if block_index == 0 else 1))
+                blocks.append(block(channels, planes, stride if block_index == 0 else 1, dilation,
+                                    previous_dilation if block_index == 0 else dilation))
                 channels = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages

@@ -3,7 +3,8 @@
 
 * ``feature_map(backbone, x)``: (B, C, H, W) -> (B, feature_dim, H / stride, W / stride): the
   ResNet's last stage, or the ViT's patch tokens laid out on their grid.
-* ``output_stride(backbone)``: that stride (32, 8 with the small-input stem, the ViT patch size).
+* ``output_stride(backbone)``: that stride (the ResNet's: 32, 8 with the small-input stem, halved
+  by each dilated stage; the ViT patch size).
 * ``adapt_input_channels(backbone, channels)``: replace the first layer (ResNet ``conv1``, ViT
   patch projection) by a freshly initialized one reading ``channels`` input channels.
 """
@@ -33,7 +34,7 @@ def output_stride(backbone: nn.Module) -> int:
     """How many input pixels one feature-map cell covers."""
     if is_vit(backbone):
         return int(backbone.patch_size)
-    return 8 if isinstance(getattr(backbone, "maxpool", None), nn.Identity) else 32
+    return int(backbone.output_stride)
 
 
 def adapt_input_channels(backbone: nn.Module, channels: int) -> nn.Module:

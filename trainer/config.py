@@ -40,6 +40,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"
     small_input: bool = False  # CIFAR-style stem for images of 64 px or less (ResNets)
+    dilated_stages: Literal[0, 1, 2] = 0  # ResNets: 1 or 2 last stages dilated instead of strided (finer maps for dense pretexts)
     patch_size: int = 16  # ViTs: pixels per patch side (8 suits images of 32-64 px)
     global_pool: Literal["token", "avg"] = "token"  # ViTs: features from the class token or the patch mean
     sync_batchnorm: bool = False  # BatchNorm statistics over all ranks (CUDA, more than one rank)

@@ -22,7 +22,10 @@ from trainer.config import Config, ConfigError
 def backbone_options(config: Config) -> dict:
     """Constructor arguments for the configured backbone."""
     if config.model.backbone.startswith("resnet"):
-        return {"small_input": config.model.small_input}
+        return {"small_input": config.model.small_input, "dilated_stages": config.model.dilated_stages}
+    if config.model.dilated_stages:
+        raise ConfigError(f"model.dilated_stages={config.model.dilated_stages}: only ResNets have stages to "
+                          f"dilate, not {config.model.backbone}")
     return {"img_size": config.data.image_size, "patch_size": config.model.patch_size,
             "global_pool": config.model.global_pool}
 

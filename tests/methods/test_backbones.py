@@ -62,6 +62,33 @@ def test_resnet_small_input_stem_keeps_resolution():
         assert default.eval().forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 512, 2, 2)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("dilated_stages, step", [(1, 2), (2, 4)])
+def test_dilated_stages_compute_the_strided_map_at_a_finer_stride(name, dilated_stages, step):
+    """A dilated stage (stride 1, dilation 2) evaluated at every `step`-th position is the strided
+    network itself: same weights, same state-dict layout, finer map."""
+    torch.manual_seed(0)
+    plain, _ = build_backbone(name)
+    dilated, feature_dim = build_backbone(name, dilated_stages=dilated_stages)
+    assert [(k, v.shape) for k, v in dilated.state_dict().items()] == [(k, v.shape) for k, v in plain.state_dict().items()]
+    dilated.load_state_dict(plain.state_dict())
+    plain.eval(), dilated.eval()
+    x = torch.randn(2, 3, 96, 96)  # 3 x 3 at stride 32
+    with torch.no_grad():
+        coarse, fine = plain.forward_features(x), dilated.forward_features(x)
+    assert coarse.shape == (2, feature_dim, 3, 3) and fine.shape == (2, feature_dim, 3 * step, 3 * step)
+    assert dilated.output_stride == 32 // step and plain.output_stride == 32
+    torch.testing.assert_close(fine[..., ::step, ::step], coarse, rtol=1e-4, atol=1e-4)
+
+
+def test_dilated_stages_with_the_small_stem_and_bad_values():
+    backbone, _ = build_backbone("resnet18", small_input=True, dilated_stages=2)
+    assert backbone.output_stride == 2
+    assert backbone.forward_features(torch.randn(1, 3, 48, 48)).shape == (1, 512, 24, 24)
+    with pytest.raises(ValueError, match="dilated_stages=3: expected 0, 1 or 2"):
+        build_backbone("resnet18", dilated_stages=3)
+
+
 @pytest.mark.parametrize("name, last_norm", [("resnet18", "bn2"), ("resnet50", "bn3")])
 def test_zero_init_residual(name, last_norm):
     module, _ = build_backbone(name, zero_init_residual=True)

@@ -49,6 +49,17 @@ def test_wrong_type_and_unknown_method_are_refused():
     with pytest.raises(ConfigError, match=r"model\.global_pool: expected one of 'token', 'avg', got 'max'"):
         load_config(SIMCLR, ["model.global_pool=max"])
     assert load_config(SIMCLR, ["model.global_pool=avg"]).model.global_pool == "avg"
+    with pytest.raises(ConfigError, match=r"model\.dilated_stages: expected one of 0, 1, 2, got 3"):
+        load_config(SIMCLR, ["model.dilated_stages=3"])
+
+
+def test_dilated_stages_reach_the_resnet_and_are_refused_for_a_vit():
+    from trainer.model import build_model, check_buildable
+
+    model = build_model(load_config(SIMCLR, ["model.backbone=resnet18", "model.dilated_stages=2"]))
+    assert model.backbone.output_stride == 8 and model.backbone.layer4[1].conv2.dilation == (4, 4)
+    with pytest.raises(ConfigError, match="model.dilated_stages=1: only ResNets have stages to dilate, not vit_tiny"):
+        check_buildable(load_config(SIMCLR, ["model.backbone=vit_tiny", "model.dilated_stages=1"]))
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

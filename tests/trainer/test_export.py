@@ -34,7 +34,7 @@ def test_cli_export_loads_strictly_and_gives_the_same_features(trained_run, tmp_
     assert "exported resnet18" in result.stdout
 
     spec = json.loads(output.with_suffix(".json").read_text())
-    assert spec["backbone"] == "resnet18" and spec["kwargs"] == {"small_input": False} and spec["step"] == 2
+    assert spec["backbone"] == "resnet18" and spec["kwargs"] == {"small_input": False, "dilated_stages": 0} and spec["step"] == 2
     weights = torch.load(output, weights_only=True)
     assert all(isinstance(value, torch.Tensor) for value in weights.values())
     assert not any(key.startswith(("backbone.", "projector.")) for key in weights)
