@@ -55,26 +55,34 @@ def extract_features(backbone: torch.nn.Module, dataset: DatasetInfo, split: str
     return torch.cat(features), torch.cat(labels)
 
 
+def held_out_test_set(dataset: DatasetInfo, test_data: str | Path | None) -> DatasetInfo | None:
+    """The test set `test_data` (None: none), checked before any feature is extracted: a labeled
+    dataset other than `dataset`, with its classes in the same order."""
+    if test_data is None:
+        return None
+    test = load_dataset_info(test_data)
+    if test.root.resolve() == dataset.root.resolve():
+        raise DatasetError(f"{test.root}: the test set is the dataset itself (its train split is the "
+                           "bank); give a separately converted held-out folder")
+    if not test.labeled:
+        raise DatasetError(f"{test.root}: a test set needs labels; this dataset was converted from a "
+                           "flat folder (convert a folder of class folders)")
+    if test.classes != dataset.classes:
+        raise DatasetError(f"{test.root}: its classes {list(test.classes)} are not those of "
+                           f"{dataset.root} {list(dataset.classes)}; a test set must have the same "
+                           "class folders")
+    return test
+
+
 @torch.no_grad()
-def evaluation_samples(backbone: torch.nn.Module, dataset: DatasetInfo, test_data: str | Path | None,
+def evaluation_samples(backbone: torch.nn.Module, dataset: DatasetInfo, test: DatasetInfo | None,
                        bank: tuple[torch.Tensor, torch.Tensor], image_size: int, batch_size: int,
                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The features and labels to measure on, and where they come from ("val", "train" or the
-    test dataset's path with its splits): every sample of `test_data` when given (it must be a
-    labeled dataset with `dataset`'s classes in the same order), else the val split, else the
-    train split (`bank`, the train split's features, is returned as is)."""
-    if test_data is not None:
-        test = load_dataset_info(test_data)
-        if test.root.resolve() == dataset.root.resolve():
-            raise DatasetError(f"{test.root}: the test set is the dataset itself (its train split is the "
-                               "bank); give a separately converted held-out folder")
-        if not test.labeled:
-            raise DatasetError(f"{test.root}: a test set needs labels; this dataset was converted from a "
-                               "flat folder (convert a folder of class folders)")
-        if test.classes != dataset.classes:
-            raise DatasetError(f"{test.root}: its classes {list(test.classes)} are not those of "
-                               f"{dataset.root} {list(dataset.classes)}; a test set must have the same "
-                               "class folders")
+    test set's path with its splits): every sample of the test set (`held_out_test_set`) when
+    given, else the val split, else the train split (`bank`, the train split's features, is
+    returned as is)."""
+    if test is not None:
         parts = [extract_features(backbone, test, split, image_size, batch_size, device) for split in test.splits]
         return (torch.cat([features for features, _ in parts]), torch.cat([labels for _, labels in parts]),
                 f"{test.root} ({'+'.join(test.splits)})")
@@ -157,15 +165,16 @@ def knn_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int
                  k: int = 20, temperature: float = 0.07, device: str | torch.device = "cpu",
                  per_query: bool = False, test_data: str | Path | None = None) -> dict:
     """Weighted kNN top-1/top-5 (percent) of a backbone on a labeled converted dataset, the queries
-    from `test_data` when given (see `evaluation_samples`); with `per_query`, also "top1_correct"
+    from `test_data` when given (see `held_out_test_set`); with `per_query`, also "top1_correct"
     (one bool per query, in the queries' order)."""
     dataset = load_dataset_info(data)
     if not dataset.labeled:
         raise DatasetError(f"{dataset.root}: kNN evaluation needs labels; this dataset was converted "
                            "from a flat folder (convert a folder of class folders)")
+    test = held_out_test_set(dataset, test_data)
     device = torch.device(device)
     bank, bank_labels = extract_features(backbone, dataset, "train", image_size, batch_size, device)
-    queries, query_labels, query_split = evaluation_samples(backbone, dataset, test_data, (bank, bank_labels),
+    queries, query_labels, query_split = evaluation_samples(backbone, dataset, test, (bank, bank_labels),
                                                             image_size, batch_size, device)
     result = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes=len(dataset.classes),
                           k=k, temperature=temperature, exclude_self=query_split == "train", per_query=per_query)

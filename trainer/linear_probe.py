@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.dataset import DatasetError, load_dataset_info
-from trainer.evaluate import evaluation_samples, extract_features
+from trainer.evaluate import evaluation_samples, extract_features, held_out_test_set
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
@@ -80,16 +80,17 @@ def linear_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: 
                     weight_decay: float = 0.0, device: str | torch.device = "cpu", seed: int = 0,
                     test_data: str | Path | None = None, per_query: bool = False) -> dict:
     """Top-1/top-5 (percent) of a linear classifier on the frozen features of `backbone`, measured on
-    `test_data` when given (see `trainer.evaluate.evaluation_samples`); with `per_query`, also
+    `test_data` when given (see `trainer.evaluate.held_out_test_set`); with `per_query`, also
     "top1_correct" (one bool per evaluated sample, in order)."""
     dataset = load_dataset_info(data)
     if not dataset.labeled:
         raise DatasetError(f"{dataset.root}: linear evaluation needs labels; this dataset was converted "
                            "from a flat folder (convert a folder of class folders)")
+    test = held_out_test_set(dataset, test_data)
     device = torch.device(device)
     train_features, train_labels = extract_features(backbone, dataset, "train", image_size, feature_batch_size,
                                                     device)
-    eval_features, eval_labels, eval_split = evaluation_samples(backbone, dataset, test_data,
+    eval_features, eval_labels, eval_split = evaluation_samples(backbone, dataset, test,
                                                                 (train_features, train_labels), image_size,
                                                                 feature_batch_size, device)
     num_classes = len(dataset.classes)
