@@ -21,8 +21,8 @@ whose ~2-point margin decides the rows the 240 val queries (5-8 points) cannot.
 Results are stored per method and budget in `benchmarks/results/methods/NAME-Eep.json` (`--store`),
 committed with the table they make, so a later session on a fresh machine keeps them; the data and
 the checkpoints stay in `--workdir`. A method with a stored result at the same `--epochs` is skipped
-unless `--force`; a measurement that was killed continues from its last checkpoint (every 5
-epochs, while the workdir lasts) unless `--force`. The section
+unless `--force`; a measurement that was killed (a re-measurement with `--force` too) continues
+from its last checkpoint (every 5 epochs, while the workdir lasts) when run again without `--force`. The section
 "Methods on the demo dataset (E epochs)" of `benchmarks/RESULTS.md` is rewritten after each
 method from the stored results at this `--epochs`; the tables of other budgets stay.
 """
@@ -175,10 +175,17 @@ def prepare_test_data(workdir: Path) -> Path:
 
 
 def interrupted(output: Path, epochs: int) -> bool:
-    """Whether `output` holds a checkpoint of a killed measurement of this budget to continue."""
-    marker = output / "budget.json"
-    return (latest_checkpoint(output / "checkpoints") is not None and marker.is_file()
-            and json.loads(marker.read_text()).get("epochs") == epochs)
+    """Whether `output` holds a checkpoint of a killed measurement of this budget to continue: a
+    finished run's summary (`metrics.json`, also written by a clean stop) says it reached its
+    last step."""
+    marker, summary = output / "budget.json", output / "metrics.json"
+    if (latest_checkpoint(output / "checkpoints") is None or not marker.is_file()
+            or json.loads(marker.read_text()).get("epochs") != epochs):
+        return False
+    if not summary.is_file():  # killed outright
+        return True
+    metrics = json.loads(summary.read_text())
+    return metrics.get("step", 0) < metrics.get("total_steps", 0)
 
 
 class TrainingStopped(RuntimeError):
@@ -346,8 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             path = result_path(store, name, args.epochs)
             if not args.force and path.is_file():
-                print(f"{name}: stored result, skipped (--force to measure again)", flush=True)
-                continue
+                if not interrupted(workdir / "runs" / name, args.epochs):
+                    print(f"{name}: stored result, skipped (--force to measure again)", flush=True)
+                    continue
+                # a re-measurement (--force) that was stopped: continued; the stored result stays until it ends
+                print(f"{name}: an interrupted re-measurement; continuing it", flush=True)
             print(f"{name}: training {args.epochs} epochs ...", flush=True)
             try:
                 result = run_method(name, shards, workdir, args.epochs, fresh=args.force)
