@@ -88,10 +88,15 @@ def gain_cell(result: dict, on: str = "val") -> str:
     return f"{gain(result, on):+.1f} ± {gain_margin(result, on):.1f}{paired}"
 
 
-def knn_test_cell(result: dict) -> str:
-    if result.get("test_knn_top1") is None:
+def pair_cell(result: dict, pretrained: str, random: str) -> str:
+    """"pretrained / random init" from two fields of a result; "-" where not measured."""
+    if result.get(pretrained) is None:
         return "-"
-    return f"{result['test_knn_top1']:.1f} / {result['random_test_knn_top1']:.1f}"
+    return f"{result[pretrained]:.1f} / {result[random]:.1f}"
+
+
+def knn_test_cell(result: dict) -> str:
+    return pair_cell(result, *KNN_FIELDS["test"][:2])
 
 
 def not_better(results: list[dict]) -> list[str]:
@@ -104,24 +109,18 @@ def whole(value: float | None) -> str:
 
 
 def precise_bn_cell(result: dict) -> str:
-    if "knn_top1_precise_bn" not in result:
-        return "-"
-    if result["knn_top1_precise_bn"] is None:
+    if "knn_top1_precise_bn" in result and result["knn_top1_precise_bn"] is None:
         return "no BN"
-    return f"{result['knn_top1_precise_bn']:.1f} / {result['random_top1_precise_bn']:.1f}"
+    return pair_cell(result, "knn_top1_precise_bn", "random_top1_precise_bn")
 
 
 def linear_cell(result: dict, prefix: str = "") -> str:
     """Linear probe top-1, pretrained / random init, on the val split or (`prefix="test_"`) the test set."""
-    if result.get(f"{prefix}linear_top1") is None:
-        return "-"
-    return f"{result[f'{prefix}linear_top1']:.1f} / {result[f'random_{prefix}linear_top1']:.1f}"
+    return pair_cell(result, f"{prefix}linear_top1", f"random_{prefix}linear_top1")
 
 
 def rank_cell(result: dict) -> str:
-    if "effective_rank" not in result:
-        return "-"
-    return f"{result['effective_rank']:.1f} / {result['random_effective_rank']:.1f}"
+    return pair_cell(result, "effective_rank", "random_effective_rank")
 
 
 # The table's columns: header and cell. Those with "test" in the header are left out of a table
