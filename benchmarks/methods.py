@@ -251,17 +251,20 @@ def measure_checkpoint(checkpoint: Path, shards: Path, test_shards: Path) -> dic
     fields = {}
     for random_init in (False, True):
         backbone, config = load_backbone(checkpoint, random_init=random_init)
+        features = {}  # each split's features once, for the four measurements of this backbone state
         knn = functools.partial(knn_evaluate, backbone, shards, image_size=config.data.image_size,
                                 k=config.eval.knn_k, temperature=config.eval.knn_temperature)
         linear = functools.partial(linear_evaluate, backbone, shards, image_size=config.data.image_size,
-                                   feature_batch_size=config.eval.batch_size, seed=config.seed)
-        on_val, on_test = knn(per_query=True), knn(per_query=True, test_data=test_shards)
+                                   feature_batch_size=config.eval.batch_size, seed=config.seed,
+                                   feature_cache=features)
+        on_val = knn(per_query=True, feature_cache=features)
+        on_test = knn(per_query=True, test_data=test_shards, feature_cache=features)
         if on_test["query_samples"] != TEST_SAMPLES:
             raise RuntimeError(f"{test_shards}: {on_test['query_samples']} test images, expected {TEST_SAMPLES}")
         linear_on_val, linear_on_test = linear(), linear(test_data=test_shards)
         recalibrated = recalibrate_batch_norm(backbone, shards, image_size=config.data.image_size,
                                               batch_size=config.eval.batch_size)
-        precise_bn = knn()["top1"] if recalibrated else None
+        precise_bn = knn()["top1"] if recalibrated else None  # new statistics: new features
         prefix = "random_" if random_init else ""
         fields.update({
             ("random_top1" if random_init else "knn_top1"): on_val["top1"],

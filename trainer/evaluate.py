@@ -74,20 +74,37 @@ def held_out_test_set(dataset: DatasetInfo, test_data: str | Path | None) -> Dat
     return test
 
 
+FeatureCache = dict  # (dataset root, split, image size) -> (features, labels) of one backbone state
+
+
+def cached_features(cache: FeatureCache | None, backbone: torch.nn.Module, dataset: DatasetInfo, split: str,
+                    image_size: int, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`extract_features`, kept in `cache` (when given) so that several measurements of the same
+    backbone extract each split once. A cache belongs to one backbone state: start a new one after
+    the weights or BatchNorm statistics change (`recalibrate_batch_norm`)."""
+    if cache is None:
+        return extract_features(backbone, dataset, split, image_size, batch_size, device)
+    key = (str(dataset.root.resolve()), split, image_size)
+    if key not in cache:
+        cache[key] = extract_features(backbone, dataset, split, image_size, batch_size, device)
+    return cache[key]
+
+
 @torch.no_grad()
 def evaluation_samples(backbone: torch.nn.Module, dataset: DatasetInfo, test: DatasetInfo | None,
                        bank: tuple[torch.Tensor, torch.Tensor], image_size: int, batch_size: int,
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+                       device: torch.device, cache: FeatureCache | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The features and labels to measure on, and where they come from ("val", "train" or the
     test set's path with its splits): every sample of the test set (`held_out_test_set`) when
     given, else the val split, else the train split (`bank`, the train split's features, is
-    returned as is)."""
+    returned as is). `cache` as in `cached_features`."""
     if test is not None:
-        parts = [extract_features(backbone, test, split, image_size, batch_size, device) for split in test.splits]
+        parts = [cached_features(cache, backbone, test, split, image_size, batch_size, device)
+                 for split in test.splits]
         return (torch.cat([features for features, _ in parts]), torch.cat([labels for _, labels in parts]),
                 f"{test.root} ({'+'.join(test.splits)})")
     if "val" in dataset.splits:
-        return (*extract_features(backbone, dataset, "val", image_size, batch_size, device), "val")
+        return (*cached_features(cache, backbone, dataset, "val", image_size, batch_size, device), "val")
     return (*bank, "train")
 
 
@@ -163,19 +180,20 @@ def effective_rank(features: torch.Tensor, epsilon: float = 1e-7) -> float:
 
 def knn_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int, batch_size: int = 256,
                  k: int = 20, temperature: float = 0.07, device: str | torch.device = "cpu",
-                 per_query: bool = False, test_data: str | Path | None = None) -> dict:
+                 per_query: bool = False, test_data: str | Path | None = None,
+                 feature_cache: FeatureCache | None = None) -> dict:
     """Weighted kNN top-1/top-5 (percent) of a backbone on a labeled converted dataset, the queries
     from `test_data` when given (see `held_out_test_set`); with `per_query`, also "top1_correct"
-    (one bool per query, in the queries' order)."""
+    (one bool per query, in the queries' order). `feature_cache`: see `cached_features`."""
     dataset = load_dataset_info(data)
     if not dataset.labeled:
         raise DatasetError(f"{dataset.root}: kNN evaluation needs labels; this dataset was converted "
                            "from a flat folder (convert a folder of class folders)")
     test = held_out_test_set(dataset, test_data)
     device = torch.device(device)
-    bank, bank_labels = extract_features(backbone, dataset, "train", image_size, batch_size, device)
+    bank, bank_labels = cached_features(feature_cache, backbone, dataset, "train", image_size, batch_size, device)
     queries, query_labels, query_split = evaluation_samples(backbone, dataset, test, (bank, bank_labels),
-                                                            image_size, batch_size, device)
+                                                            image_size, batch_size, device, feature_cache)
     result = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes=len(dataset.classes),
                           k=k, temperature=temperature, exclude_self=query_split == "train", per_query=per_query)
     return {**result, "k": k, "temperature": temperature, "effective_rank": effective_rank(bank),

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.dataset import DatasetError, load_dataset_info
-from trainer.evaluate import evaluation_samples, extract_features, held_out_test_set
+from trainer.evaluate import FeatureCache, cached_features, evaluation_samples, held_out_test_set
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
@@ -78,21 +78,23 @@ class Standardize(torch.nn.Module):
 def linear_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int, epochs: int = 100,
                     lr: float = 0.1, batch_size: int = 256, feature_batch_size: int = 256,
                     weight_decay: float = 0.0, device: str | torch.device = "cpu", seed: int = 0,
-                    test_data: str | Path | None = None, per_query: bool = False) -> dict:
+                    test_data: str | Path | None = None, per_query: bool = False,
+                    feature_cache: FeatureCache | None = None) -> dict:
     """Top-1/top-5 (percent) of a linear classifier on the frozen features of `backbone`, measured on
     `test_data` when given (see `trainer.evaluate.held_out_test_set`); with `per_query`, also
-    "top1_correct" (one bool per evaluated sample, in order)."""
+    "top1_correct" (one bool per evaluated sample, in order). `feature_cache`: see
+    `trainer.evaluate.cached_features`."""
     dataset = load_dataset_info(data)
     if not dataset.labeled:
         raise DatasetError(f"{dataset.root}: linear evaluation needs labels; this dataset was converted "
                            "from a flat folder (convert a folder of class folders)")
     test = held_out_test_set(dataset, test_data)
     device = torch.device(device)
-    train_features, train_labels = extract_features(backbone, dataset, "train", image_size, feature_batch_size,
-                                                    device)
+    train_features, train_labels = cached_features(feature_cache, backbone, dataset, "train", image_size,
+                                                   feature_batch_size, device)
     eval_features, eval_labels, eval_split = evaluation_samples(backbone, dataset, test,
                                                                 (train_features, train_labels), image_size,
-                                                                feature_batch_size, device)
+                                                                feature_batch_size, device, feature_cache)
     num_classes = len(dataset.classes)
     with torch.enable_grad():
         classifier = train_linear_classifier(train_features.to(device), train_labels.to(device), num_classes,

@@ -71,6 +71,28 @@ def test_linear_probe_is_measured_on_the_test_set(demo_shards, test_shards):
     assert result["top1"] == pytest.approx(100.0 * sum(result["top1_correct"]) / 60)
 
 
+def test_a_feature_cache_extracts_each_split_once_and_changes_no_result(demo_shards, test_shards):
+    backbone = _backbone()
+    cache = {}
+    with OneTorchThread():
+        measurements = [
+            lambda **kw: knn_evaluate(backbone, demo_shards, image_size=SIZE, k=5, per_query=True, **kw),
+            lambda **kw: knn_evaluate(backbone, demo_shards, image_size=SIZE, k=5, per_query=True,
+                                      test_data=test_shards, **kw),
+            lambda **kw: linear_evaluate(backbone, demo_shards, image_size=SIZE, epochs=5, per_query=True, **kw),
+            lambda **kw: linear_evaluate(backbone, demo_shards, image_size=SIZE, epochs=5, per_query=True,
+                                         test_data=test_shards, **kw),
+        ]
+        for measure in measurements:
+            assert measure(feature_cache=cache) == measure()
+    # the bank's train split, its val split and both splits of the test set: the test set's "train"
+    # split is not the bank's
+    bank, test = load_dataset_info(demo_shards).root.resolve(), load_dataset_info(test_shards).root.resolve()
+    assert sorted(cache) == sorted([(str(bank), "train", SIZE), (str(bank), "val", SIZE),
+                                    (str(test), "train", SIZE), (str(test), "val", SIZE)])
+    assert [len(cache[(str(bank), split, SIZE)][0]) for split in ("train", "val")] == [120, 40]
+
+
 def test_a_test_set_of_other_classes_or_the_dataset_itself_is_refused(demo_shards, tmp_path):
     folder = make_demo_folder(tmp_path / "images", images_per_class=2, size=64, seed=3, classes=CLASSES[:4])
     other = tmp_path / "shards"
