@@ -70,7 +70,7 @@ def _schedules(config: Config, total_steps: int, steps_per_epoch: int, global_ba
     lr = cosine_schedule(base_lr, optim.final_lr, total_steps, warmup_steps)
     final_wd = optim.weight_decay if optim.final_weight_decay is None else optim.final_weight_decay
     weight_decay = cosine_schedule(optim.weight_decay, final_wd, total_steps)
-    return lr, weight_decay
+    return lr, weight_decay, base_lr
 
 
 def _batches_per_epoch(count: int, config: Config, world_size: int) -> int:
@@ -117,6 +117,7 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
         config.optim.name, model, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
         momentum=config.optim.momentum, betas=config.optim.betas,
         exclude_bias_and_norm=config.optim.exclude_bias_and_norm,
+        fixed_lr_parameters=model.fixed_lr_parameters() if hasattr(model, "fixed_lr_parameters") else (),
     )
     scaler = grad_scaler_for(trainer.precision, context.device)
     state, state_path = load_resume_state(checkpoints, trainer.resume, config)
@@ -149,7 +150,7 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
     total_steps = trainer.max_steps or trainer.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     global_batch = config.data.batch_size * context.world_size * accumulate
-    lr_schedule, wd_schedule = _schedules(config, total_steps, steps_per_epoch, global_batch)
+    lr_schedule, wd_schedule, base_lr = _schedules(config, total_steps, steps_per_epoch, global_batch)
     frozen = list(model.last_layer_parameters()) if hasattr(model, "last_layer_parameters") else []
     frozen_steps = round(trainer.freeze_last_layer_epochs * steps_per_epoch)
     parallel_model = wrap_model(model, context)
@@ -206,7 +207,8 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
                     return to_channels_last(batch) if trainer.channels_last else batch
 
                 for group in optimizer.param_groups:
-                    group["lr"] = float(lr_schedule[step])
+                    # a method's fixed-lr parameters (SimSiam's predictor) keep the base learning rate
+                    group["lr"] = base_lr if group.get("fixed_lr") else float(lr_schedule[step])
                     if group.get("apply_weight_decay", True):
                         group["weight_decay"] = float(wd_schedule[step])
                 buffers = _snapshot_buffers(model) if trainer.skip_nonfinite else None

@@ -8,7 +8,8 @@
   layer-wise adaptation (SimCLR/BYOL practice).
 - `build_optimizer`: the registry `OPTIMIZERS` turned into one call.
 
-The trainer overwrites `group["lr"]` every step and `group["weight_decay"]` for the groups whose
+The trainer overwrites `group["lr"]` every step (with the base learning rate for the groups marked
+`fixed_lr`, with the schedule's value for the others) and `group["weight_decay"]` for the groups whose
 `group["apply_weight_decay"]` is True, so schedules live outside the optimizers.
 """
 
@@ -166,7 +167,8 @@ class LAMB(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True,
+                     fixed_lr_parameters: Iterable[nn.Parameter] = ()) -> list[dict]:
     """Split the trainable parameters of `model` into a "decay" and a "no_decay" group.
 
     With `exclude_bias_and_norm`, parameters with ndim <= 1 (biases; BatchNorm, LayerNorm and
@@ -176,21 +178,33 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     applies its weight-decay schedule to this group). Without `exclude_bias_and_norm` every
     parameter is in "decay". Parameters with requires_grad False are skipped; empty groups are
     left out. Shared parameters appear once.
+
+    `fixed_lr_parameters` (e.g. SimSiam's predictor, which the paper trains at a constant learning
+    rate) go to groups of their own, "decay_fixed_lr" / "no_decay_fixed_lr", marked
+    `fixed_lr=True`: the trainer keeps their learning rate at the base value instead of following
+    the schedule. Every other group has `fixed_lr=False`.
     """
-    decay, no_decay, seen = [], [], set()
+    fixed = {id(param) for param in fixed_lr_parameters}
+    owned = {id(param) for param in model.parameters()}
+    if not fixed <= owned:
+        raise ValueError(f"fixed_lr_parameters of {type(model).__name__}: {len(fixed - owned)} parameter(s) "
+                         "are not the model's own")
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {(d, f): [] for d in (True, False) for f in (False, True)}
+    seen: set[int] = set()
     for param in model.parameters():
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        (no_decay if exclude_bias_and_norm and param.ndim <= 1 else decay).append(param)
-    if not decay and not no_decay:
+        decays = not (exclude_bias_and_norm and param.ndim <= 1)
+        buckets[(decays, id(param) in fixed)].append(param)
+    if not seen:
         raise ValueError(f"{type(model).__name__} has no trainable parameters (all requires_grad=False)")
-    groups = [
-        {"name": "decay", "params": decay, "weight_decay": weight_decay, "apply_weight_decay": True,
-         "lars_exclude": False, "exclude_from_adaptation": False},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0, "apply_weight_decay": False,
-         "lars_exclude": True, "exclude_from_adaptation": True},
-    ]
+    groups = []
+    for (decays, fixed_lr), params in buckets.items():
+        name = ("decay" if decays else "no_decay") + ("_fixed_lr" if fixed_lr else "")
+        groups.append({"name": name, "params": params, "weight_decay": weight_decay if decays else 0.0,
+                       "apply_weight_decay": decays, "lars_exclude": not decays,
+                       "exclude_from_adaptation": not decays, "fixed_lr": fixed_lr})
     return [group for group in groups if group["params"]]
 
 
@@ -221,7 +235,8 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
                     betas: tuple[float, float] = (0.9, 0.999),
-                    exclude_bias_and_norm: bool = True) -> torch.optim.Optimizer:
+                    exclude_bias_and_norm: bool = True,
+                    fixed_lr_parameters: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
     """The optimizer `name` ("lars", "sgd", "adamw", "lamb") over `parameter_groups(model, ...)`.
 
     `momentum` is used by lars/sgd, `betas` by adamw/lamb. Every group carries "name" and
@@ -229,7 +244,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(sorted(OPTIMIZERS))}")
-    groups = parameter_groups(model, weight_decay, exclude_bias_and_norm)
+    groups = parameter_groups(model, weight_decay, exclude_bias_and_norm, fixed_lr_parameters)
     return OPTIMIZERS[name](groups, lr, weight_decay, momentum, betas)
 
 

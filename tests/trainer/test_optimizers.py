@@ -5,9 +5,13 @@ import pytest
 import torch
 from torch import nn
 
+from tests.trainer.training_run import OneTorchThread, tiny_config
+from trainer.checkpoint import latest_checkpoint, load_checkpoint
+from trainer.loop import train
 from trainer.optimizers import (
     LAMB, LARS, OPTIMIZERS, build_optimizer, parameter_groups, scale_learning_rate,
 )
+from trainer.schedules import cosine_schedule
 
 
 def _param(values):
@@ -198,3 +202,35 @@ def test_scale_learning_rate():
         scale_learning_rate(0.3, 256, rule="cubic")
     with pytest.raises(ValueError):
         scale_learning_rate(0.3, 0)
+
+
+def test_parameter_groups_keep_fixed_lr_parameters_apart():
+    model = _Net()
+    fixed = list(model.linear.parameters())  # a "predictor": weight (decay) and bias (no decay)
+    groups = {group["name"]: group for group in parameter_groups(model, 1e-4, fixed_lr_parameters=fixed)}
+    assert list(groups) == ["decay", "decay_fixed_lr", "no_decay", "no_decay_fixed_lr"]
+    assert [id(p) for p in groups["decay_fixed_lr"]["params"]] == [id(model.linear.weight)]
+    assert [id(p) for p in groups["no_decay_fixed_lr"]["params"]] == [id(model.linear.bias)]
+    assert id(model.linear.weight) not in {id(p) for p in groups["decay"]["params"]}
+    assert [group["fixed_lr"] for group in groups.values()] == [False, True, False, True]
+    assert groups["decay_fixed_lr"]["apply_weight_decay"] and not groups["no_decay_fixed_lr"]["apply_weight_decay"]
+    with pytest.raises(ValueError, match="1 parameter"):
+        parameter_groups(model, 1e-4, fixed_lr_parameters=[nn.Parameter(torch.zeros(2))])
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_simsiam_predictor_keeps_the_base_learning_rate(demo_shards, tmp_path, fixed):
+    """SimSiam's paper default: the predictor's lr stays at the base value while the rest decays."""
+    overrides = ["trainer.max_steps=3", "optim.warmup_epochs=0", "optim.final_lr=0.0",
+                 "method.projection_hidden_dim=32", "method.projection_dim=32", "method.prediction_hidden_dim=8",
+                 f"method.fixed_predictor_lr={str(fixed).lower()}"]
+    config = tiny_config(demo_shards, *overrides, method="simsiam")
+    with OneTorchThread():
+        train(config, tmp_path)
+    base = scale_learning_rate(config.optim.lr, config.data.batch_size)  # linear scaling, one process
+    last = float(cosine_schedule(base, 0.0, 3)[2])  # the schedule's value at the last step
+    groups = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["optimizer"]["param_groups"]
+    lrs = {group["name"]: group["lr"] for group in groups}  # simsiam.yaml: weight decay on every parameter
+    assert lrs == ({"decay": pytest.approx(last), "decay_fixed_lr": pytest.approx(base)} if fixed
+                   else {"decay": pytest.approx(last)})
+    assert last < 0.5 * base
