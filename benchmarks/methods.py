@@ -354,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
 
     failures = []
+
+    def today(name: str) -> list[str]:
+        return overrides_for(name, args.epochs)
+
     if args.fill_missing:
         fill_missing(store, workdir, args.epochs, names)
     elif not args.report_only:
@@ -379,10 +383,10 @@ def main(argv: list[str] | None = None) -> int:
             write_atomically(path, (json.dumps(result, indent=1) + "\n").encode())
             print(f"{name}: kNN top-1 {result['knn_top1']:.1f}% vs random {result['random_top1']:.1f}%, "
                   f"{whole(result['images_per_second'])} images/s", flush=True)
-            write_section(stored_results(store, args.epochs), args.epochs, Path(args.results))
+            write_section(stored_results(store, args.epochs), args.epochs, Path(args.results), today)
     stored = stored_results(store, args.epochs)
     if stored:
-        write_section(stored, args.epochs, Path(args.results))
+        write_section(stored, args.epochs, Path(args.results), today)
     worse = not_better(stored)
     if worse:
         print(f"not better than random initialization: {', '.join(worse)}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 from methods.registry import METHODS
 from pipeline.dataset import write_atomically
@@ -146,7 +147,24 @@ def section_heading(epochs: int) -> str:
     return f"{SECTION} ({epochs} epochs)"
 
 
-def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_MD) -> None:
+# overrides that change what is logged or kept, not what is trained
+BOOKKEEPING = ("trainer.checkpoint_every=", "trainer.keep_checkpoints=", "trainer.log_every=")
+
+
+def outdated(results: list[dict], current_overrides: Callable[[str], list[str]]) -> tuple[list[str], list[str]]:
+    """The rows measured with other overrides than `current_overrides(method)` gives today (bookkeeping
+    ones aside), and the rows whose overrides were not recorded (a string instead of the list)."""
+    def training(overrides: list[str]) -> list[str]:
+        return [item for item in overrides if not item.startswith(BOOKKEEPING)]
+
+    unrecorded = [r["method"] for r in results if not isinstance(r.get("overrides"), list)]
+    differ = [r["method"] for r in results if isinstance(r.get("overrides"), list)
+              and training(r["overrides"]) != training(current_overrides(r["method"]))]
+    return differ, unrecorded
+
+
+def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_MD,
+                  current_overrides: Callable[[str], list[str]] | None = None) -> None:
     dates = sorted({r["date"] for r in results})
     machines = sorted({r.get("machine", "an unrecorded machine") for r in results})
     lines = [section_heading(epochs), "",
@@ -213,6 +231,15 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
         lines += ["", f"Linear probe (on the test set where measured): {len(linear) - len(linear_worse)} of the "
                   f"{len(linear)} rows with the column beat their random init"
                   + (f"; not: {', '.join(linear_worse)}." if linear_worse else ".")]
+    if current_overrides is not None:
+        differ, unrecorded = outdated(results, current_overrides)
+        if differ:
+            lines += ["", f"Measured with other settings than today's `PER_METHOD` (re-measure with "
+                      f"`--methods {','.join(differ)} --force`): {', '.join(differ)}."]
+        if unrecorded:
+            rows = "every row" if len(unrecorded) == len(results) else ", ".join(unrecorded)
+            lines += ["", f"Settings not recorded (measured before the result files kept them; today's "
+                      f"`PER_METHOD` may differ): {rows}."]
     missing = [name for name in METHODS if name not in {r["method"] for r in results}]
     if missing:
         lines += ["", f"Not measured yet: {', '.join(missing)}."]

@@ -12,8 +12,9 @@ import shutil
 
 import pytest
 
+from benchmarks.methods import overrides_for
 from benchmarks.methods_report import (RESULTS_MD, RESULTS_STORE, gain_cell, gain_margin, gain_verdict,
-                                       not_better, stored_results, verdict_queries, write_section)
+                                       not_better, outdated, stored_results, verdict_queries, write_section)
 from methods.registry import METHODS
 
 BUDGETS = sorted({json.loads(path.read_text())["epochs"] for path in RESULTS_STORE.glob("*.json")})
@@ -28,7 +29,7 @@ def test_table_matches_the_result_files(epochs, tmp_path):
     copy = tmp_path / "RESULTS.md"
     shutil.copy(RESULTS_MD, copy)
     results = stored_results(RESULTS_STORE, epochs)
-    write_section(results, epochs, copy)
+    write_section(results, epochs, copy, lambda name: overrides_for(name, epochs))
     assert copy.read_text() == RESULTS_MD.read_text(), (
         f"the {epochs}-epoch table of {RESULTS_MD} differs from what {RESULTS_STORE} makes: run "
         f"`python -m benchmarks.methods --report-only --epochs {epochs}` and commit both")
@@ -81,3 +82,22 @@ def test_a_row_with_a_test_set_is_judged_on_it():
     assert gain_verdict(result) == "below" and not_better([result]) == ["npid"]
     assert gain_verdict({key: value for key, value in result.items() if "test" not in key}) == "within"
     assert gain_cell({"knn_top1": 30.0, "random_top1": 20.0}, "test") == "-"
+
+
+def test_rows_measured_with_other_settings_are_named(tmp_path):
+    today = {"simclr": ["optim.lr=2.0e-3", "method.temperature=0.2"], "npid": ["optim.lr=5.0e-4"],
+             "byol": ["optim.lr=2.0e-3"]}
+    stored = stored_results(RESULTS_STORE, BUDGETS[-1])[0]  # a real row, its method and overrides replaced
+    results = [
+        # only a bookkeeping override differs: not outdated
+        dict(stored, method="simclr", overrides=["optim.lr=2.0e-3", "trainer.checkpoint_every=300",
+                                                 "method.temperature=0.2"]),
+        dict(stored, method="npid", overrides=["optim.lr=2.0e-3"]),
+        dict(stored, method="byol", overrides="not recorded"),
+    ]
+    assert outdated(results, today.__getitem__) == (["npid"], ["byol"])
+    report = tmp_path / "RESULTS.md"
+    write_section(results, BUDGETS[-1], report, today.__getitem__)
+    text = report.read_text()
+    assert "today's `PER_METHOD` (re-measure with `--methods npid --force`): npid." in text
+    assert "may differ): byol." in text
