@@ -163,8 +163,8 @@ def outdated(results: list[dict], current_overrides: Callable[[str], list[str]])
     return differ, unrecorded
 
 
-def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_MD,
-                  current_overrides: Callable[[str], list[str]] | None = None) -> None:
+def write_section(results: list[dict], epochs: int, results_md: Path,
+                  current_overrides: Callable[[str], list[str]]) -> None:
     dates = sorted({r["date"] for r in results})
     machines = sorted({r.get("machine", "an unrecorded machine") for r in results})
     lines = [section_heading(epochs), "",
@@ -231,15 +231,14 @@ def write_section(results: list[dict], epochs: int, results_md: Path = RESULTS_M
         lines += ["", f"Linear probe (on the test set where measured): {len(linear) - len(linear_worse)} of the "
                   f"{len(linear)} rows with the column beat their random init"
                   + (f"; not: {', '.join(linear_worse)}." if linear_worse else ".")]
-    if current_overrides is not None:
-        differ, unrecorded = outdated(results, current_overrides)
-        if differ:
-            lines += ["", f"Measured with other settings than today's `PER_METHOD` (re-measure with "
-                      f"`--methods {','.join(differ)} --force`): {', '.join(differ)}."]
-        if unrecorded:
-            rows = "every row" if len(unrecorded) == len(results) else ", ".join(unrecorded)
-            lines += ["", f"Settings not recorded (measured before the result files kept them; today's "
-                      f"`PER_METHOD` may differ): {rows}."]
+    differ, unrecorded = outdated(results, current_overrides)
+    if differ:
+        lines += ["", f"Measured with other settings than today's `PER_METHOD` (re-measure with "
+                  f"`--methods {','.join(differ)} --force`): {', '.join(differ)}."]
+    if unrecorded:
+        rows = "every row" if len(unrecorded) == len(results) else ", ".join(unrecorded)
+        lines += ["", f"Settings not recorded (measured before the result files kept them; today's "
+                  f"`PER_METHOD` may differ): {rows}."]
     missing = [name for name in METHODS if name not in {r["method"] for r in results}]
     if missing:
         lines += ["", f"Not measured yet: {', '.join(missing)}."]
