@@ -11,7 +11,8 @@ made and converted once into `--workdir`. Each method trains in this process
 (`trainer.loop.train`, no Ray) from its shipped `configs/NAME.yaml` with the same budget
 overrides (ResNet-18 — ViT-Tiny with 8 px patches for the ViT-only methods —, 48 px, batch 64, AdamW 2e-3,
 `--epochs` epochs) plus small per-method sizes (heads, queues, prototypes) that fit 960 images.
-Then the weighted kNN top-1 (k=20, T=0.07) of the pretrained backbone is measured on the val
+Then the weighted kNN top-1 (k=20, T=0.07) of the pretrained backbone (DINO's teacher, as its authors
+evaluate it; the online network for the others) is measured on the val
 split next to the same architecture randomly initialized with the same seed; so are, as second
 views, a linear probe (`trainer.linear_probe`, 100 epochs on the standardized frozen features) and
 kNN after re-estimating the BatchNorm statistics on the clean train images (precise BN). kNN and the
@@ -141,6 +142,9 @@ PER_METHOD: dict[str, list[str]] = {
     "colorization": ["method.head_hidden_dim=128", "data.recipe.bin_downsample=4"],
     "inpainting": ["method.decoder_width=128", "method.overlap_pixels=2"],
 }
+# Methods measured on their momentum teacher rather than the online network, as their authors
+# evaluate them (DINO's eval_knn.py / eval_linear.py default to the teacher's weights).
+EVALUATED_WEIGHTS = {"dino": "teacher"}
 # Methods that do not take colour-augmented views keep their own recipe options.
 OWN_RECIPE = {"mae", "simmim", "rotation", "jigsaw", "relative_location", "colorization",
               "inpainting"}
@@ -230,7 +234,9 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
         "train_seconds": seconds,
         "images_per_second": images_per_second,
         "continued_from_step": start_step,
-        **measure_checkpoint(summary["checkpoint"], shards, prepare_test_data(workdir)),
+        "weights": EVALUATED_WEIGHTS.get(name, "student"),
+        **measure_checkpoint(summary["checkpoint"], shards, prepare_test_data(workdir),
+                             EVALUATED_WEIGHTS.get(name, "student")),
         "final_loss": summary.get("loss"),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
@@ -250,14 +256,15 @@ def outcomes(correct: list[bool]) -> str:
     return "".join("1" if hit else "0" for hit in correct)
 
 
-def measure_checkpoint(checkpoint: Path, shards: Path, test_shards: Path) -> dict:
+def measure_checkpoint(checkpoint: Path, shards: Path, test_shards: Path, weights: str = "student") -> dict:
     """kNN (and the features' effective rank), the linear probe, and kNN with precise BN (BatchNorm
     statistics re-estimated on the clean train images; None for a backbone without) of the
-    checkpoint's backbone and of its random-init twin, and kNN and the linear probe on the held-out
-    test set, as the fields of a result (`MEASURED`)."""
+    checkpoint's backbone (`weights`: the online network or the momentum teacher) and of its
+    random-init twin, and kNN and the linear probe on the held-out test set, as the fields of a
+    result (`MEASURED`)."""
     fields = {}
     for random_init in (False, True):
-        backbone, config = load_backbone(checkpoint, random_init=random_init)
+        backbone, config = load_backbone(checkpoint, random_init=random_init, weights=weights)
         features = {}  # each split's features once, for the four measurements of this backbone state
         knn = functools.partial(knn_evaluate, backbone, shards, image_size=config.data.image_size,
                                 k=config.eval.knn_k, temperature=config.eval.knn_temperature)
@@ -300,7 +307,7 @@ def fill_missing(store: Path, workdir: Path, epochs: int, names: list[str]) -> N
         if checkpoint is None:
             print(f"{name}: no checkpoint in {workdir / 'runs' / name}; measure it again to fill {', '.join(missing)}")
             continue
-        fields = measure_checkpoint(checkpoint, shards, test_shards)
+        fields = measure_checkpoint(checkpoint, shards, test_shards, result.get("weights", "student"))
         if (abs(fields["knn_top1"] - result["knn_top1"]) > 1e-6
                 or abs(fields["effective_rank"] - result.get("effective_rank", -1)) > 1e-3):
             print(f"{name}: {checkpoint} gives kNN {fields['knn_top1']:.2f}, not the stored "

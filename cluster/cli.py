@@ -124,6 +124,9 @@ def _add_evaluation_arguments(parser: argparse.ArgumentParser, batch_size: int |
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
+    parser.add_argument("--weights", choices=("student", "teacher"), default="student",
+                        help="the online network, or the momentum teacher of the methods that keep one "
+                             "(DINO evaluates its teacher)")
     parser.add_argument("--recalibrate-bn", type=_image_count, nargs="?", const=8192, default=0, metavar="IMAGES",
                         help="re-estimate BatchNorm statistics on this many train images first "
                              "(precise BN; default 8192 when given without a number)")
@@ -137,9 +140,10 @@ def _backbone_to_evaluate(args: argparse.Namespace):
 
     from trainer.evaluate import load_backbone
 
-    backbone, config = load_backbone(find_checkpoint(args.checkpoint), random_init=args.random_init)
+    backbone, config = load_backbone(find_checkpoint(args.checkpoint), random_init=args.random_init,
+                                     weights=args.weights)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    weights = "random-init" if args.random_init else "pretrained"
+    weights = "random-init" if args.random_init else "pretrained" + (" teacher" if args.weights == "teacher" else "")
     if args.recalibrate_bn:
         from trainer.evaluate import recalibrate_batch_norm
 

@@ -20,22 +20,35 @@ import torch
 from pipeline.dataset import DatasetError, DatasetInfo, load_dataset_info
 from pipeline.loader import build_eval_loader
 from pipeline.recipes import EvalRecipe
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import Config, config_from_dict
+from trainer.export import TEACHER_PREFIXES
 from trainer.knn import knn_accuracy
 from trainer.model import build_model, seed_everything
 
 
-def load_backbone(checkpoint: str | Path, random_init: bool = False) -> tuple[torch.nn.Module, Config]:
+def load_backbone(checkpoint: str | Path, random_init: bool = False,
+                  weights: str = "student") -> tuple[torch.nn.Module, Config]:
     """The pretrained backbone of a checkpoint (strict load), or the same architecture freshly
-    initialized with the run's seed when `random_init` is set (the baseline to compare against)."""
+    initialized with the run's seed when `random_init` is set (the baseline to compare against).
+
+    `weights="teacher"` gives the momentum teacher / target / key encoder of the methods that keep
+    one (DINO evaluates its teacher) instead of the online network; at random init both are the same."""
+    if weights not in ("student", "teacher"):
+        raise ValueError(f"weights={weights!r}; expected 'student' or 'teacher'")
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
     seed_everything(config.seed)
     model = build_model(config)
     if not random_init:
         model.load_state_dict(state["model"], strict=True)
-    return model.backbone, config
+    if weights == "student":
+        return model.backbone, config
+    teachers = [name.rstrip(".") for name in TEACHER_PREFIXES if hasattr(model, name.rstrip("."))]
+    if not teachers:
+        raise CheckpointError(f"{checkpoint}: {config.method.name} keeps no teacher backbone "
+                              f"({', '.join(p.rstrip('.') for p in TEACHER_PREFIXES)}); evaluate the student")
+    return getattr(model, teachers[0]), config
 
 
 @torch.no_grad()

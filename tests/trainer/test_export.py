@@ -81,3 +81,30 @@ def test_methods_that_change_their_backbone_export_a_plain_one(method, overrides
         images = torch.randn(2, 3, 32, 32, generator=generator)
         with torch.no_grad():
             assert torch.equal(fresh.eval()(images), original.eval()(images))
+
+
+def test_dino_is_evaluated_and_exported_on_its_teacher(trained_run, demo_shards, tmp_path):
+    """`weights="teacher"` (DINO's evaluation protocol): the momentum teacher's backbone, not the student's."""
+    run = tmp_path / "dino"
+    with OneTorchThread():  # a low momentum, so that 2 steps move the teacher away from its start and the student
+        train(tiny_config(demo_shards, "trainer.max_steps=2", "method.momentum=0.5", method="dino"), run)
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    teacher, _ = load_backbone(checkpoint, weights="teacher")
+    student, _ = load_backbone(checkpoint)
+    start, _ = load_backbone(checkpoint, random_init=True, weights="teacher")
+    export_backbone(checkpoint, tmp_path / "teacher.pt", weights="teacher")
+    exported = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    assert all(torch.equal(value, exported[key]) for key, value in teacher.state_dict().items())
+    assert not torch.equal(teacher.conv1.weight, student.conv1.weight)
+    assert not torch.equal(teacher.conv1.weight, start.conv1.weight)
+
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "knn", "--checkpoint", str(run),
+                             "--data", str(demo_shards), "--weights", "teacher", "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["weights"] == "pretrained teacher"
+
+    with pytest.raises(CheckpointError, match="simclr keeps no teacher backbone"):
+        load_backbone(latest_checkpoint(trained_run / "checkpoints"), weights="teacher")
+    with pytest.raises(ValueError, match="weights='ema'"):
+        load_backbone(checkpoint, weights="ema")
