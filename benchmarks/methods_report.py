@@ -128,7 +128,8 @@ def rank_cell(result: dict) -> str:
 # whose rows have no test-set figures.
 COLUMNS = [
     ("method", lambda r: r["method"]),
-    ("backbone", lambda r: r["backbone"]),
+    # "(teacher)": measured on the momentum teacher (benchmarks.methods.EVALUATED_WEIGHTS)
+    ("backbone", lambda r: r["backbone"] + (" (teacher)" if r.get("weights") == "teacher" else "")),
     ("kNN top-1 (%)", lambda r: f"{r['knn_top1']:.1f}"),
     ("random init (%)", lambda r: f"{r['random_top1']:.1f}"),
     ("gain", gain_cell),

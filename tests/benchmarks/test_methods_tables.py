@@ -101,3 +101,13 @@ def test_rows_measured_with_other_settings_are_named(tmp_path):
     text = report.read_text()
     assert "today's `PER_METHOD` (re-measure with `--methods npid --force`): npid." in text
     assert "may differ): byol." in text
+
+
+def test_a_row_measured_on_the_teacher_says_so(tmp_path):
+    stored = stored_results(RESULTS_STORE, BUDGETS[-1])[0]
+    results = [dict(stored, method="dino", weights="teacher"), dict(stored, method="simclr")]
+    report = tmp_path / "RESULTS.md"
+    write_section(results, BUDGETS[-1], report, lambda name: stored.get("overrides", []))
+    rows = {line.split(" | ")[0]: line for line in report.read_text().splitlines() if line.startswith("| ")}
+    assert rows["| dino"].startswith(f"| dino | {stored['backbone']} (teacher) |")
+    assert rows["| simclr"].startswith(f"| simclr | {stored['backbone']} |")
