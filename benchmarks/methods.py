@@ -219,6 +219,7 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
     seconds_here = time.perf_counter() - started
     if summary["step"] < summary["total_steps"]:  # e.g. stopped by SIGTERM (the trainer checkpoints)
         raise TrainingStopped(f"training stopped at step {summary['step']} of {summary['total_steps']}")
+    weights = EVALUATED_WEIGHTS.get(name, "student")  # the online network or the momentum teacher
     # throughput of this process's steps; the time of a run killed earlier is estimated from it
     start_step = summary["start_step"]
     images_per_second = seconds = None
@@ -234,9 +235,8 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
         "train_seconds": seconds,
         "images_per_second": images_per_second,
         "continued_from_step": start_step,
-        "weights": EVALUATED_WEIGHTS.get(name, "student"),
-        **measure_checkpoint(summary["checkpoint"], shards, prepare_test_data(workdir),
-                             EVALUATED_WEIGHTS.get(name, "student")),
+        "weights": weights,
+        **measure_checkpoint(summary["checkpoint"], shards, prepare_test_data(workdir), weights),
         "final_loss": summary.get("loss"),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),

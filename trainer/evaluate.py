@@ -44,10 +44,11 @@ def load_backbone(checkpoint: str | Path, random_init: bool = False,
         model.load_state_dict(state["model"], strict=True)
     if weights == "student":
         return model.backbone, config
-    teachers = [name.rstrip(".") for name in TEACHER_PREFIXES if hasattr(model, name.rstrip("."))]
+    names = [prefix.rstrip(".") for prefix in TEACHER_PREFIXES]  # teacher_backbone, target_backbone, ...
+    teachers = [name for name in names if hasattr(model, name)]
     if not teachers:
         raise CheckpointError(f"{checkpoint}: {config.method.name} keeps no teacher backbone "
-                              f"({', '.join(p.rstrip('.') for p in TEACHER_PREFIXES)}); evaluate the student")
+                              f"({', '.join(names)}); evaluate the student")
     return getattr(model, teachers[0]), config
 
 
