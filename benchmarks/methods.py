@@ -145,6 +145,11 @@ PER_METHOD: dict[str, list[str]] = {
 # Methods measured on their momentum teacher rather than the online network, as their authors
 # evaluate them (DINO's eval_knn.py / eval_linear.py default to the teacher's weights).
 EVALUATED_WEIGHTS = {"dino": "teacher"}
+
+
+def evaluated_weights(name: str) -> str:
+    """"teacher" or "student": the weights of `name`'s run that the benchmark evaluates."""
+    return EVALUATED_WEIGHTS.get(name, "student")
 # Methods that do not take colour-augmented views keep their own recipe options.
 OWN_RECIPE = {"mae", "simmim", "rotation", "jigsaw", "relative_location", "colorization",
               "inpainting"}
@@ -219,7 +224,7 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
     seconds_here = time.perf_counter() - started
     if summary["step"] < summary["total_steps"]:  # e.g. stopped by SIGTERM (the trainer checkpoints)
         raise TrainingStopped(f"training stopped at step {summary['step']} of {summary['total_steps']}")
-    weights = EVALUATED_WEIGHTS.get(name, "student")  # the online network or the momentum teacher
+    weights = evaluated_weights(name)  # the online network or the momentum teacher
     # throughput of this process's steps; the time of a run killed earlier is estimated from it
     start_step = summary["start_step"]
     images_per_second = seconds = None
@@ -392,10 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             write_atomically(path, (json.dumps(result, indent=1) + "\n").encode())
             print(f"{name}: kNN top-1 {result['knn_top1']:.1f}% vs random {result['random_top1']:.1f}%, "
                   f"{whole(result['images_per_second'])} images/s", flush=True)
-            write_section(stored_results(store, args.epochs), args.epochs, Path(args.results), today)
+            write_section(stored_results(store, args.epochs), args.epochs, Path(args.results), today,
+                          evaluated_weights)
     stored = stored_results(store, args.epochs)
     if stored:
-        write_section(stored, args.epochs, Path(args.results), today)
+        write_section(stored, args.epochs, Path(args.results), today, evaluated_weights)
     worse = not_better(stored)
     if worse:
         print(f"not better than random initialization: {', '.join(worse)}", file=sys.stderr)

@@ -152,20 +152,25 @@ def section_heading(epochs: int) -> str:
 BOOKKEEPING = ("trainer.checkpoint_every=", "trainer.keep_checkpoints=", "trainer.log_every=")
 
 
-def outdated(results: list[dict], current_overrides: Callable[[str], list[str]]) -> tuple[list[str], list[str]]:
+def outdated(results: list[dict], current_overrides: Callable[[str], list[str]],
+             current_weights: Callable[[str], str]) -> tuple[list[str], list[str]]:
     """The rows measured with other overrides than `current_overrides(method)` gives today (bookkeeping
-    ones aside), and the rows whose overrides were not recorded (a string instead of the list)."""
+    ones aside) or on other weights than `current_weights(method)` ("student" or "teacher"; a row
+    without the field was measured on the student), and the rows whose overrides were not recorded
+    (a string instead of the list)."""
     def training(overrides: list[str]) -> list[str]:
         return [item for item in overrides if not item.startswith(BOOKKEEPING)]
 
     unrecorded = [r["method"] for r in results if not isinstance(r.get("overrides"), list)]
-    differ = [r["method"] for r in results if isinstance(r.get("overrides"), list)
-              and training(r["overrides"]) != training(current_overrides(r["method"]))]
+    differ = [r["method"] for r in results
+              if (isinstance(r.get("overrides"), list)
+                  and training(r["overrides"]) != training(current_overrides(r["method"])))
+              or r.get("weights", "student") != current_weights(r["method"])]
     return differ, unrecorded
 
 
 def write_section(results: list[dict], epochs: int, results_md: Path,
-                  current_overrides: Callable[[str], list[str]]) -> None:
+                  current_overrides: Callable[[str], list[str]], current_weights: Callable[[str], str]) -> None:
     dates = sorted({r["date"] for r in results})
     machines = sorted({r.get("machine", "an unrecorded machine") for r in results})
     lines = [section_heading(epochs), "",
@@ -232,9 +237,9 @@ def write_section(results: list[dict], epochs: int, results_md: Path,
         lines += ["", f"Linear probe (on the test set where measured): {len(linear) - len(linear_worse)} of the "
                   f"{len(linear)} rows with the column beat their random init"
                   + (f"; not: {', '.join(linear_worse)}." if linear_worse else ".")]
-    differ, unrecorded = outdated(results, current_overrides)
+    differ, unrecorded = outdated(results, current_overrides, current_weights)
     if differ:
-        lines += ["", f"Measured with other settings than today's `PER_METHOD` (re-measure with "
+        lines += ["", f"Measured with other settings than today's `PER_METHOD` or `EVALUATED_WEIGHTS` (re-measure with "
                   f"`--methods {','.join(differ)} --force`): {', '.join(differ)}."]
     if unrecorded:
         rows = "every row" if len(unrecorded) == len(results) else ", ".join(unrecorded)

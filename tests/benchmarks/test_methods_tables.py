@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from benchmarks.methods import overrides_for
+from benchmarks.methods import evaluated_weights, overrides_for
 from benchmarks.methods_report import (RESULTS_MD, RESULTS_STORE, gain_cell, gain_margin, gain_verdict,
                                        not_better, outdated, stored_results, verdict_queries, write_section)
 from methods.registry import METHODS
@@ -29,7 +29,7 @@ def test_table_matches_the_result_files(epochs, tmp_path):
     copy = tmp_path / "RESULTS.md"
     shutil.copy(RESULTS_MD, copy)
     results = stored_results(RESULTS_STORE, epochs)
-    write_section(results, epochs, copy, lambda name: overrides_for(name, epochs))
+    write_section(results, epochs, copy, lambda name: overrides_for(name, epochs), evaluated_weights)
     assert copy.read_text() == RESULTS_MD.read_text(), (
         f"the {epochs}-epoch table of {RESULTS_MD} differs from what {RESULTS_STORE} makes: run "
         f"`python -m benchmarks.methods --report-only --epochs {epochs}` and commit both")
@@ -88,6 +88,7 @@ def test_rows_measured_with_other_settings_are_named(tmp_path):
     today = {"simclr": ["optim.lr=2.0e-3", "method.temperature=0.2"], "npid": ["optim.lr=5.0e-4"],
              "byol": ["optim.lr=2.0e-3"]}
     stored = stored_results(RESULTS_STORE, BUDGETS[-1])[0]  # a real row, its method and overrides replaced
+    today_weights = {"simclr": "student", "npid": "student", "byol": "student", "dino": "teacher"}
     results = [
         # only a bookkeeping override differs: not outdated
         dict(stored, method="simclr", overrides=["optim.lr=2.0e-3", "trainer.checkpoint_every=300",
@@ -95,11 +96,20 @@ def test_rows_measured_with_other_settings_are_named(tmp_path):
         dict(stored, method="npid", overrides=["optim.lr=2.0e-3"]),
         dict(stored, method="byol", overrides="not recorded"),
     ]
-    assert outdated(results, today.__getitem__) == (["npid"], ["byol"])
+    assert outdated(results, today.__getitem__, today_weights.__getitem__) == (["npid"], ["byol"])
+    # the same overrides, but measured on other weights than today's: outdated too
+    today["dino"] = today["simclr"]
+    for weights, expected in (("student", ["dino"]), ("teacher", [])):
+        row = dict(stored, method="dino", overrides=today["dino"], weights=weights)
+        assert outdated([row], today.__getitem__, today_weights.__getitem__) == (expected, [])
+    row_without_field = {key: value for key, value in stored.items() if key != "weights"}
+    assert outdated([dict(row_without_field, method="dino", overrides=today["dino"])], today.__getitem__,
+                    today_weights.__getitem__) == (["dino"], [])  # no field: measured on the student
     report = tmp_path / "RESULTS.md"
-    write_section(results, BUDGETS[-1], report, today.__getitem__)
+    write_section(results, BUDGETS[-1], report, today.__getitem__, today_weights.__getitem__)
     text = report.read_text()
-    assert "today's `PER_METHOD` (re-measure with `--methods npid --force`): npid." in text
+    assert ("today's `PER_METHOD` or `EVALUATED_WEIGHTS` (re-measure with `--methods npid --force`): npid."
+            in text)
     assert "may differ): byol." in text
 
 
@@ -107,7 +117,8 @@ def test_a_row_measured_on_the_teacher_says_so(tmp_path):
     stored = stored_results(RESULTS_STORE, BUDGETS[-1])[0]
     results = [dict(stored, method="dino", weights="teacher"), dict(stored, method="simclr")]
     report = tmp_path / "RESULTS.md"
-    write_section(results, BUDGETS[-1], report, lambda name: stored.get("overrides", []))
+    write_section(results, BUDGETS[-1], report, lambda name: stored.get("overrides", []),
+                  {"dino": "teacher", "simclr": "student"}.__getitem__)
     rows = {line.split(" | ")[0]: line for line in report.read_text().splitlines() if line.startswith("| ")}
     assert rows["| dino"].startswith(f"| dino | {stored['backbone']} (teacher) |")
     assert rows["| simclr"].startswith(f"| simclr | {stored['backbone']} |")
