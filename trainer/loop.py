@@ -51,6 +51,7 @@ from trainer.preemption import StopRequest, handle_stop_signals
 from trainer.progress import LossLog, RunLogger
 from trainer.resume import (
     CHECKPOINT_FORMAT, RESUME_KEYS, checkpoint_state, gather_rank_states, load_resume_state, rank_entry,
+    restore_training_state,
 )
 from trainer.schedules import cosine_schedule
 from trainer.step import accumulate_gradients, apply_update, grad_scaler_for
@@ -123,10 +124,7 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
     state, state_path = load_resume_state(checkpoints, trainer.resume, config)
     rng, position = None, {"epoch": 0, "batches": 0, "dali": None}
     if state is not None:
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("grad_scaler"):
-            scaler.load_state_dict(state["grad_scaler"])
+        restore_training_state(state, state_path, model, optimizer, scaler)
         batches_per_epoch = _batches_per_epoch(dataset.split("train").count, config, context.world_size)
         rng, position = rank_entry(state, context, batches_per_epoch)
     start_step = int(state["step"]) if state is not None else 0

@@ -69,8 +69,41 @@ def load_resume_state(checkpoints: Path, explicit: str | None, config: Config) -
         raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')!r}, "
                               f"expected one of {READABLE_FORMATS}")
     current = config_to_dict(config)
-    check_compatible(state["config"], current, resume_keys(state["config"], current))
+    try:
+        check_compatible(state["config"], current, resume_keys(state["config"], current))
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     return state, path
+
+
+def restore_training_state(state: dict, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler) -> None:
+    """Put the model, optimizer and grad-scaler state of the checkpoint at `path` back.
+
+    A checkpoint whose config fits but whose tensors do not (written by another version of a
+    method, e.g. a SimSiam run from before its predictor had learning-rate groups of its own)
+    raises CheckpointError naming the file and what differs, instead of torch's bare message.
+    """
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: its model state does not fit this run's "
+                              f"{type(model).__name__} (written by another version of the method?): "
+                              f"{error}") from None
+    saved, current = _group_layout(state["optimizer"]["param_groups"]), _group_layout(optimizer.param_groups)
+    if saved != current:
+        raise CheckpointError(
+            f"{path}: its optimizer has the parameter groups [{saved}], this run's {type(model).__name__} "
+            f"makes [{current}] (name (tensors)): it was written by another version of the method; "
+            "train from scratch or with the version that wrote it")
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+
+
+def _group_layout(param_groups: list[dict]) -> str:
+    """"decay (12), no_decay (30)": each optimizer group's name and number of tensors."""
+    return ", ".join(f"{group.get('name', '?')} ({len(group['params'])})" for group in param_groups)
 
 
 def gather_rank_states(data_state: dict, context: DistributedContext) -> list[dict]:

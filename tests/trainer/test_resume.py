@@ -89,6 +89,31 @@ def test_a_checkpoint_of_another_config_is_refused(demo_shards, tmp_path):
     with pytest.raises(CheckpointError, match=r"data\.batch_size: checkpoint has 8, this run has 4") as error:
         train(other, tmp_path / "run")
     assert "method.temperature: checkpoint has 0.1, this run has 0.3" in str(error.value)
+    assert str(error.value).startswith(str(tmp_path / "run" / "checkpoints" / "step-00000001"))
+
+
+def test_a_checkpoint_of_another_method_version_is_refused_by_name(demo_shards, tmp_path):
+    """Same config, other tensors (an older version of the method): a CheckpointError naming the
+    file and the optimizer groups, and the checkpoint is left as it was."""
+    train(tiny_config(demo_shards, "trainer.max_steps=1"), tmp_path / "run")
+    step = tmp_path / "run" / "checkpoints" / "step-00000001"
+    state = load_checkpoint(step)
+    groups = state["optimizer"]["param_groups"]
+    merged = dict(groups[0], params=[index for group in groups for index in group["params"]], name="all")
+    torch.save(dict(state, optimizer=dict(state["optimizer"], param_groups=[merged])), step / "state.pt")
+    written = (step / "state.pt").read_bytes()
+    with pytest.raises(CheckpointError) as error:
+        train(tiny_config(demo_shards, "trainer.max_steps=2"), tmp_path / "run")
+    message = str(error.value)
+    assert message.startswith(f"{step}: its optimizer has the parameter groups [all ({len(merged['params'])})]")
+    assert f"{groups[0]['name']} ({len(groups[0]['params'])})" in message
+    assert (step / "state.pt").read_bytes() == written
+
+    model = dict(state["model"])
+    model.pop(sorted(model)[0])
+    torch.save(dict(state, model=model), step / "state.pt")
+    with pytest.raises(CheckpointError, match=f"{step}: its model state does not fit this run's SimCLR"):
+        train(tiny_config(demo_shards, "trainer.max_steps=2"), tmp_path / "run")
 
 
 def test_resume_from_a_named_checkpoint_into_a_new_folder(demo_shards, tmp_path):
