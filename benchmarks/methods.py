@@ -145,14 +145,14 @@ PER_METHOD: dict[str, list[str]] = {
 # Methods measured on their momentum teacher rather than the online network, as their authors
 # evaluate them (DINO's eval_knn.py / eval_linear.py default to the teacher's weights).
 EVALUATED_WEIGHTS = {"dino": "teacher"}
+# Methods that do not take colour-augmented views keep their own recipe options.
+OWN_RECIPE = {"mae", "simmim", "rotation", "jigsaw", "relative_location", "colorization",
+              "inpainting"}
 
 
 def evaluated_weights(name: str) -> str:
     """"teacher" or "student": the weights of `name`'s run that the benchmark evaluates."""
     return EVALUATED_WEIGHTS.get(name, "student")
-# Methods that do not take colour-augmented views keep their own recipe options.
-OWN_RECIPE = {"mae", "simmim", "rotation", "jigsaw", "relative_location", "colorization",
-              "inpainting"}
 
 
 def overrides_for(name: str, epochs: int) -> list[str]:

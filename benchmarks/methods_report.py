@@ -239,8 +239,8 @@ def write_section(results: list[dict], epochs: int, results_md: Path,
                   + (f"; not: {', '.join(linear_worse)}." if linear_worse else ".")]
     differ, unrecorded = outdated(results, current_overrides, current_weights)
     if differ:
-        lines += ["", f"Measured with other settings than today's `PER_METHOD` or `EVALUATED_WEIGHTS` (re-measure with "
-                  f"`--methods {','.join(differ)} --force`): {', '.join(differ)}."]
+        lines += ["", "Measured with other settings than today's `PER_METHOD` or `EVALUATED_WEIGHTS` "
+                  f"(re-measure with `--methods {','.join(differ)} --force`): {', '.join(differ)}."]
     if unrecorded:
         rows = "every row" if len(unrecorded) == len(results) else ", ".join(unrecorded)
         lines += ["", f"Settings not recorded (measured before the result files kept them; today's "
