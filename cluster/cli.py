@@ -57,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if not config.data.path:
         raise ConfigError("no dataset: pass --data OUT (a folder written by `selfsup convert`)")
-    _check_before_launch(config)
+    _check_before_launch(config, args.output)
     from cluster.train_job import run_training
 
     metrics = run_training(config, args.output, workers=args.workers, use_gpu=args.gpus_per_worker > 0,
@@ -92,15 +92,18 @@ def data_location(data: str) -> str:
     return data if is_uri(data) else str(Path(data).resolve())
 
 
-def _check_before_launch(config) -> None:
-    """Catch a bad dataset or recipe here, with a one-line error, before any worker starts."""
+def _check_before_launch(config, output: str) -> None:
+    """Catch a bad dataset or recipe, or a checkpoint in `output` (or --resume) that does not fit the
+    run, here, with a one-line error, before any worker starts."""
     from pipeline.dataset import load_dataset_info
     from pipeline.staging import is_uri
+    from trainer.loop import check_resume_fits
     from trainer.model import check_buildable
 
     if not is_uri(str(config.data.path)):  # a URI is checked by each node as it stages it
         load_dataset_info(config.data.path)
     check_buildable(config)
+    check_resume_fits(config, output)
 
 
 def _image_count(text: str) -> int:

@@ -93,6 +93,29 @@ def _restore_buffers(model: torch.nn.Module, saved: list[torch.Tensor]) -> None:
 CheckpointHook = Callable[[Path | None, int, dict], None]
 
 
+def optimizer_for(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of `config.optim` over `model`'s parameter groups (a method's fixed-lr ones apart)."""
+    return build_optimizer(
+        config.optim.name, model, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+        momentum=config.optim.momentum, betas=config.optim.betas,
+        exclude_bias_and_norm=config.optim.exclude_bias_and_norm,
+        fixed_lr_parameters=model.fixed_lr_parameters() if hasattr(model, "fixed_lr_parameters") else (),
+    )
+
+
+def check_resume_fits(config: Config, output_dir: str | Path) -> None:
+    """Raise CheckpointError now if the checkpoint a run in `output_dir` would continue from (its own
+    latest, or `trainer.resume`) does not fit `config`: its config, model state or optimizer groups.
+
+    The launcher calls it before any worker starts (the workers would each fail the same way).
+    Loads the checkpoint and builds the model on the CPU once.
+    """
+    state, state_path = load_resume_state(Path(output_dir) / "checkpoints", config.trainer.resume, config)
+    if state is not None:
+        model = build_model(config)
+        restore_training_state(state, state_path, model, optimizer_for(config, model), scaler=None)
+
+
 def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], None] | None = None,
           on_checkpoint: CheckpointHook | None = None, context: DistributedContext | None = None,
           stop: StopRequest | None = None) -> dict:
@@ -114,12 +137,7 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
     model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
                           channels_last=trainer.channels_last, world_size=context.world_size,
                           device=context.device)
-    optimizer = build_optimizer(
-        config.optim.name, model, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
-        momentum=config.optim.momentum, betas=config.optim.betas,
-        exclude_bias_and_norm=config.optim.exclude_bias_and_norm,
-        fixed_lr_parameters=model.fixed_lr_parameters() if hasattr(model, "fixed_lr_parameters") else (),
-    )
+    optimizer = optimizer_for(config, model)
     scaler = grad_scaler_for(trainer.precision, context.device)
     state, state_path = load_resume_state(checkpoints, trainer.resume, config)
     rng, position = None, {"epoch": 0, "batches": 0, "dali": None}
