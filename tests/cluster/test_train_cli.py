@@ -7,10 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from tests.trainer.training_run import tiny_config
-from trainer.checkpoint import load_checkpoint
+from tests.trainer.training_run import merge_optimizer_groups, tiny_config
 from trainer.config import save_config
 from trainer.loop import train
 
@@ -51,9 +48,9 @@ def test_train_refuses_a_checkpoint_that_does_not_fit_before_ray_starts(demo_sha
     """Continuing a run whose checkpoint was written with another config, or by another version of
     the method (other optimizer groups), is one clear line naming the checkpoint, not a traceback
     from every worker; the checkpoint stays as it was."""
-    run = tmp_path / "run"
-    save_config(tiny_config(demo_shards, "trainer.max_steps=1"), tmp_path / "tiny.yaml")
-    train(tiny_config(demo_shards, "trainer.max_steps=1"), run)
+    run, tiny = tmp_path / "run", tiny_config(demo_shards, "trainer.max_steps=1")
+    save_config(tiny, tmp_path / "tiny.yaml")
+    train(tiny, run)
     step = run / "checkpoints" / "step-00000001"
     config = ["--config", str(tmp_path / "tiny.yaml"), "--data", str(demo_shards), "--output", str(run)]
     other = selfsup("train", *config, "--set", "data.batch_size=4")
@@ -61,10 +58,7 @@ def test_train_refuses_a_checkpoint_that_does_not_fit_before_ray_starts(demo_sha
     assert f"selfsup: error: {step}: the checkpoint does not fit this run" in other.stderr
     assert "data.batch_size: checkpoint has 8, this run has 4" in other.stderr and "Ray" not in other.stderr
 
-    state = load_checkpoint(step)
-    groups = state["optimizer"]["param_groups"]
-    merged = dict(groups[0], params=[index for group in groups for index in group["params"]], name="all")
-    torch.save(dict(state, optimizer=dict(state["optimizer"], param_groups=[merged])), step / "state.pt")
+    merge_optimizer_groups(step)
     written = (step / "state.pt").read_bytes()
     older = selfsup("train", *config, "--set", "trainer.max_steps=2")
     assert older.returncode == 2, older.stderr[-2000:]

@@ -9,7 +9,7 @@ import torch
 from pipeline.dataset import load_dataset_info
 from pipeline.loader import build_train_loader
 from pipeline.recipes import build_recipe
-from tests.trainer.training_run import OneTorchThread, read_losses, tiny_config
+from tests.trainer.training_run import OneTorchThread, merge_optimizer_groups, read_losses, tiny_config
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.data import DataStream, tensor_to_bytes
 from trainer.loop import train
@@ -98,9 +98,7 @@ def test_a_checkpoint_of_another_method_version_is_refused_by_name(demo_shards, 
     train(tiny_config(demo_shards, "trainer.max_steps=1"), tmp_path / "run")
     step = tmp_path / "run" / "checkpoints" / "step-00000001"
     state = load_checkpoint(step)
-    groups = state["optimizer"]["param_groups"]
-    merged = dict(groups[0], params=[index for group in groups for index in group["params"]], name="all")
-    torch.save(dict(state, optimizer=dict(state["optimizer"], param_groups=[merged])), step / "state.pt")
+    groups, merged = merge_optimizer_groups(step)
     written = (step / "state.pt").read_bytes()
     with pytest.raises(CheckpointError) as error:
         train(tiny_config(demo_shards, "trainer.max_steps=2"), tmp_path / "run")

@@ -23,6 +23,18 @@ def tiny_config(data: Path, *overrides: str, method: str = "simclr") -> Config:
                        [*TINY, *SMALL_HEADS.get(method, []), f"data.path={data}", *overrides])
 
 
+def merge_optimizer_groups(step: Path) -> tuple[list[dict], dict]:
+    """Rewrite the checkpoint in `step` as an older version of a method might have written it: its
+    optimizer's parameter groups merged into one named "all". Returns (the original groups, the merged one)."""
+    from trainer.checkpoint import load_checkpoint
+
+    state = load_checkpoint(step)
+    groups = state["optimizer"]["param_groups"]
+    merged = dict(groups[0], params=[index for group in groups for index in group["params"]], name="all")
+    torch.save(dict(state, optimizer=dict(state["optimizer"], param_groups=[merged])), step / "state.pt")
+    return groups, merged
+
+
 def read_losses(run: Path) -> dict[int, float]:
     """{step: loss} from the run's losses.jsonl."""
     lines = (run / "losses.jsonl").read_text().splitlines()
