@@ -18,6 +18,7 @@ from pipeline.dataset import DatasetError
 from pipeline.recipes import RecipeError
 from trainer.checkpoint import CheckpointError, latest_checkpoint
 from trainer.config import ConfigError, load_config
+from trainer.step import NonFiniteLossError
 from trainer.resume import find_checkpoint
 
 USER_ERRORS = (DatasetError, ConfigError, CheckpointError, RecipeError, FileNotFoundError)
@@ -325,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"selfsup: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:  # the run diverged: not a usage error, but one line all the same
+        print(f"selfsup: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130

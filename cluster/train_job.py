@@ -59,11 +59,13 @@ from ray.train.backend import Backend
 from ray.train.collective import broadcast_from_rank_zero
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from pipeline.dataset import DatasetError
 from pipeline.node_staging import stage_node_parts
+from pipeline.recipes import RecipeError
 from pipeline.staging import is_uri, stage_dataset
-from trainer.checkpoint import latest_checkpoint
-from trainer.config import Config, config_from_dict, config_to_dict, save_config
-from trainer.loop import train
+from trainer.checkpoint import CheckpointError, latest_checkpoint
+from trainer.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
+from trainer.loop import NonFiniteLossError, train
 from trainer.preemption import StopRequest, handle_stop_signals, poll_for_stop
 
 # Ray Train would otherwise both log and echo every print() of the workers (each line twice).
@@ -74,6 +76,9 @@ RAY_REPORT_LINE = "Reporting training result"
 STOP_POLL_SECONDS = 1.0  # how often each rank asks the driver's StopFlag
 PROCESS_GROUP_TIMEOUT_SECONDS = 1800  # TorchConfig's default
 REPORTS_FILE = "reports.jsonl"
+# Raised in a worker, these reach the caller as themselves (see `reported_worker_error`).
+REPORTED_WORKER_ERRORS = (DatasetError, ConfigError, CheckpointError, RecipeError, NonFiniteLossError,
+                          FileNotFoundError)
 RESTORED_FOLDER = "restored"  # OUTPUT/restored/step-N: a checkpoint downloaded from Ray's storage
 STAGING_VARIABLE = "SELFSUP_STAGING_DIR"  # where a node keeps staged shards (default: a temp folder)
 STAGING_LIMIT_VARIABLE = "SELFSUP_STAGING_LIMIT"  # bytes of staged data a node may keep, e.g. 200GB
@@ -327,6 +332,16 @@ def _fit_keeping_signal_handlers(trainer: TorchTrainer):
     return outcome["result"]
 
 
+def reported_worker_error(error: BaseException) -> BaseException | None:
+    """The exception of the lowest rank that raised one of `REPORTED_WORKER_ERRORS` (a bad dataset
+    or config, an unfitting checkpoint, a NaN loss), from Ray's `TrainingFailedError` (its
+    `worker_failures`: rank -> exception); None for anything else. The driver re-raises it, so
+    `selfsup train` prints its message in one line instead of Ray's report of every rank."""
+    failures = getattr(error, "worker_failures", None) or {}
+    return next((failures[rank] for rank in sorted(failures)
+                 if isinstance(failures[rank], REPORTED_WORKER_ERRORS)), None)
+
+
 def build_torch_trainer(config: Config, output: Path, *, workers: int, resources: dict, run_name: str,
                         storage_path: str, stop_flag=None, max_failures: int = 0, spread: bool = False,
                         callbacks: tuple = ()) -> TorchTrainer:
@@ -377,7 +392,13 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
         config, output, workers=workers, resources=resources, run_name=output.name if storage else "ray",
         storage_path=storage or str(output), stop_flag=stop_flag, max_failures=max_failures, spread=spread)
     with handle_stop_signals(stop):
-        result = _fit_keeping_signal_handlers(trainer)
+        try:
+            result = _fit_keeping_signal_handlers(trainer)
+        except ray.train.TrainingFailedError as error:
+            cause = reported_worker_error(error)
+            if cause is None:
+                raise
+            raise cause from error
     metrics = dict(result.metrics or {})
     summary = output / "metrics.json"
     if summary.exists():  # written by rank 0: present when rank 0 ran on this node or a shared disk

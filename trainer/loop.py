@@ -54,14 +54,10 @@ from trainer.resume import (
     restore_training_state,
 )
 from trainer.schedules import cosine_schedule
-from trainer.step import accumulate_gradients, apply_update, grad_scaler_for
+from trainer.step import NonFiniteLossError, accumulate_gradients, apply_update, grad_scaler_for
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "NonFiniteLossError", "StopRequest", "backbone_options",
            "build_model", "seed_everything", "train"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the loss terms."""
 
 
 def _schedules(config: Config, total_steps: int, steps_per_epoch: int, global_batch: int):

@@ -20,6 +20,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the loss terms."""
+
+
 def autocast_for(precision: str, device: torch.device):
     """The autocast context of `trainer.precision`: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32."""
     if precision not in ("auto", "bf16", "fp16", "fp32"):

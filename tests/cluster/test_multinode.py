@@ -1,6 +1,8 @@
 """Two Ray nodes on loopback (a head and a second node, one CPU each), a 2-worker DDP run spread
 over them: the workers land on different nodes, read the dataset from a `file://` URI (staged
-onto each node's local cache) and Ray keeps the checkpoints at a `file://` storage URI."""
+onto each node's local cache) and Ray keeps the checkpoints at a `file://` storage URI. A URI that
+holds no dataset fails in the workers, and the caller gets their DatasetError itself, not Ray's
+report of the failed worker group."""
 
 from __future__ import annotations
 
@@ -24,19 +26,27 @@ from ray.cluster_utils import Cluster
 from cluster.train_job import run_training
 from trainer.config import load_config
 
+
+def config_for(path):
+    return load_config("configs/simclr.yaml", [
+        f"data.path={path}", "model.backbone=resnet18", "data.image_size=32", "data.batch_size=8",
+        "method.projection_hidden_dim=64", "optim.warmup_epochs=0", "trainer.max_steps=4",
+        "trainer.checkpoint_every=2", "trainer.log_every=1", "data.num_threads=1", "data.shuffle_buffer=16"])
+
 data, output, storage = sys.argv[1:4]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                          "node_ip_address": "127.0.0.1"})
 cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
 cluster.wait_for_nodes()
-config = load_config("configs/simclr.yaml", [
-    f"data.path={data}", "model.backbone=resnet18", "data.image_size=32", "data.batch_size=8",
-    "method.projection_hidden_dim=64", "optim.warmup_epochs=0", "trainer.max_steps=4",
-    "trainer.checkpoint_every=2", "trainer.log_every=1", "data.num_threads=1", "data.shuffle_buffer=16"])
+config = config_for(data)
 try:
     metrics = run_training(config, output, workers=2, address=cluster.address, spread=True, storage=storage)
     node_ids = sorted(node["NodeID"] for node in __import__("ray").nodes() if node["Alive"])
-    print("RESULT " + json.dumps({"metrics": metrics, "cluster_nodes": node_ids}))
+    print("RESULT " + json.dumps({"metrics": metrics, "cluster_nodes": node_ids}), flush=True)
+    try:  # a URI is checked where it is staged, in the workers: their own error reaches the caller
+        run_training(config_for(data + "-missing"), output + "-refused", workers=2, address=cluster.address)
+    except Exception as error:
+        print("REFUSED " + json.dumps({"type": type(error).__name__, "message": str(error)}))
 finally:
     __import__("ray").shutdown()
     cluster.shutdown()
@@ -54,6 +64,10 @@ def test_two_workers_on_two_nodes(demo_shards, tmp_path):
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
     answer = json.loads(line[len("RESULT "):])
     metrics = answer["metrics"]
+    refused = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("REFUSED "))[8:])
+    assert refused == {"type": "DatasetError", "message": f"{demo_shards.resolve().as_uri()}-missing/dataset.json: "
+                       f"not found; is {demo_shards.resolve().as_uri()}-missing a finished conversion (a folder "
+                       "written by `selfsup convert`)?"}
     assert metrics["step"] == 4
     workers = metrics["worker_nodes"]
     assert len(workers) == 2 and workers[0] != workers[1]  # one rank per node
