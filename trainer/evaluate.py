@@ -22,7 +22,7 @@ from pipeline.loader import build_eval_loader
 from pipeline.recipes import EvalRecipe
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import Config, config_from_dict
-from trainer.export import TEACHER_PREFIXES
+from trainer.export import TEACHER_PREFIXES, teacher_prefix
 from trainer.knn import knn_accuracy
 from trainer.model import build_model, seed_everything
 
@@ -44,12 +44,12 @@ def load_backbone(checkpoint: str | Path, random_init: bool = False,
         model.load_state_dict(state["model"], strict=True)
     if weights == "student":
         return model.backbone, config
-    names = [prefix.rstrip(".") for prefix in TEACHER_PREFIXES]  # teacher_backbone, target_backbone, ...
-    teachers = [name for name in names if hasattr(model, name)]
-    if not teachers:
-        raise CheckpointError(f"{checkpoint}: {config.method.name} keeps no teacher backbone "
-                              f"({', '.join(names)}); evaluate the student")
-    return getattr(model, teachers[0]), config
+    prefix = teacher_prefix(model.state_dict())
+    if prefix is None:
+        names = ", ".join(candidate.rstrip(".") for candidate in TEACHER_PREFIXES)
+        raise CheckpointError(f"{checkpoint}: {config.method.name} keeps no teacher backbone ({names}); "
+                              "evaluate the student")
+    return getattr(model, prefix.rstrip(".")), config
 
 
 @torch.no_grad()

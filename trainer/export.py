@@ -40,19 +40,24 @@ from trainer.model import backbone_options
 TEACHER_PREFIXES = ("teacher_backbone.", "target_backbone.", "momentum_backbone.", "key_backbone.")
 
 
+def teacher_prefix(state_keys) -> str | None:
+    """The prefix of the teacher backbone's entries among a method's `state_dict` keys (the first
+    of `TEACHER_PREFIXES` present), or None for a method that keeps no teacher."""
+    keys = list(state_keys)
+    return next((prefix for prefix in TEACHER_PREFIXES if any(key.startswith(prefix) for key in keys)), None)
+
+
 def backbone_weights(model_state: dict, weights: str = "student") -> dict[str, torch.Tensor]:
     """The backbone's entries of a method's `state_dict`, without their prefix."""
     if weights == "student":
-        prefixes = ("backbone.",)
+        prefix = "backbone."
     elif weights == "teacher":
-        prefixes = tuple(prefix for prefix in TEACHER_PREFIXES if any(key.startswith(prefix) for key in model_state))
-        if not prefixes:
+        prefix = teacher_prefix(model_state)
+        if prefix is None:
             raise CheckpointError("this method keeps no teacher backbone (no teacher_/target_/momentum_/key_backbone "
                                   "weights); export the student with weights='student'")
-        prefixes = prefixes[:1]
     else:
         raise ValueError(f"weights={weights!r}; expected 'student' or 'teacher'")
-    prefix = prefixes[0]
     return {key[len(prefix):]: value for key, value in model_state.items() if key.startswith(prefix)}
 
 
