@@ -59,12 +59,11 @@ from ray.train.backend import Backend
 from ray.train.collective import broadcast_from_rank_zero
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipeline.dataset import DatasetError
+from cluster.cli import USER_ERRORS
 from pipeline.node_staging import stage_node_parts
-from pipeline.recipes import RecipeError
 from pipeline.staging import is_uri, stage_dataset
-from trainer.checkpoint import CheckpointError, latest_checkpoint
-from trainer.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
+from trainer.checkpoint import latest_checkpoint
+from trainer.config import Config, config_from_dict, config_to_dict, save_config
 from trainer.loop import NonFiniteLossError, train
 from trainer.preemption import StopRequest, handle_stop_signals, poll_for_stop
 
@@ -77,8 +76,7 @@ STOP_POLL_SECONDS = 1.0  # how often each rank asks the driver's StopFlag
 PROCESS_GROUP_TIMEOUT_SECONDS = 1800  # TorchConfig's default
 REPORTS_FILE = "reports.jsonl"
 # Raised in a worker, these reach the caller as themselves (see `reported_worker_error`).
-REPORTED_WORKER_ERRORS = (DatasetError, ConfigError, CheckpointError, RecipeError, NonFiniteLossError,
-                          FileNotFoundError)
+REPORTED_WORKER_ERRORS = (*USER_ERRORS, NonFiniteLossError)
 RESTORED_FOLDER = "restored"  # OUTPUT/restored/step-N: a checkpoint downloaded from Ray's storage
 STAGING_VARIABLE = "SELFSUP_STAGING_DIR"  # where a node keeps staged shards (default: a temp folder)
 STAGING_LIMIT_VARIABLE = "SELFSUP_STAGING_LIMIT"  # bytes of staged data a node may keep, e.g. 200GB
