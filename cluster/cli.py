@@ -18,8 +18,8 @@ from pipeline.dataset import DatasetError
 from pipeline.recipes import RecipeError
 from trainer.checkpoint import CheckpointError, latest_checkpoint
 from trainer.config import ConfigError, load_config
-from trainer.step import NonFiniteLossError
 from trainer.resume import find_checkpoint
+from trainer.step import NonFiniteLossError
 
 USER_ERRORS = (DatasetError, ConfigError, CheckpointError, RecipeError, FileNotFoundError)
 
