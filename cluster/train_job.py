@@ -4,7 +4,7 @@ The Ray-specific lines are the TorchTrainer set-up in `run_training` and the few
 `# Ray:` in the worker; everything else is `trainer.loop.train`, which runs unchanged outside Ray.
 
 In each worker, before training:
-- the DDP process group is joined (`join_process_group`): rank 0 listens on its node's address
+- the DDP process group is joined (`cluster.process_group.join_process_group`): rank 0 listens on its node's address
   only (127.0.0.1 on a local Ray), not on every interface as torch's default rendezvous does;
 - a dataset given as a URI (`s3://`, `gs://`, `file://`) is staged onto the node's local disk, and
   the config points at the local copy: its small files now, and, epoch by epoch, only the shards
@@ -35,18 +35,14 @@ Running the same command again continues from that checkpoint. A second Ctrl-C s
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
 import shutil
 import signal
-import socket
-import sys
 import threading
 import uuid
 from contextlib import nullcontext
-from datetime import timedelta
 from pathlib import Path
 
 from cluster.local_ray import ensure_ray  # first: it must set up the environment before Ray is imported
@@ -55,11 +51,10 @@ import ray
 import ray.train
 import torch.distributed
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.backend import Backend
-from ray.train.collective import broadcast_from_rank_zero
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from cluster.cli import USER_ERRORS
+from cluster.process_group import PROCESS_GROUP_TIMEOUT_SECONDS, OwnProcessGroup, join_process_group
 from pipeline.node_staging import stage_node_parts
 from pipeline.staging import is_uri, stage_dataset
 from trainer.checkpoint import latest_checkpoint
@@ -73,7 +68,6 @@ WORKER_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 # every rank, through a logger named after its source file (so no `ray.train` log level reaches it).
 RAY_REPORT_LINE = "Reporting training result"
 STOP_POLL_SECONDS = 1.0  # how often each rank asks the driver's StopFlag
-PROCESS_GROUP_TIMEOUT_SECONDS = 1800  # TorchConfig's default
 REPORTS_FILE = "reports.jsonl"
 # Raised in a worker, these reach the caller as themselves (see `reported_worker_error`).
 REPORTED_WORKER_ERRORS = (*USER_ERRORS, NonFiniteLossError)
@@ -206,53 +200,6 @@ def stage_if_remote(config: Config, *, world_size: int = 1, node_ranks: list[int
     values = config_to_dict(config)
     values["data"]["path"] = str(local)
     return config_from_dict(values)
-
-
-class _WorkerSetupOnly(Backend):
-    """Ray: TorchTrainer's worker set-up (all GPUs of a node visible to its workers, for NCCL's
-    peer-to-peer paths) without its process group, which `join_process_group` makes instead."""
-
-    share_cuda_visible_devices = True
-
-
-class OwnProcessGroup(TorchConfig):
-    """TorchConfig whose process group the training function joins itself (`join_process_group`)."""
-
-    @property
-    def backend_cls(self):
-        return _WorkerSetupOnly
-
-
-def join_process_group(backend: str, timeout_seconds: float) -> None:
-    """Join the DDP process group of this Ray Train worker group (nothing to join for one worker).
-
-    torch's `env://` rendezvous, which TorchTrainer uses, starts its TCPStore listening on every
-    interface whatever MASTER_ADDR says. Here rank 0 opens the listening socket itself, on its
-    node's Ray address only (127.0.0.1 on a local Ray), and hands it to the store. On loopback,
-    gloo and NCCL are kept on the loopback interface too (unless GLOO_/NCCL_SOCKET_IFNAME are set).
-    """
-    context = ray.train.get_context()  # Ray
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(context.get_local_rank()),
-                      LOCAL_WORLD_SIZE=str(context.get_local_world_size()), NODE_RANK=str(context.get_node_rank()))
-    if world_size == 1:
-        return
-    listener, address = None, None
-    if rank == 0:
-        host = ray.util.get_node_ip_address()  # Ray: this node's address in the cluster
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        listener = socket.create_server((host, 0), family=family, backlog=max(world_size, 128))
-        address = (host, listener.getsockname()[1])
-    host, port = broadcast_from_rank_zero(address)  # Ray: every rank learns where rank 0 listens
-    if ipaddress.ip_address(host).is_loopback and sys.platform.startswith("linux"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
-    if backend == "nccl":  # as TorchTrainer does: fail on a collective timeout instead of hanging
-        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    timeout = timedelta(seconds=timeout_seconds)
-    store = torch.distributed.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
-                                       master_listen_fd=None if listener is None else listener.detach())
-    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 
 class _WithoutReportLines(logging.Filter):

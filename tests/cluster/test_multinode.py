@@ -2,7 +2,8 @@
 over them: the workers land on different nodes, read the dataset from a `file://` URI (staged
 onto each node's local cache) and Ray keeps the checkpoints at a `file://` storage URI. A URI that
 holds no dataset fails in the workers, and the caller gets their DatasetError itself, not Ray's
-report of the failed worker group."""
+report of the failed worker group; a run that diverges there ends `selfsup train` with the trainer's
+one-line message (exit 1)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Runs in a fresh interpreter: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported.
 TWO_NODES = """
-import json, os, sys
+import json, os, subprocess, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray service on 127.0.0.1
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 from ray.cluster_utils import Cluster
@@ -27,11 +28,13 @@ from cluster.train_job import run_training
 from trainer.config import load_config
 
 
+OVERRIDES = ["model.backbone=resnet18", "data.image_size=32", "data.batch_size=8", "method.projection_hidden_dim=64",
+             "optim.warmup_epochs=0", "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.log_every=1",
+             "data.num_threads=1", "data.shuffle_buffer=16"]
+
+
 def config_for(path):
-    return load_config("configs/simclr.yaml", [
-        f"data.path={path}", "model.backbone=resnet18", "data.image_size=32", "data.batch_size=8",
-        "method.projection_hidden_dim=64", "optim.warmup_epochs=0", "trainer.max_steps=4",
-        "trainer.checkpoint_every=2", "trainer.log_every=1", "data.num_threads=1", "data.shuffle_buffer=16"])
+    return load_config("configs/simclr.yaml", [f"data.path={path}", *OVERRIDES])
 
 data, output, storage = sys.argv[1:4]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
@@ -47,6 +50,12 @@ try:
         run_training(config_for(data + "-missing"), output + "-refused", workers=2, address=cluster.address)
     except Exception as error:
         print("REFUSED " + json.dumps({"type": type(error).__name__, "message": str(error)}))
+    # a run that diverges in the workers: `selfsup train` on this cluster prints the trainer's message
+    options = [item for override in OVERRIDES + ["optim.lr=1e30", "trainer.max_steps=20"] for item in ("--set", override)]
+    diverged = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "--config", "configs/simclr.yaml",
+                               "--data", data, "--output", output + "-diverged", "--workers", "2",
+                               "--address", cluster.address, *options], capture_output=True, text=True)
+    print("DIVERGED " + json.dumps({"returncode": diverged.returncode, "stderr": diverged.stderr.splitlines()[-1:]}))
 finally:
     __import__("ray").shutdown()
     cluster.shutdown()
@@ -68,6 +77,10 @@ def test_two_workers_on_two_nodes(demo_shards, tmp_path):
     assert refused == {"type": "DatasetError", "message": f"{demo_shards.resolve().as_uri()}-missing/dataset.json: "
                        f"not found; is {demo_shards.resolve().as_uri()}-missing a finished conversion (a folder "
                        "written by `selfsup convert`)?"}
+    diverged = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("DIVERGED "))[9:])
+    assert diverged["returncode"] == 1, diverged
+    assert diverged["stderr"][0].startswith("selfsup: error: non-finite loss at step "), diverged
+    assert "the last good checkpoint" in diverged["stderr"][0] and "Lower optim.lr" in diverged["stderr"][0]
     assert metrics["step"] == 4
     workers = metrics["worker_nodes"]
     assert len(workers) == 2 and workers[0] != workers[1]  # one rank per node
