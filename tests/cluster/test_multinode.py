@@ -51,7 +51,8 @@ try:
     except Exception as error:
         print("REFUSED " + json.dumps({"type": type(error).__name__, "message": str(error)}))
     # a run that diverges in the workers: `selfsup train` on this cluster prints the trainer's message
-    options = [item for override in OVERRIDES + ["optim.lr=1e30", "trainer.max_steps=20"] for item in ("--set", override)]
+    diverging = OVERRIDES + ["optim.lr=1e30", "trainer.max_steps=20"]
+    options = [item for override in diverging for item in ("--set", override)]
     diverged = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "--config", "configs/simclr.yaml",
                                "--data", data, "--output", output + "-diverged", "--workers", "2",
                                "--address", cluster.address, *options], capture_output=True, text=True)
