@@ -29,9 +29,15 @@ def _tune(args: argparse.Namespace) -> int:
                          gpus_per_trial=args.gpus_per_trial, concurrent=args.concurrent, address=args.address,
                          grace_steps=args.grace_steps, workers_per_trial=args.workers_per_trial)
     print(format_table(outcome["table"]))
+    for trial, message in outcome["failures"].items():
+        print(f"trial {trial} failed: {message}")
     if outcome["interrupted"]:
         print(f"search interrupted; run the same command again to continue it ({outcome['experiment']})")
         return 130
+    if outcome["best"] is None:
+        print(f"selfsup: error: every trial failed ({len(outcome['failures'])} of {len(outcome['table'])}); "
+              f"their errors are above and in {outcome['experiment']}", file=sys.stderr)
+        return 1
     print(f"best {outcome['metric']} ({outcome['mode']}): {outcome['best_value']} with "
           + ", ".join(f"{key}={value}" for key, value in outcome["best"].items()))
     print(f"best config: {outcome['best_path']}  (selfsup train --config {outcome['best_path']} --output RUN)")

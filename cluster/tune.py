@@ -45,7 +45,7 @@ from ray import tune  # Ray: the search (Tuner, ASHA, search-space domains)
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from cluster.train_job import build_torch_trainer, stage_if_remote
+from cluster.train_job import build_torch_trainer, reported_worker_error, stage_if_remote
 from pipeline.dataset import load_dataset_info
 from pipeline.staging import is_uri
 from trainer.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
@@ -237,7 +237,27 @@ def _trial_with_workers(parameters: dict) -> None:
     trainer = build_torch_trainer(config, output, workers=parameters["workers"],
                                   resources=parameters["worker_resources"], run_name="ray",
                                   storage_path=str(output), callbacks=(_TuneMetricReport(parameters["metric"]),))
-    trainer.fit()
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as error:  # Ray: a NaN loss or bad data in a worker fails the trial
+        reported = reported_worker_error(error)  # as itself, as in a one-process trial
+        if reported is None:
+            raise
+        raise reported from None
+
+
+def trial_failure(error: BaseException) -> tuple[str, str]:
+    """(type name, "Type: first line of the message") of a failed trial's error, found inside Ray's
+    wrappers (`RayTaskError.cause`; a `TuneError` that carries only a traceback's text)."""
+    while getattr(error, "cause", None) is not None and error.cause is not error:
+        error = error.cause
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):  # a traceback's text: its last line names the error
+        qualified, _, message = lines[-1].partition(":")
+        name = qualified.rsplit(".", 1)[-1]
+        return name, f"{name}:{message}" if message else name
+    name = type(error).__name__
+    return name, f"{name}: {lines[0]}" if lines else name
 
 
 def _total_steps(config: Config, workers: int = 1) -> int:
@@ -303,23 +323,30 @@ def run_search(raw: dict, output: str | Path, *, samples: int, cpus_per_trial: f
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(output), verbose=1),
         )
     results = tuner.fit()
-    rows = []
+    rows, failures = [], {}
     for result in results:
         values = (result.config or {}).get("values", {})
         metrics = result.metrics or {}
-        rows.append({"trial": metrics.get("trial_id", Path(result.path).name),
-                     **{key: values.get(key) for key in search},
-                     metric: metrics.get(metric), "step": metrics.get("step"),
-                     "error": type(result.error).__name__ if result.error else ""})
+        trial = metrics.get("trial_id", Path(result.path).name)
+        name, failures[trial] = trial_failure(result.error) if result.error else ("", None)
+        rows.append({"trial": trial, **{key: values.get(key) for key in search},
+                     metric: metrics.get(metric), "step": metrics.get("step"), "error": name})
+    failures = {trial: message for trial, message in failures.items() if message}
     finished = [result for result in results if result.error or (result.metrics or {}).get("done")]
+    outcome = {"table": rows, "failures": failures, "metric": metric, "mode": mode, "experiment": str(experiment)}
     if len(finished) < samples:  # Ctrl-C: Tune saved its state (done: finished or stopped by ASHA)
-        return {"table": rows, "interrupted": True, "metric": metric, "experiment": str(experiment)}
-    best = results.get_best_result(metric=metric, mode=mode, scope="last")
+        return {**outcome, "interrupted": True}
+    # the best among the trials that did not fail (one that diverged may have reported a low loss first)
+    candidates = [result for result in results if not result.error
+                  and math.isfinite(float((result.metrics or {}).get(metric, math.nan)))]
+    if not candidates:
+        return {**outcome, "interrupted": False, "best": None}
+    best = (min if mode == "min" else max)(candidates, key=lambda result: float(result.metrics[metric]))
     best_values = best.config["values"]
     best_config = config_with(base_dict, best_values)
     save_config(best_config, output / "best.yaml")
-    return {"table": rows, "interrupted": False, "best": best_values, "metric": metric, "mode": mode,
-            "best_value": best.metrics.get(metric), "best_path": str(output / "best.yaml")}
+    return {**outcome, "interrupted": False, "best": best_values, "best_value": best.metrics.get(metric),
+            "best_path": str(output / "best.yaml")}
 
 
 def format_table(rows: list[dict]) -> str:

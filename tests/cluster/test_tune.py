@@ -1,7 +1,7 @@
 """`selfsup tune`: the search space parsed from the config, tiny trials of two DDP workers each on a
 local Ray (each trial a Ray Train run driven by its Tune trial), a results table, `best.yaml`
-loadable by `selfsup train`, TensorBoard per trial, and an interrupted search continued by running
-the same command again."""
+loadable by `selfsup train`, TensorBoard per trial, an interrupted search continued by running
+the same command again, and trials that fail named with their own errors."""
 
 from __future__ import annotations
 
@@ -148,3 +148,24 @@ def test_tune_interrupted_then_continued(demo_shards, tmp_path):
     assert best.data.path == str(demo_shards.resolve()) and best.method.temperature in (0.1, 0.5)
     assert 1e-3 <= best.optim.lr <= 1e-1
     assert "search" not in yaml.safe_load((output / "best.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_tune_names_the_error_of_each_failed_trial(demo_shards, tmp_path):
+    """Trials whose loss diverges in their DDP workers: each is named with the trainer's message (not
+    Ray's report of the worker group), no best config is written, and the search exits 1."""
+    raw = yaml.safe_load((ROOT / "configs" / "simclr.yaml").read_text())
+    raw["search"] = {"optim.lr": "loguniform(1e29, 1e30)"}
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "search"
+    search = _selfsup_tune(config, demo_shards, output, samples=2)
+    text = _output_of(search, timeout=900)
+    assert search.returncode == 1, text[-5000:]
+    failed = [line for line in text.splitlines() if line.startswith("trial ") and " failed: " in line]
+    assert len(failed) == 2, text[-5000:]
+    assert all(": NonFiniteLossError: non-finite loss at step " in line for line in failed), failed
+    assert "selfsup: error: every trial failed (2 of 2)" in text, text[-3000:]
+    table_rows = [line for line in text.splitlines() if line.rstrip().endswith(" NonFiniteLossError")]
+    assert len(table_rows) == 2, text[-3000:]  # the table's error column
+    assert not (output / "best.yaml").exists()
