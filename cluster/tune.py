@@ -328,10 +328,11 @@ def run_search(raw: dict, output: str | Path, *, samples: int, cpus_per_trial: f
         values = (result.config or {}).get("values", {})
         metrics = result.metrics or {}
         trial = metrics.get("trial_id", Path(result.path).name)
-        name, failures[trial] = trial_failure(result.error) if result.error else ("", None)
+        name, message = trial_failure(result.error) if result.error else ("", None)
+        if message:
+            failures[trial] = message
         rows.append({"trial": trial, **{key: values.get(key) for key in search},
                      metric: metrics.get(metric), "step": metrics.get("step"), "error": name})
-    failures = {trial: message for trial, message in failures.items() if message}
     finished = [result for result in results if result.error or (result.metrics or {}).get("done")]
     outcome = {"table": rows, "failures": failures, "metric": metric, "mode": mode, "experiment": str(experiment)}
     if len(finished) < samples:  # Ctrl-C: Tune saved its state (done: finished or stopped by ASHA)
