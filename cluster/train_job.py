@@ -42,7 +42,7 @@ import shutil
 import signal
 import threading
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from cluster.local_ray import ensure_ray  # first: it must set up the environment before Ray is imported
@@ -287,6 +287,20 @@ def reported_worker_error(error: BaseException) -> BaseException | None:
                  if isinstance(failures[rank], REPORTED_WORKER_ERRORS)), None)
 
 
+@contextmanager
+def raising_reported_worker_errors():
+    """Around a Ray Train `fit`: a `TrainingFailedError` whose workers raised one of
+    `REPORTED_WORKER_ERRORS` leaves as that error (`reported_worker_error`), as in a one-process
+    run; any other failure leaves unchanged. Used by `run_training` and each multi-worker Tune trial."""
+    try:
+        yield
+    except ray.train.TrainingFailedError as error:  # Ray: a NaN loss or bad data in a worker
+        reported = reported_worker_error(error)
+        if reported is None:
+            raise
+        raise reported from error
+
+
 def build_torch_trainer(config: Config, output: Path, *, workers: int, resources: dict, run_name: str,
                         storage_path: str, stop_flag=None, max_failures: int = 0, spread: bool = False,
                         callbacks: tuple = ()) -> TorchTrainer:
@@ -336,14 +350,8 @@ def run_training(config: Config, output: str | Path, *, workers: int = 1, use_gp
     trainer = build_torch_trainer(
         config, output, workers=workers, resources=resources, run_name=output.name if storage else "ray",
         storage_path=storage or str(output), stop_flag=stop_flag, max_failures=max_failures, spread=spread)
-    with handle_stop_signals(stop):
-        try:
-            result = _fit_keeping_signal_handlers(trainer)
-        except ray.train.TrainingFailedError as error:
-            cause = reported_worker_error(error)
-            if cause is None:
-                raise
-            raise cause from error
+    with handle_stop_signals(stop), raising_reported_worker_errors():
+        result = _fit_keeping_signal_handlers(trainer)
     metrics = dict(result.metrics or {})
     summary = output / "metrics.json"
     if summary.exists():  # written by rank 0: present when rank 0 ran on this node or a shared disk

@@ -45,7 +45,7 @@ from ray import tune  # Ray: the search (Tuner, ASHA, search-space domains)
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from cluster.train_job import build_torch_trainer, reported_worker_error, stage_if_remote
+from cluster.train_job import build_torch_trainer, raising_reported_worker_errors, stage_if_remote
 from pipeline.dataset import load_dataset_info
 from pipeline.staging import is_uri
 from trainer.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
@@ -237,13 +237,8 @@ def _trial_with_workers(parameters: dict) -> None:
     trainer = build_torch_trainer(config, output, workers=parameters["workers"],
                                   resources=parameters["worker_resources"], run_name="ray",
                                   storage_path=str(output), callbacks=(_TuneMetricReport(parameters["metric"]),))
-    try:
+    with raising_reported_worker_errors():  # a NaN loss or bad data fails the trial as itself
         trainer.fit()
-    except ray.train.TrainingFailedError as error:  # Ray: a NaN loss or bad data in a worker fails the trial
-        reported = reported_worker_error(error)  # as itself, as in a one-process trial
-        if reported is None:
-            raise
-        raise reported from None
 
 
 def trial_failure(error: BaseException) -> tuple[str, str]:
