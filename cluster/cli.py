@@ -319,14 +319,26 @@ def _has_gpu() -> bool:
     return bool(os.environ.get("CUDA_VISIBLE_DEVICES", "x")) and Path("/dev/nvidia0").exists()
 
 
+def disconnect_ray() -> None:
+    """Leave Ray, if this command started or joined it, before the command's last lines: Ray forwards
+    the logs of failed workers (their tracebacks) to this process until then, and they would
+    otherwise arrive after the one line that says what went wrong. Never imports Ray itself."""
+    if "ray" in sys.modules:
+        from cluster.local_ray import shutdown_ray
+
+        shutdown_ray()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except USER_ERRORS as error:
+        disconnect_ray()
         print(f"selfsup: error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:  # the run diverged: not a usage error, but one line all the same
+        disconnect_ray()
         print(f"selfsup: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

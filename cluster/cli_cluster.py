@@ -16,7 +16,7 @@ DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from cluster.cli import data_location
+    from cluster.cli import data_location, disconnect_ray
     from cluster.tune import format_table, load_raw_config, run_search
 
     overrides = list(args.set or [])
@@ -28,6 +28,7 @@ def _tune(args: argparse.Namespace) -> int:
     outcome = run_search(raw, args.output, samples=args.samples, cpus_per_trial=args.cpus_per_trial,
                          gpus_per_trial=args.gpus_per_trial, concurrent=args.concurrent, address=args.address,
                          grace_steps=args.grace_steps, workers_per_trial=args.workers_per_trial)
+    disconnect_ray()  # the search is over: the failed trials' forwarded logs stop before the table
     print(format_table(outcome["table"]))
     for trial, message in outcome["failures"].items():
         print(f"trial {trial} failed: {message}")

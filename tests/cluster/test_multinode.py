@@ -56,8 +56,9 @@ try:
     diverged = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "--config", "configs/simclr.yaml",
                                "--data", data, "--output", output + "-diverged", "--workers", "2",
                                "--address", cluster.address, *options], capture_output=True, text=True)
-    ours = [line for line in diverged.stderr.splitlines() if line.startswith("selfsup:")]  # Ray's log lines may follow
-    print("DIVERGED " + json.dumps({"returncode": diverged.returncode, "stderr": ours}))
+    lines = [line for line in diverged.stderr.splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("selfsup:")]
+    print("DIVERGED " + json.dumps({"returncode": diverged.returncode, "stderr": ours, "last": lines[-1:]}))
 finally:
     __import__("ray").shutdown()
     cluster.shutdown()
@@ -82,6 +83,7 @@ def test_two_workers_on_two_nodes(demo_shards, tmp_path):
     diverged = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("DIVERGED "))[9:])
     assert diverged["returncode"] == 1, diverged
     assert len(diverged["stderr"]) == 1, diverged  # one line of its own
+    assert diverged["last"] == diverged["stderr"], diverged  # and last: Ray's forwarded worker logs end before it
     assert diverged["stderr"][0].startswith("selfsup: error: non-finite loss at step "), diverged
     assert "the last good checkpoint" in diverged["stderr"][0] and "Lower optim.lr" in diverged["stderr"][0]
     assert metrics["step"] == 4
