@@ -1,6 +1,7 @@
 """Every method pretrained on the demo dataset for the same small budget; kNN against random init.
 
-    python -m benchmarks.methods                        # every method, 40 epochs (8-10 h on 2 CPU cores)
+    python -m benchmarks.methods                        # every method, 80 epochs (3-11 h on 2 CPU cores)
+    python -m benchmarks.methods --epochs 40            # the 40-epoch table (too few steps for some)
     python -m benchmarks.methods --methods simclr,byol  # a selection
     python -m benchmarks.methods --epochs 10            # the 10-epoch table (2 h; too few steps for most)
     python -m benchmarks.methods --report-only          # rewrite the table from stored results
@@ -347,8 +348,9 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="", help="comma-separated names (default: all)")
-    parser.add_argument("--epochs", type=int, default=40,
-                        help="training epochs per method (40 = 600 steps; 10 is too few for most methods)")
+    parser.add_argument("--epochs", type=int, default=80,
+                        help="training epochs per method (80 = 1200 steps, the table that decides; "
+                             "40 and 10 are too few steps for some methods)")
     parser.add_argument("--workdir", default=os.environ.get("SELFSUP_BENCH_DIR", "/tmp/selfsup-methods-bench"))
     parser.add_argument("--store", default=str(RESULTS_STORE),
                         help="folder of the per-method result files (committed: the table is made from them)")
