@@ -123,6 +123,7 @@ def worker(rank, world_size, init_file, output_dir):
         views = fixture["views"][:, rank * local : (rank + 1) * local]
         results = run_cases(ddp_model, model, views, fixture)
         torch.save(results, os.path.join(output_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before gloo is torn down (a rank leaving first aborted the other once)
     finally:
         dist.destroy_process_group()
 
