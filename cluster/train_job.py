@@ -249,6 +249,8 @@ def _train_worker(loop_config: dict) -> None:
             stop, lambda: ray.get(stop_flag.get_reason.remote(), timeout=60), every=STOP_POLL_SECONDS)  # Ray
         with polling:
             train(config, output, report=reporter, on_checkpoint=reporter.checkpoint, stop=stop)
+        if joined and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         if joined and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -102,6 +102,7 @@ def worker(rank, world_size, init_file, output_dir):
     try:
         results = {name: run(name, rank, world_size) for name in CASES}
         torch.save(results, os.path.join(output_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before gloo is torn down: a rank leaving first can abort the other
     finally:
         dist.destroy_process_group()
 

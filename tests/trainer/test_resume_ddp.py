@@ -37,6 +37,7 @@ def worker(rank: int, data: str, run: str, init_file: str, stop_after: int) -> N
 
         summary = train(config, run, report=report, stop=stop)
         Path(run, f"summary-{rank}.json").write_text(json.dumps({"step": summary["step"]}))
+        dist.barrier()  # both ranks done before gloo is torn down: a rank leaving first can abort the other
     finally:
         dist.destroy_process_group()
 
