@@ -3,7 +3,10 @@
 A random 60% of 32x32 mask cells is masked. Unlike MAE the encoder sees every patch: the
 embeddings of masked patches are replaced by a learned mask token (Sec. 3.1), and a one-layer
 linear head predicts the raw pixels of every patch (Sec. 3.3). The loss is the L1 error on the
-masked pixels only (Sec. 3.4), against the input image (normalized as it enters the network).
+masked pixels only (Sec. 3.4), against the input image (normalized as it enters the network),
+or, with `target_window` (an odd size in pixels), against the image standardized over each
+pixel's neighbourhood, the official code's later ``NORM_TARGET`` (47 px at 192 px; see
+`normalize_locally`).
 
 The mask is drawn per sample in the data graph (the `simmim` recipe: `mask`, bool, True =
 masked, on the grid of mask cells of `patch_size` pixels, 32 in the paper, a multiple of the
@@ -22,12 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.losses import simmim_loss, unpatchify
+from methods.losses import normalize_locally, simmim_loss, unpatchify
 
 
 @dataclass
 class SimMIMOptions:
     name: str = "simmim"
+    target_window: int = 0  # 0: raw pixels (the paper); odd: locally normalized target
 
 
 def random_cell_mask(batch: int, grid: tuple[int, int], ratio: float,
@@ -48,8 +52,12 @@ def upsample_mask(mask: torch.Tensor, cell_grid: tuple[int, int], scale: int) ->
 
 
 class SimMIM(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int):
+    def __init__(self, backbone: nn.Module, feature_dim: int, target_window: int = 0):
         super().__init__()
+        if target_window and (target_window < 3 or target_window % 2 == 0):
+            raise ValueError(f"method.target_window={target_window}: expected 0 (raw pixels) or an odd "
+                             "window of 3 or more pixels")
+        self.target_window = target_window
         if not hasattr(backbone, "forward_tokens"):
             raise ValueError("simmim needs a ViT backbone (vit_tiny, vit_small, vit_base)")
         if backbone.mask_token is None:  # the learned token that replaces masked patch embeddings
@@ -80,10 +88,11 @@ class SimMIM(nn.Module):
         mask = self.patch_mask(batch, images)
         tokens = self.backbone.forward_tokens(images, mask, mask_token=True)[:, 1:]  # (B, N, D)
         reconstruction = unpatchify(self.decoder(tokens), self.patch_size, tuple(images.shape[-2:]))
-        loss = simmim_loss(reconstruction.float(), images.float(), mask, self.patch_size)
+        target = normalize_locally(images, self.target_window) if self.target_window else images.float()
+        loss = simmim_loss(reconstruction.float(), target, mask, self.patch_size)
         return {"loss": loss, "reconstruction": loss.detach(),
                 "mask_ratio": mask.float().mean().detach()}
 
 
 def build_simmim(options: SimMIMOptions, backbone: nn.Module, feature_dim: int) -> SimMIM:
-    return SimMIM(backbone, feature_dim)
+    return SimMIM(backbone, feature_dim, options.target_window)

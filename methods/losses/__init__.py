@@ -7,7 +7,7 @@ bootstrap    negative_cosine (BYOL, SimSiam), dino_loss, dino_update_center,
              dino_targets, dino_sinkhorn_targets, distillation_cross_entropy
 redundancy   barlow_twins, vicreg, vicreg_terms
 clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV)
-masked       patchify, unpatchify, mae_loss (MAE), simmim_loss (SimMIM)
+masked       patchify, unpatchify, mae_loss (MAE), simmim_loss, normalize_locally (SimMIM)
 pretext      classification_loss (rotation, jigsaw, relative location), colorization_loss,
              rebalancing_weights (colorization), inpainting_loss (context encoder)
 """
@@ -23,7 +23,7 @@ from methods.losses.bootstrap import (
 )
 from methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
 from methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, npid_nce_loss, nt_xent
-from methods.losses.masked import mae_loss, patchify, simmim_loss, unpatchify
+from methods.losses.masked import mae_loss, normalize_locally, patchify, simmim_loss, unpatchify
 from methods.losses.pretext import (
     classification_loss,
     colorization_loss,
@@ -53,6 +53,7 @@ __all__ = [
     "patchify",
     "rebalancing_weights",
     "simmim_loss",
+    "normalize_locally",
     "sinkhorn_knopp",
     "swav_loss",
     "swav_swapped_prediction",

@@ -103,3 +103,29 @@ def simmim_loss(
     pixel_mask = pixel_mask.unsqueeze(1)  # (B, 1, H, W)
     error = F.l1_loss(reconstruction, images, reduction="none")
     return (error * pixel_mask).sum() / (pixel_mask.sum() + 1e-5) / channels
+
+
+def normalize_locally(images: torch.Tensor, window: int) -> torch.Tensor:
+    """Standardize every pixel by the mean and (unbiased) variance of its `window` x `window`
+    neighbourhood, per channel: SimMIM's normalized reconstruction target.
+
+    Xie et al., "On Data Scaling in Masked Image Modeling", CVPR 2023, and the official SimMIM
+    code's ``NORM_TARGET`` (a 47 px window at 192 px). At the borders only the pixels inside the
+    image count.
+
+    Args:
+        images: (B, C, H, W) float.
+        window: odd, 3 or more.
+
+    Returns (B, C, H, W): ``(x - mean) / sqrt(var + 1e-6)`` over each pixel's window.
+    """
+    if window < 3 or window % 2 == 0:
+        raise ValueError(f"window={window}: expected an odd size of 3 or more")
+    padding = window // 2
+    images = images.float()
+    mean = F.avg_pool2d(images, window, stride=1, padding=padding, count_include_pad=False)
+    mean_square = F.avg_pool2d(images * images, window, stride=1, padding=padding, count_include_pad=False)
+    count = F.avg_pool2d(torch.ones_like(images[:, :1]), window, stride=1, padding=padding,
+                         count_include_pad=True) * window * window  # pixels inside the image
+    variance = ((mean_square - mean * mean) * count / (count - 1)).clamp(min=0.0)
+    return (images - mean) / (variance + 1e-6).sqrt()

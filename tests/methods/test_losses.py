@@ -375,6 +375,19 @@ def test_simmim_loss_matches_loop():
     assert float(losses.simmim_loss(reconstruction, images, mask, p)) == pytest.approx(expected)
 
 
+def test_normalize_locally_matches_loop():
+    images, window = randn(1, 2, 7, 6) * 3 + 1, 5
+    normalized = losses.normalize_locally(images, window)
+    for c in range(2):
+        for y in range(7):
+            for x in range(6):  # the window clipped to the image, unbiased variance
+                patch = images[0, c, max(y - 2, 0):y + 3, max(x - 2, 0):x + 3].flatten()
+                expected = (images[0, c, y, x] - patch.mean()) / math.sqrt(float(patch.var()) + 1e-6)
+                assert float(normalized[0, c, y, x]) == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
+    with pytest.raises(ValueError, match="window=4"):
+        losses.normalize_locally(images, 4)
+
+
 # ------------------------------------------------------------------------------ pretext
 
 
