@@ -146,7 +146,7 @@ PER_METHOD: dict[str, list[str]] = {
     "rotation": ["data.batch_size=16", "data.recipe.scale=[0.6, 1.0]"],
     "jigsaw": ["method.num_permutations=100", "data.recipe.permutation_count=100",
                "data.recipe.tile_size=13", "method.head_hidden_dim=512"],
-    "relative_location": ["method.head_hidden_dim=512"],
+    "relative_location": ["method.head_hidden_dim=512", "data.recipe.scale=[0.8, 1.0]"],
     "colorization": ["method.head_hidden_dim=128", "data.recipe.bin_downsample=4"],
     "inpainting": ["method.decoder_width=128", "method.overlap_pixels=2"],
 }

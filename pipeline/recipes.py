@@ -257,13 +257,15 @@ def relative_location_recipe(image_size: int = 225, patch_size: int | None = Non
                              jitter: int | None = None, color_dropping: float = 1.0,
                              **view_options) -> Recipe:
     """Context prediction (Doersch et al. 2015): patch = 2/3 of a cell (96 of 144 in the paper,
-    the rest is the gap), jitter 7.5% of the patch (RelativeLocationSpec)."""
+    the rest is the gap), jitter 7.5% of the patch (RelativeLocationSpec). The grid covers most
+    of the image (crop scale 0.8-1; the paper samples it from the whole resized image): zoomed-in
+    crops leave patches of flat colour whose positions cannot be told apart."""
     cell = image_size // 3
     patch_size = patch_size if patch_size is not None else max(4, round(cell * 2 / 3))
     if jitter is None:
         jitter = max(0, min((cell - patch_size) // 2, round(patch_size * 0.075)))
     spec = RelativeLocationSpec(patch_size=patch_size, jitter=jitter, color_dropping=color_dropping)
-    view = _view("relative_location", image_size, {**PLAIN_VIEW, "scale": (0.3, 1.0)}, view_options)
+    view = _view("relative_location", image_size, {**PLAIN_VIEW, "scale": (0.8, 1.0)}, view_options)
     return validate_recipe(Recipe(name="relative_location", views=(view,), pretext=spec))
 
 
