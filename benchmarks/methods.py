@@ -1,7 +1,8 @@
 """Every method pretrained on the demo dataset for the same small budget; kNN against random init.
 
-    python -m benchmarks.methods                        # every method, 80 epochs (3-11 h on 2 CPU cores)
-    python -m benchmarks.methods --epochs 40            # the 40-epoch table (too few steps for some)
+    python -m benchmarks.methods                        # every method, 160 epochs (~10 h on 2 CPU cores)
+    python -m benchmarks.methods --epochs 80            # the 80-epoch table (too few steps for BYOL, DINO, colorization)
+    python -m benchmarks.methods --epochs 40            # the 40-epoch table (too few steps for more)
     python -m benchmarks.methods --methods simclr,byol  # a selection
     python -m benchmarks.methods --epochs 10            # the 10-epoch table (2 h; too few steps for most)
     python -m benchmarks.methods --report-only          # rewrite the table from stored results
@@ -44,8 +45,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.methods_report import (BATCH, IMAGE_SIZE, RESULTS_MD, RESULTS_STORE, ROOT, TEST_SAMPLES,
-                                       TRAIN_SAMPLES, gain_cell, knn_test_cell, linear_cell, not_better,
+from benchmarks.methods_report import (BATCH, DECIDING_EPOCHS, IMAGE_SIZE, RESULTS_MD, RESULTS_STORE, ROOT,
+                                       TEST_SAMPLES, TRAIN_SAMPLES, gain_cell, knn_test_cell, linear_cell, not_better,
                                        precise_bn_cell, result_path, stored_results, whole, write_section)
 from methods.registry import METHODS
 from pipeline.dataset import write_atomically
@@ -353,9 +354,10 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="", help="comma-separated names (default: all)")
-    parser.add_argument("--epochs", type=int, default=80,
-                        help="training epochs per method (80 = 1200 steps, the table that decides; "
-                             "40 and 10 are too few steps for some methods)")
+    parser.add_argument("--epochs", type=int, default=DECIDING_EPOCHS,
+                        help=f"training epochs per method ({DECIDING_EPOCHS} = "
+                             f"{DECIDING_EPOCHS * (TRAIN_SAMPLES // BATCH)} steps, the table that decides; "
+                             "80, 40 and 10 are too few steps for some methods)")
     parser.add_argument("--workdir", default=os.environ.get("SELFSUP_BENCH_DIR", "/tmp/selfsup-methods-bench"))
     parser.add_argument("--store", default=str(RESULTS_STORE),
                         help="folder of the per-method result files (committed: the table is made from them)")

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from benchmarks.methods import evaluated_weights, overrides_for
-from benchmarks.methods_report import (RESULTS_MD, RESULTS_STORE, gain_cell, gain_margin, gain_verdict,
+from benchmarks.methods_report import (DECIDING_EPOCHS, RESULTS_MD, RESULTS_STORE, gain_cell, gain_margin, gain_verdict,
                                        not_better, outdated, stored_results, verdict_queries, write_section)
 from methods.registry import METHODS
 
@@ -122,3 +122,21 @@ def test_a_row_measured_on_the_teacher_says_so(tmp_path):
     rows = {line.split(" | ")[0]: line for line in report.read_text().splitlines() if line.startswith("| ")}
     assert rows["| dino"].startswith(f"| dino | {stored['backbone']} (teacher) |")
     assert rows["| simclr"].startswith(f"| simclr | {stored['backbone']} |")
+
+
+def test_only_the_deciding_budget_calls_a_losing_row_a_defect(tmp_path):
+    stored = stored_results(RESULTS_STORE, BUDGETS[-1])[0]
+    losing = dict(stored, method="simclr", knn_top1=10.0, random_top1=30.0, test_knn_top1=10.0,
+                  test_random_top1=30.0)
+    losing.pop("knn_correct", None), losing.pop("test_knn_correct", None)
+    assert not_better([losing]) == ["simclr"]
+    texts = {}
+    for epochs in (DECIDING_EPOCHS, DECIDING_EPOCHS // 2):
+        report = tmp_path / f"RESULTS-{epochs}.md"
+        write_section([dict(losing, epochs=epochs)], epochs, report, lambda name: stored.get("overrides", []),
+                      evaluated_weights)
+        texts[epochs] = report.read_text()
+    assert "Not better than random initialization at this budget: simclr." in texts[DECIDING_EPOCHS]
+    assert "Issue 4 counts each of them as a defect" in texts[DECIDING_EPOCHS]
+    assert "Issue 4 counts" not in texts[DECIDING_EPOCHS // 2]
+    assert f"The {DECIDING_EPOCHS}-epoch table is the one that decides" in texts[DECIDING_EPOCHS // 2]
