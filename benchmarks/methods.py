@@ -46,8 +46,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.methods_report import (BATCH, DECIDING_EPOCHS, IMAGE_SIZE, RESULTS_MD, RESULTS_STORE, ROOT,
-                                       TEST_SAMPLES, TRAIN_SAMPLES, gain_cell, knn_test_cell, linear_cell, not_better,
-                                       precise_bn_cell, result_path, stored_results, whole, write_section)
+                                       TEST_SAMPLES, TRAIN_SAMPLES, gain_cell, knn_test_cell, linear_cell,
+                                       not_better, precise_bn_cell, result_path, stored_results, whole, write_section)
 from methods.registry import METHODS
 from pipeline.dataset import write_atomically
 from pipeline.demo_images import make_demo_folder
