@@ -6,13 +6,16 @@ serve GPU nodes (`decoder_device="mixed"`: the hardware/nvJPEG decoder, then GPU
 CPU-only machines (`decoder_device="cpu"`). Every random parameter is drawn per sample inside
 the graph, so a fixed pipeline seed reproduces a batch exactly.
 
-Images stay uint8 HWC until `flip_and_normalize`, the single fused crop/mirror/normalize step
-that produces float CHW.
+Crops are uint8 HWC. In a finished view (`augmented_view`) the colour jitter writes float32 HWC
+in [0, 255], and blur and solarize follow in float: DALI's CPU `color_twist` is about three times
+faster writing float than saturating back to uint8, and its float blur is faster too.
+`flip_and_normalize`, the fused mirror/normalize step, produces float CHW from either.
 """
 
 from __future__ import annotations
 
 from nvidia.dali import fn, types
+from nvidia.dali import math as dali_math
 
 from pipeline.recipes import EvalRecipe, ViewSpec
 
@@ -56,14 +59,10 @@ def decoded_crops(encoded, views, decoder_device: str) -> list:
     return [random_resized_crop(images, view) for view in views]
 
 
-def color_jitter(images, view: ViewSpec):
-    """Brightness/contrast/saturation/hue jitter with p=view.jitter_probability, grayscale with
-    p=view.grayscale_probability, fused into one `color_twist` (saturation 0 = grayscale).
-
-    When a sample draws neither, its parameters are the identity.
-    """
-    if view.jitter_probability == 0.0 and view.grayscale_probability == 0.0:
-        return images
+def jitter_parameters(view: ViewSpec) -> dict:
+    """Per-sample `color_twist` arguments: brightness/contrast/saturation/hue jitter with
+    p=view.jitter_probability, grayscale (saturation 0) with p=view.grayscale_probability; the
+    identity for a sample that draws neither."""
     jitter = fn.random.coin_flip(probability=view.jitter_probability)
     grayscale = fn.random.coin_flip(probability=view.grayscale_probability)
 
@@ -71,13 +70,25 @@ def color_jitter(images, view: ViewSpec):
         return 1.0 + jitter * fn.random.uniform(range=[-strength, strength])
 
     hue_degrees = view.hue * 360.0
-    return fn.color_twist(
-        images,
-        brightness=factor(view.brightness),
-        contrast=factor(view.contrast),
-        saturation=factor(view.saturation) * (1 - grayscale),
-        hue=jitter * fn.random.uniform(range=[-hue_degrees, hue_degrees]),
-    )
+    return {"brightness": factor(view.brightness), "contrast": factor(view.contrast),
+            "saturation": factor(view.saturation) * (1 - grayscale),
+            "hue": jitter * fn.random.uniform(range=[-hue_degrees, hue_degrees])}
+
+
+def color_twist(images, parameters: dict, dtype=types.UINT8):
+    """uint8 HWC -> `dtype` HWC through one `color_twist`: uint8 saturates; float32 is clamped
+    to [0, 255] here, as torchvision clamps after its jitter."""
+    images = fn.color_twist(images, dtype=dtype, **parameters)
+    if dtype == types.UINT8:
+        return images
+    return dali_math.min(dali_math.max(images, 0.0), 255.0)  # min/max: twice as fast as clamp on CPU
+
+
+def color_jitter(images, view: ViewSpec, dtype=types.UINT8):
+    """Colour jitter and grayscale (`jitter_parameters`) in one `color_twist` to `dtype`."""
+    if view.jitter_probability == 0.0 and view.grayscale_probability == 0.0:
+        return images
+    return color_twist(images, jitter_parameters(view), dtype)
 
 
 def random_gaussian_blur(images, view: ViewSpec):
@@ -95,24 +106,30 @@ def random_gaussian_blur(images, view: ViewSpec):
     return images
 
 
-def solarize(images):
-    """Invert every channel value >= 128 (BYOL's solarization): x -> 255 - x = x XOR 255."""
+def solarize(images, floating: bool = False):
+    """Invert every channel value >= 128 (BYOL's solarization): x -> 255 - x.
+
+    uint8 HWC (x XOR 255), or float HWC in [0, 255] when `floating`.
+    """
+    if floating:
+        return images + (images >= 128.0) * (255.0 - 2.0 * images)
     return fn.cast(images ^ ((images >= 128) * 255), dtype=types.UINT8)
 
 
-def random_solarize(images, view: ViewSpec):
-    """Solarize with p=view.solarize_probability."""
+def random_solarize(images, view: ViewSpec, floating: bool = False):
+    """Solarize with p=view.solarize_probability (float HWC in [0, 255] when `floating`)."""
     if view.solarize_probability == 0.0:
         return images
     if view.solarize_probability == 1.0:
-        return solarize(images)
+        return solarize(images, floating)
     if fn.random.coin_flip(probability=view.solarize_probability, dtype=types.BOOL):
-        images = solarize(images)
+        images = solarize(images, floating)
     return images
 
 
 def flip_and_normalize(images, mean, std, flip_probability: float):
-    """Random horizontal flip, uint8 HWC -> float32 CHW normalized by mean/std (given in [0, 1])."""
+    """Random horizontal flip, uint8 or float HWC in [0, 255] -> float32 CHW normalized by mean/std
+    (given in [0, 1])."""
     mirror = fn.random.coin_flip(probability=flip_probability) if flip_probability > 0 else 0
     return fn.crop_mirror_normalize(
         images,
@@ -125,10 +142,15 @@ def flip_and_normalize(images, mean, std, flip_probability: float):
 
 
 def augmented_view(images, view: ViewSpec, mean, std):
-    """The full view from its uint8 HWC crop: colour, blur, solarize, flip, normalize."""
-    images = color_jitter(images, view)
+    """The full view from its uint8 HWC crop: colour, blur, solarize, flip, normalize.
+
+    With colour jitter or grayscale on, the pixels are float from the colour step on (see the
+    module docstring); without, they stay uint8 until the normalize.
+    """
+    floating = view.jitter_probability > 0.0 or view.grayscale_probability > 0.0
+    images = color_jitter(images, view, dtype=types.FLOAT if floating else types.UINT8)
     images = random_gaussian_blur(images, view)
-    images = random_solarize(images, view)
+    images = random_solarize(images, view, floating)
     return flip_and_normalize(images, mean, std, view.flip_probability)
 
 
