@@ -8,12 +8,16 @@ the graph, so a fixed pipeline seed reproduces a batch exactly.
 
 Crops are uint8 HWC. In a finished view (`augmented_view`) the colour jitter writes float32 HWC
 in [0, 255], and blur and solarize follow in float: DALI's CPU `color_twist` is about three times
-faster writing float than saturating back to uint8, and its float blur is faster too.
+faster writing float than saturating back to uint8, and a float blur can be a separable
+`fn.filter`, about three times faster than `fn.gaussian_blur`.
 `flip_and_normalize`, the fused mirror/normalize step, produces float CHW from either.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali import math as dali_math
 
@@ -91,18 +95,45 @@ def color_jitter(images, view: ViewSpec, dtype=types.UINT8):
     return color_twist(images, jitter_parameters(view), dtype)
 
 
-def random_gaussian_blur(images, view: ViewSpec):
-    """Gaussian blur with p=view.blur_probability, sigma uniform in view.blur_sigma.
+def gaussian_weights(sigma, radius: int):
+    """Per-sample normalized 1-D Gaussian weights over offsets -radius..radius, (2*radius+1,)."""
+    half_square_offsets = types.Constant(-0.5 * np.arange(-radius, radius + 1, dtype=np.float32) ** 2)
+    weights = dali_math.exp(half_square_offsets / (sigma * sigma))
+    return weights / fn.reductions.sum(weights)
 
-    The window follows sigma (DALI sizes it per sample), and samples that draw no blur skip the
-    kernel entirely through a DALI conditional.
+
+def separable_gaussian_blur(images, sigma, max_sigma: float):
+    """Gaussian blur of float HWC images as a row pass and a column pass of `fn.filter`, with a
+    window of 2*ceil(3*max_sigma)+1 taps for every sample and the border mirrored like
+    `fn.gaussian_blur`'s. On the CPU it is about three times faster than `fn.gaussian_blur`
+    (0.32 against 1.05 thread-ms per 224 px view) and agrees with it to 0.03 grey levels."""
+    radius = math.ceil(3 * max_sigma)
+    weights = gaussian_weights(sigma, radius)
+    images = fn.filter(images, fn.reshape(weights, shape=[1, 2 * radius + 1]))
+    return fn.filter(images, fn.reshape(weights, shape=[2 * radius + 1, 1]))
+
+
+def gaussian_blur(images, view: ViewSpec, floating: bool):
+    """Blur with sigma uniform in view.blur_sigma: the separable form for float CPU images whose
+    view is wider than the window, `fn.gaussian_blur` (window sized per sample) otherwise."""
+    sigma = fn.random.uniform(range=list(view.blur_sigma))
+    if floating and images.device == "cpu" and 2 * math.ceil(3 * max(view.blur_sigma)) + 1 <= view.size:
+        return separable_gaussian_blur(images, sigma, max(view.blur_sigma))
+    return fn.gaussian_blur(images, sigma=sigma)
+
+
+def random_gaussian_blur(images, view: ViewSpec, floating: bool = False):
+    """Gaussian blur with p=view.blur_probability, sigma uniform in view.blur_sigma (`floating`:
+    float HWC images in [0, 255]; otherwise uint8).
+
+    Samples that draw no blur skip the kernel entirely through a DALI conditional.
     """
     if view.blur_probability == 0.0:
         return images
     if view.blur_probability == 1.0:
-        return fn.gaussian_blur(images, sigma=fn.random.uniform(range=list(view.blur_sigma)))
+        return gaussian_blur(images, view, floating)
     if fn.random.coin_flip(probability=view.blur_probability, dtype=types.BOOL):
-        images = fn.gaussian_blur(images, sigma=fn.random.uniform(range=list(view.blur_sigma)))
+        images = gaussian_blur(images, view, floating)
     return images
 
 
@@ -149,7 +180,7 @@ def augmented_view(images, view: ViewSpec, mean, std):
     """
     floating = view.jitter_probability > 0.0 or view.grayscale_probability > 0.0
     images = color_jitter(images, view, dtype=types.FLOAT if floating else types.UINT8)
-    images = random_gaussian_blur(images, view)
+    images = random_gaussian_blur(images, view, floating)
     images = random_solarize(images, view, floating)
     return flip_and_normalize(images, mean, std, view.flip_probability)
 
