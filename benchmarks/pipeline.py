@@ -14,6 +14,7 @@ Images/s counts source images (each gives two views in (a) and (b)). Without `--
     python benchmarks/pipeline.py                 # table
     python benchmarks/pipeline.py --json          # one JSON object
     python benchmarks/pipeline.py --epochs 10     # (a) only, RSS after each epoch
+    python benchmarks/pipeline.py --device cuda   # on a GPU node: (a) and (c) with mixed decoding
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.convert import convert  # noqa: E402
 from pipeline.dataset import load_dataset_info  # noqa: E402
-from pipeline.loader import build_train_loader, default_threads  # noqa: E402
+from pipeline.loader import build_train_loader, dali_device, default_threads  # noqa: E402
 from pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, simclr_recipe  # noqa: E402
 
 
@@ -139,6 +140,13 @@ class PilTwoViews(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- measurements
 
+def device_name(device: str) -> str:
+    """'CPU (N cores)' or the GPU's name, for the printed table and the JSON."""
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (DALI mixed decoding)"
+    return f"CPU ({os.cpu_count()} cores, DALI CPU mode)"
+
+
 def rss_mib() -> float:
     """This process's resident set size (Linux /proc)."""
     with open("/proc/self/status") as status:
@@ -148,22 +156,24 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def time_batches(batches, batch_size: int, count: int, warmup: int) -> float:
-    """Images/s over `count` batches after `warmup` batches."""
+def time_batches(batches, batch_size: int, count: int, warmup: int, device: str = "cpu") -> float:
+    """Images/s over `count` batches after `warmup` batches (the GPU's queued work included)."""
     iterator = iter(batches)
     for _ in range(warmup):
         next(iterator)
     start = time.perf_counter()
     for _ in range(count):
         next(iterator)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
     return count * batch_size / (time.perf_counter() - start)
 
 
-def measure_selfsup(dataset, size: int, batch_size: int, threads: int, batches: int) -> float:
+def measure_selfsup(dataset, size: int, batch_size: int, threads: int, batches: int, device: str = "cpu") -> float:
     loader = build_train_loader(dataset, simclr_recipe(size), batch_size=batch_size, num_threads=threads,
-                                prefetch_depth=2)
+                                prefetch_depth=2, device=device)
     try:
-        return time_batches(loader, batch_size, batches, warmup=3)
+        return time_batches(loader, batch_size, batches, warmup=3, device=device)
     finally:
         loader.close()
 
@@ -176,19 +186,20 @@ def measure_baseline(files: list[Path], size: int, batch_size: int, workers: int
     return time_batches(loader, batch_size, batches, warmup=2)
 
 
-def measure_decode(dataset, batch_size: int, threads: int, batches: int) -> float:
+def measure_decode(dataset, batch_size: int, threads: int, batches: int, device: str = "cpu") -> float:
     from nvidia.dali import fn, pipeline_def, types
 
     from pipeline.loader import IMAGE_EXTENSIONS
 
     split = dataset.split("train")
+    decoder_device, device_id = dali_device(device)  # "mixed" (nvJPEG) on a GPU
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=None, seed=0, prefetch_queue_depth=2)
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=0, prefetch_queue_depth=2)
     def decode_only():
         encoded = fn.readers.webdataset(paths=[str(p) for p in split.shards],
                                         index_paths=[str(p) for p in split.indexes], ext=[IMAGE_EXTENSIONS],
                                         random_shuffle=True, initial_fill=256)
-        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+        return fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
 
     pipe = decode_only()
     pipe.build()
@@ -197,7 +208,7 @@ def measure_decode(dataset, batch_size: int, threads: int, batches: int) -> floa
         while True:
             yield pipe.run()
 
-    return time_batches(runs(), batch_size, batches, warmup=3)
+    return time_batches(runs(), batch_size, batches, warmup=3, device=device)
 
 
 def measure_memory(dataset, size: int, batch_size: int, threads: int, epochs: int) -> list[float]:
@@ -226,8 +237,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
     parser.add_argument("--repeats", type=int, default=2, help="measurements per loader; the best is kept")
     parser.add_argument("--epochs", type=int, default=0, help="only (a), this many epochs, RSS per epoch")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda[:N]: (a) and (c) decode with DALI's mixed (nvJPEG) decoder and run "
+                             "their ops on that GPU; (b) stays on the CPU, as users' DataLoaders do")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device is visible to torch here")
+        dali_device(args.device)
+    except (AssertionError, RuntimeError, ValueError) as error:  # torch without CUDA asserts
+        parser.error(f"--device {args.device}: {error}")
 
     if args.data is not None:
         import pyarrow.parquet as parquet
@@ -249,15 +269,16 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {"selfsup_ips": 0.0, "baseline_ips": 0.0, "decode_ips": 0.0}
     for _ in range(args.repeats):  # interleaved, so a noisy neighbour hurts every column alike
         figures["decode_ips"] = max(figures["decode_ips"], measure_decode(dataset, args.batch_size, args.threads,
-                                                                          args.batches))
+                                                                          args.batches, args.device))
         figures["selfsup_ips"] = max(figures["selfsup_ips"], measure_selfsup(dataset, args.size, args.batch_size,
-                                                                             args.threads, args.batches))
+                                                                             args.threads, args.batches, args.device))
         figures["baseline_ips"] = max(figures["baseline_ips"], measure_baseline(files, args.size, args.batch_size,
                                                                                 args.threads, args.batches // 2))
     result = {**{key: round(value, 1) for key, value in figures.items()},
               "selfsup_over_baseline": round(figures["selfsup_ips"] / figures["baseline_ips"], 2),
               "selfsup_over_decode": round(figures["selfsup_ips"] / figures["decode_ips"], 2),
-              "threads": args.threads, "batch_size": args.batch_size, "size": args.size, "images": len(files)}
+              "threads": args.threads, "batch_size": args.batch_size, "size": args.size, "images": len(files),
+              "device": device_name(args.device)}
     if args.json:
         print(json.dumps(result))
     else:
@@ -266,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{'(b) PIL + DataLoader, same transforms':<40} {figures['baseline_ips']:>9.0f}")
         print(f"{'(c) DALI decode only':<40} {figures['decode_ips']:>9.0f}")
         print(f"a/b = {result['selfsup_over_baseline']:.2f}   a/c = {result['selfsup_over_decode']:.2f}   "
-              f"({args.threads} threads/workers, batch {args.batch_size})")
+              f"({args.threads} threads/workers, batch {args.batch_size}, {result['device']})")
     return result
 
 
