@@ -141,7 +141,7 @@ class PilTwoViews(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- measurements
 
 def device_name(device: str) -> str:
-    """'CPU (N cores)' or the GPU's name, for the printed table and the JSON."""
+    """'CPU (N cores, DALI CPU mode)' or the GPU's name, for the printed table and the JSON."""
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (DALI mixed decoding)"
     return f"CPU ({os.cpu_count()} cores, DALI CPU mode)"

@@ -88,9 +88,15 @@ def color_twist(images, parameters: dict, dtype=types.UINT8):
     return dali_math.min(dali_math.max(images, 0.0), 255.0)  # min/max: twice as fast as clamp on CPU
 
 
+def changes_colour(view: ViewSpec) -> bool:
+    """Whether the view draws colour jitter or grayscale for any sample."""
+    return view.jitter_probability > 0.0 or view.grayscale_probability > 0.0
+
+
 def color_jitter(images, view: ViewSpec, dtype=types.UINT8):
-    """Colour jitter and grayscale (`jitter_parameters`) in one `color_twist` to `dtype`."""
-    if view.jitter_probability == 0.0 and view.grayscale_probability == 0.0:
+    """Colour jitter and grayscale (`jitter_parameters`) in one `color_twist` to `dtype`; the
+    images unchanged when the view has neither."""
+    if not changes_colour(view):
         return images
     return color_twist(images, jitter_parameters(view), dtype)
 
@@ -116,9 +122,9 @@ def separable_gaussian_blur(images, sigma, max_sigma: float):
 def gaussian_blur(images, view: ViewSpec, floating: bool):
     """Blur with sigma uniform in view.blur_sigma: the separable form for float CPU images whose
     view is wider than the window, `fn.gaussian_blur` (window sized per sample) otherwise."""
-    sigma = fn.random.uniform(range=list(view.blur_sigma))
-    if floating and images.device == "cpu" and 2 * math.ceil(3 * max(view.blur_sigma)) + 1 <= view.size:
-        return separable_gaussian_blur(images, sigma, max(view.blur_sigma))
+    sigma, max_sigma = fn.random.uniform(range=list(view.blur_sigma)), max(view.blur_sigma)
+    if floating and images.device == "cpu" and 2 * math.ceil(3 * max_sigma) + 1 <= view.size:
+        return separable_gaussian_blur(images, sigma, max_sigma)
     return fn.gaussian_blur(images, sigma=sigma)
 
 
@@ -178,7 +184,7 @@ def augmented_view(images, view: ViewSpec, mean, std):
     With colour jitter or grayscale on, the pixels are float from the colour step on (see the
     module docstring); without, they stay uint8 until the normalize.
     """
-    floating = view.jitter_probability > 0.0 or view.grayscale_probability > 0.0
+    floating = changes_colour(view)
     images = color_jitter(images, view, dtype=types.FLOAT if floating else types.UINT8)
     images = random_gaussian_blur(images, view, floating)
     images = random_solarize(images, view, floating)
