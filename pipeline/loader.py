@@ -100,6 +100,8 @@ def dali_device(device: str | torch.device) -> tuple[str, int | None]:
     """'cpu' -> ('cpu', None); 'cuda:N' -> ('mixed', N): the decoder device and DALI's device_id."""
     device = torch.device(device)
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"loader device {str(device)!r}: no CUDA device is visible to torch here")
         return "mixed", device.index if device.index is not None else torch.cuda.current_device()
     if device.type == "cpu":
         return "cpu", None

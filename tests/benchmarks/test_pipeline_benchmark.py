@@ -30,4 +30,4 @@ def test_memory_mode_reports_rss_per_epoch(tmp_path):
 def test_a_gpu_device_without_cuda_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--work", str(tmp_path), *SMALL, "--device", "cuda:0"])
-    assert "--device cuda:0: no CUDA device is visible to torch here" in capsys.readouterr().err
+    assert "--device cuda:0: loader device 'cuda:0': no CUDA device is visible to torch here" in capsys.readouterr().err

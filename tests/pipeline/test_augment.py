@@ -45,8 +45,8 @@ def test_float_colour_twist_matches_the_uint8_one_and_is_clamped():
         assert float_view.min() >= 0.0 and float_view.max() <= 255.0
         assert np.abs(float_view - byte_view.astype(np.float32)).max() <= 0.51  # uint8 rounds
         assert not np.array_equal(byte_view, original)  # the jitter did something
-    brightest = np.concatenate([view.reshape(-1) for view in as_float])
-    assert (brightest == 255.0).any() and (brightest == 0.0).any()  # clamped, not wrapped or overshot
+    every_value = np.concatenate([view.reshape(-1) for view in as_float])
+    assert (every_value == 255.0).any() and (every_value == 0.0).any()  # clamped, not wrapped or overshot
 
 
 def test_float_solarize_matches_the_uint8_one():
