@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(PY) -m cluster.demo $(DEMO_DIR)
+	$(PY) -m selfsup.demo $(DEMO_DIR)
 
 test: venv
 	$(PY) -m pytest -q

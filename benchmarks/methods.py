@@ -48,12 +48,12 @@ from benchmarks.methods_measure import MEASURED, measure_checkpoint
 from benchmarks.methods_report import (BATCH, DECIDING_EPOCHS, IMAGE_SIZE, RESULTS_MD, RESULTS_STORE, ROOT,
                                        TEST_SAMPLES, TRAIN_SAMPLES, gain_cell, knn_test_cell, linear_cell,
                                        not_better, precise_bn_cell, result_path, stored_results, whole, write_section)
-from methods.registry import METHODS
-from pipeline.dataset import write_atomically
-from pipeline.demo_images import make_demo_folder
-from trainer.checkpoint import latest_checkpoint
-from trainer.config import load_config
-from trainer.loop import train
+from selfsup.methods.registry import METHODS
+from selfsup.files import write_atomically
+from selfsup.pipeline.demo_images import make_demo_folder
+from selfsup.trainer.checkpoint import latest_checkpoint
+from selfsup.trainer.config import load_config
+from selfsup.trainer.loop import train
 
 BUDGET = [
     "model.backbone=resnet18",
@@ -173,7 +173,7 @@ def overrides_for(name: str, epochs: int) -> list[str]:
 
 
 def prepare_data(workdir: Path) -> Path:
-    from pipeline.convert import convert
+    from selfsup.pipeline.convert import convert
 
     # v2: the demo shapes stand upright (tilt <= 15 degrees); v1 drew them at any angle
     images, shards = workdir / "images-v2", workdir / "shards-v2"
@@ -188,7 +188,7 @@ def prepare_data(workdir: Path) -> Path:
 def prepare_test_data(workdir: Path) -> Path:
     """The held-out test set: TEST_SAMPLES more demo images of the same classes, drawn with another
     seed than the training images, converted once (a single split: every sample is a query)."""
-    from pipeline.convert import convert
+    from selfsup.pipeline.convert import convert
 
     images, shards = workdir / "images-test", workdir / "shards-test"
     if not (shards / "dataset.json").is_file():

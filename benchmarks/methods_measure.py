@@ -11,8 +11,8 @@ import functools
 from pathlib import Path
 
 from benchmarks.methods_report import TEST_SAMPLES
-from trainer.evaluate import knn_evaluate, load_backbone, recalibrate_batch_norm
-from trainer.linear_probe import linear_evaluate
+from selfsup.trainer.evaluate import knn_evaluate, load_backbone, recalibrate_batch_norm
+from selfsup.trainer.linear_probe import linear_evaluate
 
 # The figures measured on a checkpoint, for its backbone and for the random-init twin.
 MEASURED = ("knn_top1", "random_top1", "effective_rank", "random_effective_rank", "knn_top1_precise_bn",

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from methods.registry import METHODS
-from pipeline.dataset import write_atomically
+from selfsup.methods.registry import METHODS
+from selfsup.files import write_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"

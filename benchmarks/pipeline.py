@@ -33,10 +33,10 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.convert import convert  # noqa: E402
-from pipeline.dataset import load_dataset_info  # noqa: E402
-from pipeline.loader import build_train_loader, dali_device, default_threads  # noqa: E402
-from pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, simclr_recipe  # noqa: E402
+from selfsup.pipeline.convert import convert  # noqa: E402
+from selfsup.pipeline.dataset import load_dataset_info  # noqa: E402
+from selfsup.pipeline.loader import build_train_loader, dali_device, default_threads  # noqa: E402
+from selfsup.pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, simclr_recipe  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- data
@@ -189,7 +189,7 @@ def measure_baseline(files: list[Path], size: int, batch_size: int, workers: int
 def measure_decode(dataset, batch_size: int, threads: int, batches: int, device: str = "cpu") -> float:
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipeline.loader import IMAGE_EXTENSIONS
+    from selfsup.pipeline.loader import IMAGE_EXTENSIONS
 
     split = dataset.split("train")
     decoder_device, device_id = dali_device(device)  # "mixed" (nvJPEG) on a GPU

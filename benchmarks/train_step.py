@@ -30,15 +30,15 @@ from pathlib import Path
 
 import torch
 
-from methods.registry import method_entry
-from pipeline.dataset import load_dataset_info
-from pipeline.loader import build_train_loader, default_threads
-from pipeline.recipes import build_recipe
-from trainer.config import load_config
-from trainer.data import DataStream
-from trainer.model import build_model, prepare_model, seed_everything, to_channels_last
-from trainer.optimizers import build_optimizer
-from trainer.step import accumulate_gradients, apply_update
+from selfsup.methods.registry import method_entry
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.loader import build_train_loader, default_threads
+from selfsup.pipeline.recipes import build_recipe
+from selfsup.trainer.config import load_config
+from selfsup.trainer.data import DataStream
+from selfsup.trainer.model import build_model, prepare_model, seed_everything, to_channels_last
+from selfsup.trainer.optimizers import build_optimizer
+from selfsup.trainer.step import accumulate_gradients, apply_update
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_DEFAULTS = ["model.backbone=resnet50", "data.image_size=224", "data.batch_size=128"]
@@ -47,8 +47,8 @@ CPU_DEFAULTS = ["model.backbone=resnet18", "data.image_size=64", "data.batch_siz
 
 
 def demo_dataset(workdir: Path) -> Path:
-    from pipeline.convert import convert
-    from pipeline.demo_images import make_demo_folder
+    from selfsup.pipeline.convert import convert
+    from selfsup.pipeline.demo_images import make_demo_folder
 
     output = workdir / "shards"
     if not (output / "dataset.json").exists():

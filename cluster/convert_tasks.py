@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Iterator
 
-import cluster.local_ray  # noqa: F401  first: a local Ray must be set up for loopback before `import ray`
+import selfsup.cluster.local_ray  # noqa: F401  first: a local Ray must be set up for loopback before `import ray`
 import ray  # noqa: E402
 
-from pipeline.images import prepare_image
+from selfsup.pipeline.images import prepare_image
 
 Task = tuple[str, str, "int | None"]  # (source root, relative path, max_side)
 

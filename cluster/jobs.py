@@ -2,7 +2,7 @@
 
 `selfsup submit --address http://127.0.0.1:8265 -- train --config configs/simclr.yaml ...` ships
 this project folder to the cluster (Ray's `runtime_env` `working_dir`, without the virtualenv,
-data and run folders) and runs `python -m cluster.cli train ...` there with the cluster's Python,
+data and run folders) and runs `python -m selfsup train ...` there with the cluster's Python,
 streaming the job's output until it ends. The command runs in a copy of the project on the head
 node: give data and output paths that the cluster sees (a shared mount or a URI), not local ones.
 
@@ -41,21 +41,28 @@ EXCLUDES = [".venv/", ".git/", "data/", "runs/", "demo/", "build/", "*.egg-info/
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
 
 
+def is_dashboard_refusal(error: BaseException) -> bool:
+    """An unreachable dashboard, or one that refuses us (no or a wrong auth token)."""
+    from ray.exceptions import AuthenticationError  # Ray
+
+    return isinstance(error, (ConnectionError, AuthenticationError))
+
+
 def _client(address: str) -> JobSubmissionClient:
     return JobSubmissionClient(address)  # Ray: an HTTP client of the dashboard
 
 
 def entrypoint_for(command: list[str], python: str = "python") -> str:
     """The shell command a job runs: the selfsup CLI as a module of the shipped working dir."""
-    return f"{shlex.quote(python)} -m cluster.cli {shlex.join(command)}"
+    return f"{shlex.quote(python)} -m selfsup {shlex.join(command)}"
 
 
 def submit(address: str, command: list[str], *, working_dir: str | Path = ".", python: str = "python",
            follow: bool = True) -> int:
     """Submit `selfsup COMMAND...` as a job; with `follow`, stream its logs and return its exit status."""
     working_dir = Path(working_dir).resolve()
-    if not (working_dir / "cluster" / "cli.py").is_file():
-        raise FileNotFoundError(f"{working_dir}: not the selfsup project folder (no cluster/cli.py); "
+    if not (working_dir / "selfsup" / "__init__.py").is_file():
+        raise FileNotFoundError(f"{working_dir}: not the selfsup project folder (no selfsup/__init__.py); "
                                 "run from the project root or pass --working-dir")
     client = _client(address)
     job_id = client.submit_job(  # Ray: upload the working dir, start the entrypoint on the head node

@@ -14,7 +14,7 @@ import socket
 import sys
 from datetime import timedelta
 
-import cluster.local_ray  # noqa: F401  first: it sets Ray's environment before Ray is imported
+import selfsup.cluster.local_ray  # noqa: F401  first: it sets Ray's environment before Ray is imported
 
 import ray
 import ray.train

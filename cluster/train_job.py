@@ -45,7 +45,7 @@ import uuid
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from cluster.local_ray import ensure_ray  # first: it must set up the environment before Ray is imported
+from selfsup.cluster.local_ray import ensure_ray  # first: it must set up the environment before Ray is imported
 
 import ray
 import ray.train
@@ -53,14 +53,15 @@ import torch.distributed
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from cluster.cli import USER_ERRORS
-from cluster.process_group import PROCESS_GROUP_TIMEOUT_SECONDS, OwnProcessGroup, join_process_group
-from pipeline.node_staging import stage_node_parts
-from pipeline.staging import is_uri, stage_dataset
-from trainer.checkpoint import latest_checkpoint
-from trainer.config import Config, config_from_dict, config_to_dict, save_config
-from trainer.loop import NonFiniteLossError, train
-from trainer.preemption import StopRequest, handle_stop_signals, poll_for_stop
+from selfsup.errors import USER_ERRORS
+from selfsup.cluster.process_group import PROCESS_GROUP_TIMEOUT_SECONDS, OwnProcessGroup, join_process_group
+from selfsup.pipeline.node_staging import stage_node_parts
+from selfsup.pipeline.staging import is_uri, stage_dataset
+from selfsup.trainer.checkpoint import latest_checkpoint
+from selfsup.trainer.config import Config, config_from_dict, config_to_dict, save_config
+from selfsup.trainer.loop import train
+from selfsup.errors import NonFiniteLossError
+from selfsup.trainer.preemption import StopRequest, handle_stop_signals, poll_for_stop
 
 # Ray Train would otherwise both log and echo every print() of the workers (each line twice).
 WORKER_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}

@@ -37,7 +37,7 @@ import math
 import re
 from pathlib import Path
 
-from cluster.local_ray import ensure_ray  # first: it must set up the environment before Ray is imported
+from selfsup.cluster.local_ray import ensure_ray  # first: it must set up the environment before Ray is imported
 
 import ray
 import yaml
@@ -45,12 +45,13 @@ from ray import tune  # Ray: the search (Tuner, ASHA, search-space domains)
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from cluster.train_job import build_torch_trainer, raising_reported_worker_errors, stage_if_remote
-from pipeline.dataset import load_dataset_info
-from pipeline.staging import is_uri
-from trainer.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
-from trainer.loop import train
-from trainer.model import check_buildable
+from selfsup.cluster.train_job import build_torch_trainer, raising_reported_worker_errors, stage_if_remote
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.staging import is_uri
+from selfsup.trainer.config import Config, config_from_dict, config_to_dict, save_config
+from selfsup.errors import ConfigError
+from selfsup.trainer.loop import train
+from selfsup.trainer.model import check_buildable
 
 SEARCH_KEY = "search"
 TRIAL_KEY = "trial"  # how each trial runs; not part of the training config
@@ -365,12 +366,9 @@ def _cell(value) -> str:
 
 def load_raw_config(path: str | Path, overrides: list[str]) -> dict:
     """A config file as a plain dict, `--set` overrides applied (the `search:` section kept)."""
-    from trainer.config import apply_override
+    from selfsup.trainer.config import apply_override, read_config_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_config_file(path)
     for assignment in overrides:
         apply_override(raw, assignment)
     return raw

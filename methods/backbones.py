@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.vision_transformer import vit_base, vit_small, vit_tiny
+from selfsup.methods.vision_transformer import vit_base, vit_small, vit_tiny
 
 # --------------------------------------------------------------------------------------------
 # ResNet

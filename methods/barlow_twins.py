@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.heads import ProjectionHead
-from methods.losses import barlow_twins
+from selfsup.methods.heads import ProjectionHead
+from selfsup.methods.losses import barlow_twins
 
 
 @dataclass

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.heads import PredictionHead, ProjectionHead
-from methods.losses import negative_cosine
-from methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from selfsup.methods.heads import PredictionHead, ProjectionHead
+from selfsup.methods.losses import negative_cosine
+from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
 
 
 @dataclass

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import distributed
-from methods.dense import adapt_input_channels, feature_map
-from methods.losses import colorization_loss, rebalancing_weights
+from selfsup.methods import distributed
+from selfsup.methods.dense import adapt_input_channels, feature_map
+from selfsup.methods.losses import colorization_loss, rebalancing_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

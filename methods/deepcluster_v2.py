@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import distributed
-from methods.heads import ProjectionHead
-from methods.multicrop import batch_views, same_size_runs
+from selfsup.methods import distributed
+from selfsup.methods.heads import ProjectionHead
+from selfsup.methods.multicrop import batch_views, same_size_runs
 
 CROPS_FOR_ASSIGN = (0, 1)
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.heads import DINOHead
-from methods.losses import dino_sinkhorn_targets, dino_targets, dino_update_center, distillation_cross_entropy
-from methods.momentum import cosine_momentum, ema_update_, frozen_copy
-from methods.multicrop import batch_views, same_size_runs
+from selfsup.methods.heads import DINOHead
+from selfsup.methods.losses import dino_sinkhorn_targets, dino_targets, dino_update_center, distillation_cross_entropy
+from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from selfsup.methods.multicrop import batch_views, same_size_runs
 
 
 CENTERING = ("mean", "sinkhorn")

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.dense import feature_map, output_stride
-from methods.losses import inpainting_loss
+from selfsup.methods.dense import feature_map, output_stride
+from selfsup.methods.losses import inpainting_loss
 
 
 @dataclass

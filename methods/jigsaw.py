@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.heads import ProjectionHead
-from methods.losses import classification_loss
+from selfsup.methods.heads import ProjectionHead
+from selfsup.methods.losses import classification_loss
 
 NUM_TILES = 9
 

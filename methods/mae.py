@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.vision_transformer import Block
-from methods.losses import mae_loss
+from selfsup.methods.vision_transformer import Block
+from selfsup.methods.losses import mae_loss
 
 
 @dataclass

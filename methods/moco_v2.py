@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import distributed
-from methods.heads import ProjectionHead
-from methods.losses import infonce
-from methods.momentum import cosine_momentum, ema_update_, enqueue_, frozen_copy
+from selfsup.methods import distributed
+from selfsup.methods.heads import ProjectionHead
+from selfsup.methods.losses import infonce
+from selfsup.methods.momentum import cosine_momentum, ema_update_, enqueue_, frozen_copy
 
 
 @dataclass

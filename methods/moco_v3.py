@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.heads import ProjectionHead
-from methods.losses import moco_v3_loss
-from methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from selfsup.methods.heads import ProjectionHead
+from selfsup.methods.losses import moco_v3_loss
+from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
 
 
 @dataclass

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import distributed
-from methods.heads import PredictionHead, ProjectionHead
-from methods.losses import nnclr_loss
-from methods.momentum import enqueue_
+from selfsup.methods import distributed
+from selfsup.methods.heads import PredictionHead, ProjectionHead
+from selfsup.methods.losses import nnclr_loss
+from selfsup.methods.momentum import enqueue_
 
 
 @dataclass

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import distributed
-from methods.losses import npid_nce_loss
+from selfsup.methods import distributed
+from selfsup.methods.losses import npid_nce_loss
 
 LOSSES = ("nce", "softmax")
 

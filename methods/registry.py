@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from methods import (
+from selfsup.methods import (
     barlow_twins, byol, colorization, deepcluster_v2, dino, inpainting, jigsaw, mae, moco_v2, moco_v3,
     nnclr, npid, relative_location, rotation, simclr, simmim, simsiam, swav, vicreg,
 )

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.heads import ProjectionHead
-from methods.losses import nt_xent
+from selfsup.methods.heads import ProjectionHead
+from selfsup.methods.losses import nt_xent
 
 
 @dataclass

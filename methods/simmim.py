@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.losses import normalize_locally, simmim_loss, unpatchify
+from selfsup.methods.losses import normalize_locally, simmim_loss, unpatchify
 
 
 @dataclass

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.heads import PredictionHead, ProjectionHead
-from methods.losses import negative_cosine
+from selfsup.methods.heads import PredictionHead, ProjectionHead
+from selfsup.methods.losses import negative_cosine
 
 
 @dataclass

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import distributed
-from methods.heads import PrototypesHead, ProjectionHead
-from methods.losses import sinkhorn_knopp, swav_swapped_prediction
-from methods.multicrop import batch_views, same_size_runs
+from selfsup.methods import distributed
+from selfsup.methods.heads import PrototypesHead, ProjectionHead
+from selfsup.methods.losses import sinkhorn_knopp, swav_swapped_prediction
+from selfsup.methods.multicrop import batch_views, same_size_runs
 
 CROPS_FOR_ASSIGN = (0, 1)
 

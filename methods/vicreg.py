@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.heads import ProjectionHead
-from methods.losses import vicreg_terms
+from selfsup.methods.heads import ProjectionHead
+from selfsup.methods.losses import vicreg_terms
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali import math as dali_math
 
-from pipeline.recipes import EvalRecipe, ViewSpec
+from selfsup.pipeline.recipes import EvalRecipe, ViewSpec
 
 
 def decode_random_resized_crop(encoded, view: ViewSpec, decoder_device: str):

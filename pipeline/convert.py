@@ -20,12 +20,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.convert_plan import (KEY_DIGITS, SPLITS, PlanItem, build_plan, is_hidden, scan_source,
+from selfsup.pipeline.convert_plan import (KEY_DIGITS, SPLITS, PlanItem, build_plan, is_hidden, scan_source,
                                    source_fingerprint)
-from pipeline.dataset import (DATASET_FILE, ERRORS_FILE, FORMAT_VERSION, DatasetError, is_dataset_file,
-                              shard_name, write_atomically, write_dataset_files)
-from pipeline.images import prepare_image
-from pipeline.shards import IMAGE_EXTENSIONS, ShardWriter, parse_size
+from selfsup.files import write_atomically
+from selfsup.pipeline.dataset import (
+    DATASET_FILE, ERRORS_FILE, FORMAT_VERSION, is_dataset_file, shard_name, write_dataset_files,
+)
+from selfsup.errors import DatasetError
+from selfsup.pipeline.images import prepare_image
+from selfsup.pipeline.shards import IMAGE_EXTENSIONS, ShardWriter, parse_size
 
 STATE_FOLDER = ".selfsup-convert"
 PLAN_FILE = "plan.json"

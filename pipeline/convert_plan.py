@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dataset import FORMAT_VERSION
-from pipeline.shards import IMAGE_EXTENSIONS
+from selfsup.pipeline.dataset import FORMAT_VERSION
+from selfsup.pipeline.shards import IMAGE_EXTENSIONS
 
 SPLITS = ("val", "train")  # plan order: the first round(val_fraction * N) positions are "val"
 KEY_DIGITS = 9

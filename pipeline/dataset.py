@@ -27,6 +27,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfsup.files import sync_folder, write_atomically
+from selfsup.errors import DatasetError
+
 FORMAT_VERSION = 1
 DATASET_FILE = "dataset.json"
 MANIFEST_FILE = "manifest.parquet"
@@ -65,10 +68,6 @@ def is_dataset_file(name: str) -> bool:
     return split in SPLIT_NAMES and len(rest) == 10 and rest[:6].isdigit() and rest[6:] in (".tar", ".idx")
 
 
-class DatasetError(ValueError):
-    """A dataset folder, shard, index or conversion input is missing or malformed."""
-
-
 @dataclass(frozen=True)
 class SplitInfo:
     """One split of a converted dataset: its sample count and shard/index files (absolute)."""
@@ -96,37 +95,6 @@ class DatasetInfo:
             available = ", ".join(repr(split) for split in self.splits) or "none"
             raise DatasetError(f"{self.root}: no split {name!r} in this dataset (available: {available})")
         return self.splits[name]
-
-
-def write_atomically(path: str | Path, data: bytes, *, sync_parent: bool = True) -> None:
-    """Write `data` to `path` via `path.partial` + fsync + os.replace, so readers see all or nothing.
-
-    `sync_parent=False` skips the folder fsync (for callers that sync the folder themselves, or
-    whose file may be lost on a power cut without harm).
-    """
-    path = Path(path)
-    temporary = path.with_name(path.name + ".partial")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    if sync_parent:
-        sync_folder(path.parent)
-
-
-def sync_folder(folder: str | Path) -> None:
-    """fsync a folder so that renames inside it survive a power loss (best effort)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def read_description(root: str | Path) -> dict:

@@ -16,19 +16,19 @@ import numpy as np
 import torch
 from nvidia.dali import fn
 
-from pipeline.augment import (
+from selfsup.pipeline.augment import (
     augmented_view, color_jitter, decode_random_resized_crop, decoded_crops, random_gaussian_blur, random_solarize,
 )
-from pipeline.masks import block_masks, random_patch_masks
-from pipeline.permutations import jigsaw_permutations, load_permutations
-from pipeline.pretext import (
+from selfsup.pipeline.masks import block_masks, random_patch_masks
+from selfsup.pipeline.permutations import jigsaw_permutations, load_permutations
+from selfsup.pipeline.pretext import (
     ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
 )
-from pipeline.pretext_ops import (
+from selfsup.pipeline.pretext_ops import (
     all_rotations, colorization_targets, inpainting_views, jigsaw_view, normalize_chw, random_flip,
     random_integer, region_side, relative_patches, rotate_quarter_turns,
 )
-from pipeline.recipes import Recipe, ViewSpec
+from selfsup.pipeline.recipes import Recipe, ViewSpec
 
 INTEGER_LABELS = ("rotation_label", "jigsaw_label", "relative_label", "ab_bins")
 

@@ -11,15 +11,14 @@ The ab plane is quantized on a grid of 10 (bin centres at multiples of 10); the 
 are those that some sRGB colour falls in: we sample the sRGB cube on a 128^3 lattice, convert,
 and collect the occupied bins (deterministic; 262 bins with this conversion, where the paper
 reports 313 from its own gamut computation). Every grid cell maps to its nearest in-gamut bin,
-so a view's ab always gets a bin. The class-rebalancing prior (paper eq. 4) is estimated from
-the data: `estimate_ab_prior` counts bins over some samples, smooths with a Gaussian (sigma 5
-in ab units) and `rebalancing_weights` mixes with uniform (lambda 0.5) and normalizes.
+so a view's ab always gets a bin. The class-rebalancing prior (paper eq. 4) is counted from the
+training views themselves by the colorization method (`methods/colorization.py`) and turned into
+weights by `methods.losses.rebalancing_weights`.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
@@ -96,62 +95,6 @@ def ab_to_bins(ab: np.ndarray) -> np.ndarray:
     return grid_to_bin()[grid_index(ab)]
 
 
-def smooth_prior(counts: np.ndarray, sigma: float = 5.0) -> np.ndarray:
-    """Bin counts (Q,) -> a distribution (Q,) smoothed by a Gaussian of `sigma` ab units."""
-    centres = in_gamut_bins()
-    distances = ((centres[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)  # (Q, Q)
-    kernel = np.exp(-distances / (2 * sigma ** 2))
-    probability = np.asarray(counts, dtype=np.float64) / max(float(np.sum(counts)), 1e-12)
-    smoothed = kernel @ probability
-    return smoothed / smoothed.sum()
-
-
-def rebalancing_weights(prior: np.ndarray, mixing: float = 0.5) -> np.ndarray:
-    """Paper eq. 4: w ~ ((1 - lambda) p + lambda / Q) ** -1, scaled so that E_p[w] = 1. (Q,)"""
-    prior = np.asarray(prior, dtype=np.float64)
-    weights = 1.0 / ((1 - mixing) * prior + mixing / len(prior))
-    return weights / float((prior * weights).sum())
-
-
-def estimate_ab_prior(dataset, *, samples: int = 1024, image_size: int = 64, batch_size: int = 32,
-                      split: str = "train", seed: int = 0, sigma: float = 5.0,
-                      num_threads: int | None = None) -> np.ndarray:
-    """The empirical ab-bin distribution of about `samples` colorization views, smoothed: (Q,)."""
-    from pipeline.loader import build_train_loader
-    from pipeline.recipes import colorization_recipe
-
-    recipe = colorization_recipe(image_size=image_size, bin_downsample=1 if image_size % 4 else 4)
-    loader = build_train_loader(dataset, recipe, batch_size=batch_size, split=split, seed=seed,
-                                num_threads=num_threads)
-    counts = np.zeros(len(in_gamut_bins()), dtype=np.int64)
-    seen = 0
-    for batch in loader:
-        bins = batch["ab_bins"].cpu().numpy().reshape(-1)
-        counts += np.bincount(bins, minlength=len(counts))
-        seen += len(batch["ab_bins"])
-        if seen >= samples:
-            break
-    loader.close()
-    return smooth_prior(counts, sigma)
-
-
-def save_ab_prior(path: str | Path, prior: np.ndarray) -> Path:
-    """Write a prior (Q,) as .npy; `load_ab_prior` checks it against the bins."""
-    path = Path(path)
-    np.save(path, np.asarray(prior, dtype=np.float64))
-    return path
-
-
-def load_ab_prior(path: str | Path) -> np.ndarray:
-    """Read a prior written by `save_ab_prior`."""
-    prior = np.load(Path(path), allow_pickle=False)
-    if prior.shape != (len(in_gamut_bins()),) or not np.isclose(prior.sum(), 1.0):
-        raise ValueError(f"{path}: expected a distribution over {len(in_gamut_bins())} ab bins, "
-                         f"got shape {prior.shape}, sum {prior.sum():.4f}")
-    return prior
-
-
 __all__ = [
-    "ab_to_bins", "estimate_ab_prior", "lab_to_srgb", "grid_index", "grid_to_bin", "in_gamut_bins", "load_ab_prior",
-    "rebalancing_weights", "save_ab_prior", "smooth_prior", "srgb_to_lab",
+    "ab_to_bins", "lab_to_srgb", "grid_index", "grid_to_bin", "in_gamut_bins", "srgb_to_lab",
 ]

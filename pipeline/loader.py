@@ -29,12 +29,13 @@ from nvidia.dali import fn, pipeline_def
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from pipeline.augment import eval_view, label_digits
-from pipeline.dataset import DatasetError, DatasetInfo
-from pipeline.graph import finish_batch, recipe_outputs
-from pipeline.node_staging import placeholders, session_for
-from pipeline.recipes import EvalRecipe, Recipe, validate_recipe
-from pipeline.shards import IMAGE_EXTENSIONS as IMAGE_EXTENSION_LIST, read_index_entries, split_member_name
+from selfsup.pipeline.augment import eval_view, label_digits
+from selfsup.pipeline.dataset import DatasetInfo
+from selfsup.errors import DatasetError
+from selfsup.pipeline.graph import finish_batch, recipe_outputs
+from selfsup.pipeline.node_staging import placeholders, session_for
+from selfsup.pipeline.recipes import EvalRecipe, Recipe, validate_recipe
+from selfsup.pipeline.shards import IMAGE_EXTENSIONS as IMAGE_EXTENSION_LIST, read_index_entries, split_member_name
 
 IMAGE_EXTENSIONS = ";".join(IMAGE_EXTENSION_LIST)  # DALI's webdataset `ext` form
 READER_NAME = "reader"

@@ -40,12 +40,14 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.dataset import DATASET_FILE, DatasetError
-from pipeline.shard_parts import FileSpan, part_spans, write_part_indexes
-from pipeline.staging import (CLAIMS_FOLDER, FILES_LIST, MARKER_FILE, copy_file, file_bytes, file_lock,
+from selfsup.pipeline.dataset import DATASET_FILE
+
+from selfsup.errors import DatasetError
+from selfsup.pipeline.shard_parts import FileSpan, part_spans, write_part_indexes
+from selfsup.pipeline.staging import (CLAIMS_FOLDER, FILES_LIST, MARKER_FILE, copy_file, file_bytes, file_lock,
                               folder_bytes, folder_lock, is_placeholder, is_staged, live_claims, location, locked,
                               make_placeholder, make_room, open_filesystem, public_uri, stage_dataset)
-from pipeline.shards import index_lines, parse_size
+from selfsup.pipeline.shards import index_lines, parse_size
 
 WAIT_FOR_ROOM_SECONDS = 600.0  # how long a file needed now waits for the node's other ranks to free room
 PARTS_FOLDER = ".parts"  # trimmed indexes of the first and last file of each part

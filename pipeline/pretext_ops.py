@@ -14,12 +14,12 @@ import numpy as np
 import nvidia.dali.math as dali_math
 from nvidia.dali import fn, types
 
-from pipeline.augment import color_jitter
-from pipeline.lab import BIN_SIZE, DELTA, GRID_LIMIT, GRID_SIDE, RGB_TO_XYZ, WHITE_D65, grid_to_bin
-from pipeline.pretext import (
+from selfsup.pipeline.augment import color_jitter
+from selfsup.pipeline.lab import BIN_SIZE, DELTA, GRID_LIMIT, GRID_SIDE, RGB_TO_XYZ, WHITE_D65, grid_to_bin
+from selfsup.pipeline.pretext import (
     JIGSAW_GRID, ColorizationSpec, InpaintingSpec, JigsawSpec, RelativeLocationSpec,
 )
-from pipeline.recipes import ViewSpec
+from selfsup.pipeline.recipes import ViewSpec
 
 DROPPED_CHANNEL_NOISE = 0.01  # x the std of a normalized channel (Doersch et al. 2015, section 4)
 

@@ -19,14 +19,15 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from PIL import Image, ImageDraw
 
-from pipeline.dataset import load_dataset_info
-from pipeline.graph import finish_batch, patch_grid, recipe_outputs, recipe_permutations
-from pipeline.lab import in_gamut_bins, lab_to_srgb
-from pipeline.loader import read_shards
-from pipeline.pretext import (
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.graph import finish_batch, patch_grid, recipe_outputs, recipe_permutations
+from selfsup.pipeline.lab import in_gamut_bins, lab_to_srgb
+from selfsup.pipeline.loader import read_shards
+from selfsup.pipeline.pretext import (
     ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
 )
-from pipeline.recipes import RECIPES, Recipe, RecipeError, build_recipe
+from selfsup.pipeline.recipes import RECIPES, Recipe, build_recipe
+from selfsup.errors import RecipeError
 
 ROW = 128  # pixel height of a row's main pictures
 GAP = 6

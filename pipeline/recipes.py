@@ -32,17 +32,14 @@ import dataclasses
 import inspect
 from dataclasses import dataclass
 
-from pipeline.pretext import (
+from selfsup.pipeline.pretext import (
     ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, PretextSpec, RelativeLocationSpec,
     RotationSpec, pretext_problems,
 )
+from selfsup.errors import RecipeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be built: names the recipe, the field and what was expected."""
 
 
 @dataclass(frozen=True)

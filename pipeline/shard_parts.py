@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.shards import INDEX_VERSION, index_lines
+from selfsup.pipeline.shards import INDEX_VERSION, index_lines
 
 
 def part_bounds(total: int, part: int, parts: int) -> tuple[int, int]:

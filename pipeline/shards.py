@@ -22,7 +22,9 @@ import re
 import tarfile
 from pathlib import Path
 
-from pipeline.dataset import DatasetError, sync_folder, write_atomically
+from selfsup.files import sync_folder, write_atomically
+
+from selfsup.errors import DatasetError
 
 INDEX_VERSION = "v1.2"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")  # accepted by convert, verify, the loader

@@ -45,8 +45,10 @@ from typing import Iterator
 
 import pyarrow.fs
 
-from pipeline.dataset import DATASET_FILE, ERRORS_FILE, MANIFEST_FILE, DatasetError
-from pipeline.shards import parse_size
+from selfsup.pipeline.dataset import DATASET_FILE, ERRORS_FILE, MANIFEST_FILE
+
+from selfsup.errors import DatasetError
+from selfsup.pipeline.shards import parse_size
 
 MARKER_FILE = ".staged"  # in a staged folder: the source URI; its mtime is the last use
 FILES_LIST = ".files.json"  # in a staged folder: name -> size of every file of the dataset at the source

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.dataset import MANIFEST_FILE, DatasetError, read_description, read_manifest
-from pipeline.shards import END_OF_ARCHIVE, IMAGE_EXTENSIONS, TAR_BLOCK, read_index_entries, split_member_name
+from selfsup.pipeline.dataset import MANIFEST_FILE, read_description, read_manifest
+
+from selfsup.errors import DatasetError
+from selfsup.pipeline.shards import END_OF_ARCHIVE, IMAGE_EXTENSIONS, TAR_BLOCK, read_index_entries, split_member_name
 
 
 @dataclass(frozen=True)

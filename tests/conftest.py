@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.demo_images import make_demo_folder
+from selfsup.pipeline.demo_images import make_demo_folder
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,7 @@ def demo_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_shards(demo_folder, tmp_path_factory):
     """The demo folder converted: 120 train + 40 val samples over several small shards."""
-    from pipeline.convert import convert
+    from selfsup.pipeline.convert import convert
 
     output = tmp_path_factory.mktemp("shards") / "shapes"
     convert(demo_folder, output, shard_size="64KB", val_fraction=0.25, workers=1, seed=0, progress=False)

@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pipeline.dataset import sync_folder
+from selfsup.files import sync_folder
+from selfsup.errors import CheckpointError
 
 __all__ = [
     "CheckpointError",
@@ -45,10 +46,6 @@ STATE_FILE = "state.pt"
 LATEST_FILE = "latest"
 TEMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not fit this run; the message names the path."""
 
 
 def _step_name(step: int) -> str:

@@ -13,16 +13,14 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from methods.registry import METHODS, method_entry
-
-
-class ConfigError(ValueError):
-    """A config value or key that cannot be used; the message names the key and what is valid."""
+from selfsup.methods.registry import METHODS, method_entry
+from selfsup.errors import ConfigError
 
 
 @dataclass
@@ -48,9 +46,9 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "lars"  # lars | sgd | adamw | lamb
+    name: Literal["lars", "sgd", "adamw", "lamb"] = "lars"
     lr: float = 0.3  # for a global batch of `reference_batch_size`, scaled by `lr_scaling`
-    lr_scaling: str = "linear"  # linear | sqrt | none
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     reference_batch_size: int = 256
     final_lr: float = 0.0  # absolute, reached at the last step
     warmup_epochs: float = 10.0
@@ -68,7 +66,7 @@ class TrainerConfig:
     checkpoint_every: int = 1000  # steps; a checkpoint is always written at the end
     keep_checkpoints: int = 3
     log_every: int = 10
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 (with a grad scaler) | fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU; fp16 with a grad scaler
     grad_clip: float | None = None  # max global gradient norm
     accumulate_steps: int = 1  # micro-batches of data.batch_size per optimizer step
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping the run
@@ -189,14 +187,38 @@ def _method_from_dict(data: Any) -> Any:
     return _from_dict(entry.options, data, "method")
 
 
+# The smallest value each numeric key may take (None: no such key limit): checked by
+# `config_from_dict`, so a bad value stops the command before Ray or any worker starts.
+MINIMUMS = {
+    "seed": 0, "data.batch_size": 1, "data.image_size": 1, "data.num_threads": 0, "data.shuffle_buffer": 0,
+    "data.prefetch_depth": 1, "optim.lr": 0, "optim.reference_batch_size": 1, "optim.final_lr": 0,
+    "optim.warmup_epochs": 0, "optim.weight_decay": 0, "optim.final_weight_decay": 0, "optim.momentum": 0,
+    "trainer.epochs": 1, "trainer.max_steps": 1, "trainer.checkpoint_every": 1, "trainer.keep_checkpoints": 1,
+    "trainer.log_every": 1, "trainer.accumulate_steps": 1, "trainer.freeze_last_layer_epochs": 0,
+    "trainer.grad_clip": 0, "eval.knn_k": 1, "eval.knn_temperature": 0, "eval.batch_size": 1,
+    "eval.online_knn_every_epochs": 0,
+}
+
+
+def _check_minimums(config: Config) -> None:
+    for key, minimum in MINIMUMS.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(config, section) if section else config, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{key}={value!r}: expected {minimum} or more")
+
+
 def config_from_dict(data: dict) -> Config:
-    """A checked Config from plain values (a parsed YAML file or a checkpoint's config)."""
+    """A checked Config from plain values (a parsed YAML file or a checkpoint's config): known
+    keys, the annotated types (one of the `Literal` choices where a value is one of a few) and
+    the `MINIMUMS`."""
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
     data = dict(data)
     method = _method_from_dict(data.pop("method", None))
     config = _from_dict(Config, data, "")
     config.method = method
+    _check_minimums(config)
     return config
 
 
@@ -229,16 +251,41 @@ def apply_override(data: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs installed with selfsup (`configs/*.yaml` of the source tree): name -> file."""
+    folder = resources.files("selfsup.configs")
+    return {Path(entry.name).stem: Path(str(entry)) for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+            if entry.name.endswith(".yaml")}
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file: `name_or_path` itself when it is a file, else the shipped config of that name
+    (`simclr` or `simclr.yaml`); a ConfigError naming the shipped ones otherwise."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    name = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if len(path.parts) == 1 and name in shipped:
+        return shipped[name]
+    raise ConfigError(f"config {name_or_path}: no such file and no shipped config of that name; "
+                      f"shipped configs: {', '.join(shipped)} (`selfsup configs` lists them)")
+
+
+def read_config_file(name_or_path: str | Path) -> dict:
+    """The YAML of a config file or shipped config, as a plain dict."""
+    path = resolve_config_path(name_or_path)
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> Config:
-    """Read a YAML config (or start from `base`), apply overrides, check everything."""
+    """Read a YAML config (a file, or a shipped config's name such as `simclr`; or start from
+    `base`), apply overrides, check everything."""
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        data = read_config_file(path)
     else:
         data = dict(base or {})
     for assignment in overrides:

@@ -17,14 +17,17 @@ from pathlib import Path
 
 import torch
 
-from pipeline.dataset import DatasetError, DatasetInfo, load_dataset_info
-from pipeline.loader import build_eval_loader
-from pipeline.recipes import EvalRecipe
-from trainer.checkpoint import CheckpointError, load_checkpoint
-from trainer.config import Config, config_from_dict
-from trainer.export import TEACHER_PREFIXES, teacher_prefix
-from trainer.knn import knn_accuracy
-from trainer.model import build_model, seed_everything
+from selfsup.pipeline.dataset import DatasetInfo, load_dataset_info
+
+from selfsup.errors import DatasetError
+from selfsup.pipeline.loader import build_eval_loader
+from selfsup.pipeline.recipes import EvalRecipe
+from selfsup.trainer.checkpoint import load_checkpoint
+from selfsup.errors import CheckpointError
+from selfsup.trainer.config import Config, config_from_dict
+from selfsup.trainer.export import TEACHER_PREFIXES, teacher_prefix
+from selfsup.trainer.knn import knn_accuracy
+from selfsup.trainer.model import build_model, seed_everything
 
 
 def load_backbone(checkpoint: str | Path, random_init: bool = False,

@@ -31,11 +31,12 @@ from pathlib import Path
 
 import torch
 
-from methods.backbones import build_backbone
-from pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD
-from trainer.checkpoint import CheckpointError, load_checkpoint
-from trainer.config import config_from_dict
-from trainer.model import backbone_options
+from selfsup.methods.backbones import build_backbone
+from selfsup.pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.trainer.checkpoint import load_checkpoint
+from selfsup.errors import CheckpointError
+from selfsup.trainer.config import config_from_dict
+from selfsup.trainer.model import backbone_options
 
 TEACHER_PREFIXES = ("teacher_backbone.", "target_backbone.", "momentum_backbone.", "key_backbone.")
 

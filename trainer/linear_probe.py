@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.dataset import DatasetError, load_dataset_info
-from trainer.evaluate import FeatureCache, cached_features, evaluation_samples, held_out_test_set
+from selfsup.pipeline.dataset import load_dataset_info
+
+from selfsup.errors import DatasetError
+from selfsup.trainer.evaluate import FeatureCache, cached_features, evaluation_samples, held_out_test_set
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:

@@ -34,27 +34,28 @@ from typing import Callable
 import torch
 import yaml
 
-from methods.registry import method_entry
-from pipeline.dataset import load_dataset_info
-from pipeline.loader import build_train_loader, default_threads
-from pipeline.recipes import build_recipe
-from trainer.checkpoint import latest_checkpoint, restore_rng_state, save_checkpoint
-from trainer.config import Config, config_to_dict
-from trainer.data import DataStream, tensor_to_bytes
-from trainer.distributed import DistributedContext, barrier, current_context, mean_across_ranks, wrap_model
-from trainer.evaluate import online_knn
-from trainer.model import (
+from selfsup.methods.registry import method_entry
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.loader import build_train_loader, default_threads
+from selfsup.pipeline.recipes import build_recipe
+from selfsup.trainer.checkpoint import latest_checkpoint, restore_rng_state, save_checkpoint
+from selfsup.trainer.config import Config, config_to_dict
+from selfsup.trainer.data import DataStream, tensor_to_bytes
+from selfsup.trainer.distributed import DistributedContext, barrier, current_context, mean_across_ranks, wrap_model
+from selfsup.trainer.evaluate import online_knn
+from selfsup.trainer.model import (
     backbone_options, build_model, check_memory_bank, prepare_model, seed_everything, to_channels_last,
 )
-from trainer.optimizers import build_optimizer, scale_learning_rate
-from trainer.preemption import StopRequest, handle_stop_signals
-from trainer.progress import LossLog, RunLogger
-from trainer.resume import (
+from selfsup.trainer.optimizers import build_optimizer, scale_learning_rate
+from selfsup.trainer.preemption import StopRequest, handle_stop_signals
+from selfsup.trainer.progress import LossLog, RunLogger
+from selfsup.trainer.resume import (
     CHECKPOINT_FORMAT, RESUME_KEYS, checkpoint_state, gather_rank_states, load_resume_state, rank_entry,
     restore_training_state,
 )
-from trainer.schedules import cosine_schedule
-from trainer.step import NonFiniteLossError, accumulate_gradients, apply_update, grad_scaler_for
+from selfsup.trainer.schedules import cosine_schedule
+from selfsup.trainer.step import accumulate_gradients, apply_update, grad_scaler_for
+from selfsup.errors import NonFiniteLossError
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "NonFiniteLossError", "StopRequest", "backbone_options",
            "build_model", "seed_everything", "train"]

@@ -14,9 +14,10 @@ import random
 import numpy as np
 import torch
 
-from methods.backbones import build_backbone
-from methods.registry import method_entry
-from trainer.config import Config, ConfigError
+from selfsup.methods.backbones import build_backbone
+from selfsup.methods.registry import method_entry
+from selfsup.trainer.config import Config
+from selfsup.errors import ConfigError
 
 
 def backbone_options(config: Config) -> dict:
@@ -41,7 +42,7 @@ def check_buildable(config: Config) -> None:
     option no recipe or constructor accepts (an image size that is not a multiple of the ViT patch
     size, an unknown loss) is a one-line error before any worker starts, not a traceback in each.
     Raises ConfigError (or the recipe's RecipeError, a ValueError)."""
-    from pipeline.recipes import build_recipe
+    from selfsup.pipeline.recipes import build_recipe
 
     build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
     try:

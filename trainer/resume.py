@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_distributed
 
-from trainer.checkpoint import CheckpointError, check_compatible, latest_checkpoint, load_checkpoint, rng_state
-from trainer.config import Config, config_to_dict
-from trainer.distributed import DistributedContext
+from selfsup.trainer.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, rng_state
+
+from selfsup.errors import CheckpointError
+from selfsup.trainer.config import Config, config_to_dict
+from selfsup.trainer.distributed import DistributedContext
 
 CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)

@@ -18,10 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the loss terms."""
+from selfsup.errors import NonFiniteLossError
 
 
 def autocast_for(precision: str, device: torch.device):

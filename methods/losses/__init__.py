@@ -12,7 +12,7 @@ pretext      classification_loss (rotation, jigsaw, relative location), coloriza
              rebalancing_weights (colorization), inpainting_loss (context encoder)
 """
 
-from methods.losses.bootstrap import (
+from selfsup.methods.losses.bootstrap import (
     dino_loss,
     dino_sinkhorn_loss,
     dino_sinkhorn_targets,
@@ -21,16 +21,16 @@ from methods.losses.bootstrap import (
     distillation_cross_entropy,
     negative_cosine,
 )
-from methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
-from methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, npid_nce_loss, nt_xent
-from methods.losses.masked import mae_loss, normalize_locally, patchify, simmim_loss, unpatchify
-from methods.losses.pretext import (
+from selfsup.methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
+from selfsup.methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, npid_nce_loss, nt_xent
+from selfsup.methods.losses.masked import mae_loss, normalize_locally, patchify, simmim_loss, unpatchify
+from selfsup.methods.losses.pretext import (
     classification_loss,
     colorization_loss,
     inpainting_loss,
     rebalancing_weights,
 )
-from methods.losses.redundancy import barlow_twins, vicreg, vicreg_terms
+from selfsup.methods.losses.redundancy import barlow_twins, vicreg, vicreg_terms
 
 __all__ = [
     "barlow_twins",

@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from methods import distributed
-from methods.losses.clustering import sinkhorn_knopp
+from selfsup.methods import distributed
+from selfsup.methods.losses.clustering import sinkhorn_knopp
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

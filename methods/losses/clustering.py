@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from methods import distributed
+from selfsup.methods import distributed
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from methods import distributed
+from selfsup.methods import distributed
 
 
 def _off_diagonal(matrix: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import pytest
 from benchmarks.methods import evaluated_weights, overrides_for
 from benchmarks.methods_report import (DECIDING_EPOCHS, RESULTS_MD, RESULTS_STORE, gain_cell, gain_margin,
                                        gain_verdict, not_better, outdated, stored_results, verdict_queries, write_section)
-from methods.registry import METHODS
+from selfsup.methods.registry import METHODS
 
 BUDGETS = sorted({json.loads(path.read_text())["epochs"] for path in RESULTS_STORE.glob("*.json")})
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dataset import read_manifest
+from selfsup.pipeline.dataset import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_convert_with_ray_tasks_matches_local(demo_folder, tmp_path):
     for name, extra in (("local", ["--workers", "1"]), ("ray", ["--ray"])):
         outputs[name] = tmp_path / name
         result = subprocess.run(
-            [sys.executable, "-m", "cluster.cli", "convert", str(demo_folder), str(outputs[name]),
+            [sys.executable, "-m", "selfsup", "convert", str(demo_folder), str(outputs[name]),
              "--shard-size", "64KB", "--val-fraction", "0.25", "--seed", "0", "--quiet", *extra],
             cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -32,7 +32,7 @@ def test_killed_worker_resumes_from_checkpoint(demo_shards, tmp_path):
     run = tmp_path / "run"
     environment = {**os.environ, "SELFSUP_TEST_KILL_AT_STEP": str(KILL_AT), "SELFSUP_TEST_KILL_RANK": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "train", "--config", "configs/simclr.yaml", "--data",
+        [sys.executable, "-m", "selfsup", "train", "--config", "configs/simclr.yaml", "--data",
          str(demo_shards), "--output", str(run), "--workers", "2", "--max-failures", "2",
          "--set", f"trainer.max_steps={TOTAL_STEPS}", "--set", f"trainer.checkpoint_every={CHECKPOINT_EVERY}",
          *TINY],
@@ -84,7 +84,7 @@ def test_run_continues_from_checkpoint_in_s3_storage(demo_shards, tmp_path):
         common = ["train", "--config", "configs/simclr.yaml", "--data", s3.uri("datasets", "shapes"),
                   "--storage", s3.uri("runs", "simclr"), "--set", "trainer.checkpoint_every=2", *TINY]
         first_run = tmp_path / "a" / "run"
-        first = subprocess.run([sys.executable, "-m", "cluster.cli", *common, "--output", str(first_run),
+        first = subprocess.run([sys.executable, "-m", "selfsup", *common, "--output", str(first_run),
                                 "--set", "trainer.max_steps=4"], cwd=ROOT, env=environment,
                                capture_output=True, text=True, timeout=900)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -101,7 +101,7 @@ def test_run_continues_from_checkpoint_in_s3_storage(demo_shards, tmp_path):
         assert s3.read_bytes("runs", "simclr/run/step-00000004/state.pt") == state.read_bytes()
 
         second_run = tmp_path / "b" / "run"
-        second = subprocess.run([sys.executable, "-m", "cluster.cli", *common, "--output", str(second_run),
+        second = subprocess.run([sys.executable, "-m", "selfsup", *common, "--output", str(second_run),
                                  "--set", "trainer.max_steps=6"], cwd=ROOT, env=environment,
                                 capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

@@ -75,7 +75,7 @@ def ray_head():
 
 
 def selfsup(environment: dict, *arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *arguments], cwd=ROOT, env=environment,
+    return subprocess.run([sys.executable, "-m", "selfsup", *arguments], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=timeout)
 
 

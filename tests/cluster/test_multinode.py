@@ -24,8 +24,8 @@ import json, os, subprocess, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray service on 127.0.0.1
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 from ray.cluster_utils import Cluster
-from cluster.train_job import run_training
-from trainer.config import load_config
+from selfsup.cluster.train_job import run_training
+from selfsup.trainer.config import load_config
 
 
 OVERRIDES = ["model.backbone=resnet18", "data.image_size=32", "data.batch_size=8", "method.projection_hidden_dim=64",
@@ -53,7 +53,7 @@ try:
     # a run that diverges in the workers: `selfsup train` on this cluster prints the trainer's message
     diverging = OVERRIDES + ["optim.lr=1e30", "trainer.max_steps=20"]
     options = [item for override in diverging for item in ("--set", override)]
-    diverged = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "--config", "configs/simclr.yaml",
+    diverged = subprocess.run([sys.executable, "-m", "selfsup", "train", "--config", "configs/simclr.yaml",
                                "--data", data, "--output", output + "-diverged", "--workers", "2",
                                "--address", cluster.address, *options], capture_output=True, text=True)
     lines = [line for line in diverged.stderr.splitlines() if line.strip()]

@@ -21,7 +21,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainer.checkpoint import latest_checkpoint
+from selfsup.trainer.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TOTAL_STEPS = 10
@@ -84,7 +84,7 @@ def _reported_steps(run: Path) -> int:
 def test_sigterm_to_the_driver_checkpoints_every_rank_at_one_step_and_the_same_command_resumes(
         demo_shards, tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "cluster.cli", "train", "--config", "configs/simclr.yaml", "--data",
+    command = [sys.executable, "-m", "selfsup", "train", "--config", "configs/simclr.yaml", "--data",
                str(demo_shards), "--output", str(run), "--workers", "2", "--set", f"trainer.max_steps={TOTAL_STEPS}",
                "--set", "trainer.checkpoint_every=1000", *TINY]
     log = tmp_path / "first.log"
@@ -142,12 +142,12 @@ def test_sigterm_to_the_driver_checkpoints_every_rank_at_one_step_and_the_same_c
     assert all(event.value > 0 for event in losses)
     assert "train/lr" in events.Tags()["scalars"] and "train/images_per_second" in events.Tags()["scalars"]
     assert json.loads((run / "metrics.json").read_text())["step"] == TOTAL_STEPS
-    knn = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "knn", "--checkpoint", str(run), "--data",
+    knn = subprocess.run([sys.executable, "-m", "selfsup", "eval", "knn", "--checkpoint", str(run), "--data",
                           str(demo_shards), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert knn.returncode == 0, knn.stderr[-3000:]
     answer = json.loads(knn.stdout.strip().splitlines()[-1])
     assert 0.0 <= answer["top1"] <= 100.0 and answer["query_split"] == "val" and answer["query_samples"] == 40
-    recalibrated = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "knn", "--checkpoint", str(run),
+    recalibrated = subprocess.run([sys.executable, "-m", "selfsup", "eval", "knn", "--checkpoint", str(run),
                                    "--data", str(demo_shards), "--recalibrate-bn", "50", "--json"], cwd=ROOT,
                                   capture_output=True, text=True, timeout=300)
     assert recalibrated.returncode == 0, recalibrated.stderr[-3000:]

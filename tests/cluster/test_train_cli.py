@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from tests.trainer.training_run import merge_optimizer_groups, tiny_config
-from trainer.config import save_config
-from trainer.loop import train
+from selfsup.trainer.config import save_config
+from selfsup.trainer.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "model.backbone=resnet18", "--set", "data.image_size=32", "--set", "data.batch_size=16",
@@ -18,7 +18,7 @@ TINY = ["--set", "model.backbone=resnet18", "--set", "data.image_size=32", "--se
 
 
 def selfsup(*arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *arguments], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "selfsup", *arguments], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -16,7 +16,9 @@ import pytest
 import torch
 import yaml
 
-from trainer.config import ConfigError, load_config
+from selfsup.trainer.config import load_config
+
+from selfsup.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "model.backbone=resnet18", "--set", "data.image_size=32", "--set", "data.batch_size=8",
@@ -28,7 +30,7 @@ TINY = ["--set", "model.backbone=resnet18", "--set", "data.image_size=32", "--se
 def test_search_space_parsing():
     from ray import tune
 
-    from cluster.tune import parse_domain, search_space, split_search
+    from selfsup.cluster.tune import parse_domain, search_space, split_search
 
     raw = yaml.safe_load((ROOT / "configs" / "simclr.yaml").read_text())
     raw["search"] = {"optim.lr": "loguniform(1e-4, 1e-1)", "method.temperature": "choice([0.1, 0.2, 0.5])",
@@ -48,7 +50,7 @@ def test_search_space_parsing():
 
 
 def test_search_values_that_cannot_be_built_are_refused_before_any_trial():
-    from cluster.tune import check_search, search_space, split_search
+    from selfsup.cluster.tune import check_search, search_space, split_search
 
     raw = yaml.safe_load((ROOT / "configs" / "dino.yaml").read_text())  # ViT-S, patch 16
     raw["search"] = {"data.image_size": [224, 200], "optim.lr": "loguniform(1e-4, 1e-3)"}
@@ -64,7 +66,7 @@ def test_search_values_that_cannot_be_built_are_refused_before_any_trial():
 
 
 def test_trial_settings_and_worker_resources():
-    from cluster.tune import split_search, trial_settings, worker_resources
+    from selfsup.cluster.tune import split_search, trial_settings, worker_resources
 
     raw = {"method": {"name": "simclr"}, "trial": {"workers": 4}, "search": {"optim.lr": "uniform(0, 1)"}}
     assert trial_settings(raw) == {"workers": 4}
@@ -82,7 +84,7 @@ def test_trial_settings_and_worker_resources():
 
 def _selfsup_tune(config: Path, data: Path, output: Path, samples: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "tune", "--config", str(config), "--data", str(data),
+        [sys.executable, "-m", "selfsup", "tune", "--config", str(config), "--data", str(data),
          "--output", str(output), "--samples", str(samples), "--concurrent", "2", "--grace-steps", "4",
          "--workers-per-trial", "2", *TINY],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from ray.train import WorkerGroupError
 
-from cluster.train_job import raising_reported_worker_errors
-from trainer.config import ConfigError
-from trainer.loop import NonFiniteLossError
+from selfsup.cluster.train_job import raising_reported_worker_errors
+from selfsup.errors import ConfigError
+from selfsup.errors import NonFiniteLossError
 
 
 def test_the_lowest_reporting_rank_error_leaves_as_itself():

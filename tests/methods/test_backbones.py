@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.backbones import BACKBONES, build_backbone
-from methods.vision_transformer import VisionTransformer, resize_position_embeddings
+from selfsup.methods.backbones import BACKBONES, build_backbone
+from selfsup.methods.vision_transformer import VisionTransformer, resize_position_embeddings
 
 FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048, "vit_tiny": 192, "vit_small": 384, "vit_base": 768}
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.heads import DINOHead, PredictionHead, PrototypesHead, ProjectionHead
+from selfsup.methods.heads import DINOHead, PredictionHead, PrototypesHead, ProjectionHead
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods import losses
+from selfsup.methods import losses
 
 
 @pytest.fixture(autouse=True)

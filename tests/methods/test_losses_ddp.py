@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from methods import losses
+from selfsup.methods import losses
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 8

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import byol, deepcluster_v2, dino, losses, mae, moco_v2, nnclr, npid, simmim, swav
-from methods.momentum import cosine_momentum, enqueue_
+from selfsup.methods import byol, deepcluster_v2, dino, losses, mae, moco_v2, nnclr, npid, simmim, swav
+from selfsup.methods.momentum import cosine_momentum, enqueue_
 from tests.methods.tiny_models import TinyBackbone, sgd_step, tiny_vit, two_views
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from methods import deepcluster_v2, moco_v2, npid, swav
+from selfsup.methods import deepcluster_v2, moco_v2, npid, swav
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 8

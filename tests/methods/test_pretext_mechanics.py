@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods import colorization, inpainting, jigsaw, relative_location, rotation
-from methods.backbones import resnet18
+from selfsup.methods import colorization, inpainting, jigsaw, relative_location, rotation
+from selfsup.methods.backbones import resnet18
 from tests.methods.tiny_models import SIZE, TinyBackbone, sgd_step
 
 

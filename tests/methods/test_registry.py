@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from methods.registry import METHODS, method_entry
-from pipeline.dataset import load_dataset_info
-from pipeline.loader import build_train_loader
-from pipeline.recipes import build_recipe
-from trainer.config import load_config
-from trainer.loop import build_model
+from selfsup.methods.registry import METHODS, method_entry
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.loader import build_train_loader
+from selfsup.pipeline.recipes import build_recipe
+from selfsup.trainer.config import load_config
+from selfsup.trainer.loop import build_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BATCH = 8

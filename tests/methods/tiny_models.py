@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.vision_transformer import VisionTransformer
+from selfsup.methods.vision_transformer import VisionTransformer
 
 SIZE = 8  # tiny images: 3 x 8 x 8
 

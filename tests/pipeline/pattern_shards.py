@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.convert import convert
-from pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.pipeline.convert import convert
+from selfsup.pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD
 
 
 def write_pattern_shards(root: Path, images: list[np.ndarray]) -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.augment import color_twist, jitter_parameters, separable_gaussian_blur, solarize
-from pipeline.recipes import ViewSpec
+from selfsup.pipeline.augment import color_twist, jitter_parameters, separable_gaussian_blur, solarize
+from selfsup.pipeline.recipes import ViewSpec
 
 BATCH = 8
 

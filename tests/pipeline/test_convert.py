@@ -17,10 +17,11 @@ import pytest
 import webdataset
 from PIL import Image, ImageOps
 
-from pipeline.convert import convert, format_summary
-from pipeline.dataset import DatasetError, read_manifest
-from pipeline.shards import ShardWriter, parse_size, read_index
-from pipeline.verify import verify
+from selfsup.pipeline.convert import convert, format_summary
+from selfsup.pipeline.dataset import read_manifest
+from selfsup.errors import DatasetError
+from selfsup.pipeline.shards import ShardWriter, parse_size, read_index
+from selfsup.pipeline.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from image_files import BAD_FILES, noise, write_all_kinds, write_class_folders  # noqa: E402
@@ -345,7 +346,7 @@ def test_ctrl_c_leaves_only_complete_shards(many_images, tmp_path):
 
 
 def test_crash_between_shard_rename_and_its_record_is_redone(tmp_path, monkeypatch):
-    import pipeline.convert as convert_module
+    import selfsup.pipeline.convert as convert_module
 
     source = tmp_path / "classes"
     files = write_class_folders(source, classes=2, per_class=15)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.convert import convert
-from pipeline.dataset import DatasetError, DatasetInfo, SplitInfo, load_dataset_info
+from selfsup.pipeline.convert import convert
+from selfsup.pipeline.dataset import DatasetInfo, SplitInfo, load_dataset_info
+from selfsup.errors import DatasetError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from image_files import write_class_folders  # noqa: E402

@@ -6,9 +6,12 @@ import pyarrow.parquet as parquet
 import pytest
 import torch
 
-from pipeline.dataset import DatasetError, load_dataset_info
-from pipeline.loader import build_eval_loader, build_train_loader, parse_label_digits
-from pipeline.recipes import EvalRecipe, RecipeError, ViewSpec, build_recipe, simclr_recipe
+from selfsup.pipeline.dataset import load_dataset_info
+
+from selfsup.errors import DatasetError
+from selfsup.pipeline.loader import build_eval_loader, build_train_loader, parse_label_digits
+from selfsup.pipeline.recipes import EvalRecipe, ViewSpec, build_recipe, simclr_recipe
+from selfsup.errors import RecipeError
 
 
 def first_batches(loader, count):
@@ -128,7 +131,7 @@ def test_unlabeled_datasets_decode_whole_images(tmp_path):
     """With one reader extension DALI returns a bare node: views must still be real images."""
     from PIL import Image
 
-    from pipeline.convert import convert
+    from selfsup.pipeline.convert import convert
 
     folder = tmp_path / "flat"
     folder.mkdir()

@@ -10,12 +10,12 @@ import pytest
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.dataset import load_dataset_info
-from pipeline.graph import recipe_permutations
-from pipeline.lab import ab_to_bins, in_gamut_bins, srgb_to_lab
-from pipeline.loader import build_train_loader
-from pipeline.pretext_ops import srgb_to_lab as dali_srgb_to_lab
-from pipeline.recipes import (
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.graph import recipe_permutations
+from selfsup.pipeline.lab import ab_to_bins, in_gamut_bins, srgb_to_lab
+from selfsup.pipeline.loader import build_train_loader
+from selfsup.pipeline.pretext_ops import srgb_to_lab as dali_srgb_to_lab
+from selfsup.pipeline.recipes import (
     beit_recipe, colorization_recipe, dino_recipe, inpainting_recipe, jigsaw_recipe, mae_recipe,
     relative_location_recipe, rotation_recipe,
 )
@@ -292,7 +292,7 @@ def test_crop_areas_stay_within_their_scale_bounds(coordinate_shards):
 
 
 def test_unit_ranges_of_integer_draws_are_uniform():
-    from pipeline.pretext_ops import random_integer
+    from selfsup.pipeline.pretext_ops import random_integer
 
     @pipeline_def(batch_size=4000, num_threads=1, device_id=None, seed=0)
     def draws():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pipeline.preview import render_preview
-from pipeline.recipes import RECIPES
+from selfsup.pipeline.preview import render_preview
+from selfsup.pipeline.recipes import RECIPES
 
 SMALL = {"jigsaw": (48, {}), "relative_location": (48, {}), "mae": (32, {"patch_size": 8}),
          "simmim": (32, {"patch_size": 8}), "beit": (32, {"patch_size": 4}),
@@ -19,7 +19,7 @@ KINDS = ["byol", "dino", "rotation", "jigsaw", "relative_location", "mae", "beit
 
 
 def test_the_kinds_cover_every_pretext():
-    from pipeline.recipes import build_recipe
+    from selfsup.pipeline.recipes import build_recipe
 
     pretexts = {type(build_recipe(name, SMALL.get(name, (48, {}))[0], **SMALL.get(name, (48, {}))[1]).pretext)
                 for name in RECIPES}

@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dataset import load_dataset_info
-from pipeline.lab import estimate_ab_prior, in_gamut_bins, load_ab_prior, rebalancing_weights, save_ab_prior
-from pipeline.loader import build_train_loader
-from pipeline.permutations import (
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.loader import build_train_loader
+from selfsup.pipeline.permutations import (
     jigsaw_permutations, load_permutations, minimum_hamming_distance, save_permutations,
 )
-from pipeline.recipes import (
-    RECIPES, RecipeError, ViewSpec, build_recipe, byol_recipe, dino_recipe, jigsaw_recipe, two_views_recipe,
-)
+from selfsup.pipeline.recipes import RECIPES, ViewSpec, build_recipe, byol_recipe, dino_recipe, jigsaw_recipe, two_views_recipe
+from selfsup.errors import RecipeError
 from tests.pipeline.pattern_shards import first_batch
 
 B = 4
@@ -138,17 +136,6 @@ def test_jigsaw_permutations_are_deterministic_distinct_and_far_apart(tmp_path):
 def test_a_thousand_permutations_are_supported():
     permutations = jigsaw_permutations(1000, seed=0)
     assert len(np.unique(permutations, axis=0)) == 1000 and minimum_hamming_distance(permutations) >= 5
-
-
-def test_ab_prior_is_estimated_from_the_data_and_saved(demo_shards, tmp_path):
-    dataset = load_dataset_info(demo_shards)
-    prior = estimate_ab_prior(dataset, samples=32, image_size=32, batch_size=16, num_threads=1)
-    assert prior.shape == (len(in_gamut_bins()),) and np.isclose(prior.sum(), 1.0) and (prior >= 0).all()
-    neutral = np.flatnonzero((in_gamut_bins() == 0).all(axis=1))[0]
-    assert prior[neutral] > 1 / len(prior)  # the demo images have grey/neutral backgrounds
-    weights = rebalancing_weights(prior)
-    assert np.isclose((prior * weights).sum(), 1.0) and weights[neutral] < weights.max()
-    assert np.array_equal(load_ab_prior(save_ab_prior(tmp_path / "prior.npy", prior)), prior)
 
 
 def test_simclr_recipe_keeps_its_view_options():

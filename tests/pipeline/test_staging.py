@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.dataset import DatasetError, load_dataset_info, read_manifest
-from pipeline.loader import build_train_loader
-from pipeline.node_staging import session_for, stage_node_parts
-from pipeline.recipes import build_recipe
-from pipeline.staging import is_placeholder, is_uri, public_uri, stage_dataset, staged_folder
-from pipeline.verify import verify
+from selfsup.pipeline.dataset import load_dataset_info, read_manifest
+
+from selfsup.errors import DatasetError
+from selfsup.pipeline.loader import build_train_loader
+from selfsup.pipeline.node_staging import session_for, stage_node_parts
+from selfsup.pipeline.recipes import build_recipe
+from selfsup.pipeline.staging import is_placeholder, is_uri, public_uri, stage_dataset, staged_folder
+from selfsup.pipeline.verify import verify
 from tests.s3_server import loopback_s3, unused_port
-from trainer.data import DataStream, tensor_to_bytes
+from selfsup.trainer.data import DataStream, tensor_to_bytes
 
 
 def _size(folder) -> int:
@@ -262,8 +264,8 @@ def test_the_loader_reads_the_same_batches_from_a_partial_copy(demo_shards, tmp_
 def test_a_local_dataset_with_linked_shards_is_read_and_a_staged_placeholder_is_refused(demo_shards, tmp_path):
     """Only links to the placeholder mean "not on this node": a user's shards linked from another
     disk are read like any others, while the eval loader refuses a per-epoch copy's val split."""
-    from pipeline.loader import build_eval_loader
-    from pipeline.recipes import EvalRecipe
+    from selfsup.pipeline.loader import build_eval_loader
+    from selfsup.pipeline.recipes import EvalRecipe
 
     linked = tmp_path / "linked"
     shutil.copytree(demo_shards, linked)
@@ -344,7 +346,7 @@ def test_a_rank_never_evicts_what_another_rank_of_its_node_reads(demo_shards, tm
     assert all((folder / name).stat().st_mtime_ns == stamp for name, stamp in stamps.items())
     assert _staged_shards(folder) >= part_zero | _expected_files(demo_shards, [1], world_size, 1)
     assert _size(tmp_path / "cache") <= limit
-    monkeypatch.setattr("pipeline.node_staging.WAIT_FOR_ROOM_SECONDS", 2.0)
+    monkeypatch.setattr("selfsup.pipeline.node_staging.WAIT_FOR_ROOM_SECONDS", 2.0)
     session.prepare(0, world_size, 1)  # part 1 again: room from part 0, now read by no one
     assert _staged_shards(folder) >= _expected_files(demo_shards, [0, 1], world_size, 1)
     assert _size(tmp_path / "cache") <= limit
@@ -398,11 +400,11 @@ def test_ranks_of_a_node_staging_at_once_copy_each_file_once(demo_shards, tmp_pa
     their processes): every file of the split arrives, each copied once."""
     import threading
 
-    import pipeline.node_staging
+    from selfsup.pipeline import node_staging
 
     copies = []
-    original_copy = pipeline.node_staging.copy_file
-    monkeypatch.setattr(pipeline.node_staging, "copy_file",
+    original_copy = node_staging.copy_file
+    monkeypatch.setattr(node_staging, "copy_file",
                         lambda filesystem, source, target, size: (copies.append(target.name),
                                                                   original_copy(filesystem, source, target, size)))
     folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0, 1, 2], world_size=3)

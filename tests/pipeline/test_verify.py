@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.convert import convert
-from pipeline.dataset import DatasetError, read_manifest
-from pipeline.verify import format_report, verify
+from selfsup.pipeline.convert import convert
+from selfsup.pipeline.dataset import read_manifest
+from selfsup.errors import DatasetError
+from selfsup.pipeline.verify import format_report, verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from image_files import noise, write_class_folders  # noqa: E402

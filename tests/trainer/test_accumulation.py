@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from tests.trainer.training_run import OneTorchThread, read_losses, tiny_config
-from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.loop import train
-from trainer.step import accumulate_gradients, apply_update
+from selfsup.trainer.checkpoint import latest_checkpoint, load_checkpoint
+from selfsup.trainer.loop import train
+from selfsup.trainer.step import accumulate_gradients, apply_update
 
 
 class TinyRegression(nn.Module):

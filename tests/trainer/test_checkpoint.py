@@ -5,10 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.checkpoint import (
-    CheckpointError, check_compatible, latest_checkpoint, load_checkpoint, restore_rng_state, rng_state,
-    save_checkpoint,
-)
+from selfsup.trainer.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+
+from selfsup.errors import CheckpointError
 
 
 def _state(step):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from methods.simclr import SimCLROptions
-from trainer.config import ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from selfsup.errors import ConfigError
+from selfsup.methods.simclr import SimCLROptions
+from selfsup.trainer.config import config_from_dict, config_to_dict, load_config, save_config, shipped_configs
 
 SIMCLR = Path(__file__).resolve().parents[2] / "configs" / "simclr.yaml"
 
@@ -54,7 +56,7 @@ def test_wrong_type_and_unknown_method_are_refused():
 
 
 def test_dilated_stages_reach_the_resnet_and_are_refused_for_a_vit():
-    from trainer.model import build_model, check_buildable
+    from selfsup.trainer.model import build_model, check_buildable
 
     model = build_model(load_config(SIMCLR, ["model.backbone=resnet18", "model.dilated_stages=2"]))
     assert model.backbone.output_stride == 8 and model.backbone.layer4[1].conv2.dilation == (4, 4)
@@ -63,7 +65,8 @@ def test_dilated_stages_reach_the_resnet_and_are_refused_for_a_vit():
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="nope.yaml: no such file and no shipped config of that name; "
+                                          "shipped configs: barlow_twins, byol"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: [unclosed\n")
@@ -83,7 +86,7 @@ def test_round_trip_through_plain_dict_and_yaml(tmp_path):
 
 @pytest.mark.parametrize("method", ["npid", "deepcluster_v2"])
 def test_a_memory_bank_must_match_the_training_split(method, demo_shards, tmp_path):
-    from trainer.loop import train
+    from selfsup.trainer.loop import train
 
     train_samples = 120  # the demo_shards train split
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{method}.yaml",
@@ -92,3 +95,30 @@ def test_a_memory_bank_must_match_the_training_split(method, demo_shards, tmp_pa
                                           rf"set method.memory_bank_size={train_samples}"):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert set(shipped_configs()) >= {"simclr", "dino", "mae"}
+    by_name, by_file = load_config("simclr"), load_config(SIMCLR)
+    assert by_name == by_file and load_config("simclr.yaml") == by_file
+    (tmp_path / "simclr").write_text("method: {name: byol}\n")  # a file of that name wins over the shipped one
+    assert load_config("simclr").method.name == "byol"
+    with pytest.raises(ConfigError, match="config simclrr: no such file"):
+        load_config("simclrr")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.precision=bf61", "trainer.precision: expected one of 'auto', 'bf16', 'fp16', 'fp32', got 'bf61'"),
+    ("optim.name=adam", "optim.name: expected one of 'lars', 'sgd', 'adamw', 'lamb', got 'adam'"),
+    ("optim.lr_scaling=cubic", "optim.lr_scaling: expected one of 'linear', 'sqrt', 'none', got 'cubic'"),
+    ("data.batch_size=0", "data.batch_size=0: expected 1 or more"),
+    ("data.batch_size=-4", "data.batch_size=-4: expected 1 or more"),
+    ("trainer.max_steps=-1", "trainer.max_steps=-1: expected 1 or more"),
+    ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints=0: expected 1 or more"),
+    ("trainer.keep_checkpoints=two", "trainer.keep_checkpoints: expected an integer, got 'two'"),
+    ("optim.lr=-0.1", "optim.lr=-0.1: expected 0 or more"),
+])
+def test_a_bad_value_is_refused_when_the_config_is_read(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(SIMCLR, [override])

@@ -10,12 +10,13 @@ import sys
 import pytest
 import torch
 
-from methods.backbones import build_backbone
+from selfsup.methods.backbones import build_backbone
 from tests.trainer.training_run import ROOT, OneTorchThread, tiny_config
-from trainer.checkpoint import CheckpointError, latest_checkpoint
-from trainer.evaluate import load_backbone
-from trainer.export import export_backbone
-from trainer.loop import train
+from selfsup.trainer.checkpoint import latest_checkpoint
+from selfsup.errors import CheckpointError
+from selfsup.trainer.evaluate import load_backbone
+from selfsup.trainer.export import export_backbone
+from selfsup.trainer.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def trained_run(demo_shards, tmp_path_factory):
 
 def test_cli_export_loads_strictly_and_gives_the_same_features(trained_run, tmp_path):
     output = tmp_path / "out" / "backbone.pt"
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "export", "--checkpoint", str(trained_run),
+    result = subprocess.run([sys.executable, "-m", "selfsup", "export", "--checkpoint", str(trained_run),
                              "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "exported resnet18" in result.stdout
@@ -98,7 +99,7 @@ def test_dino_is_evaluated_and_exported_on_its_teacher(trained_run, demo_shards,
     assert not torch.equal(teacher.conv1.weight, student.conv1.weight)
     assert not torch.equal(teacher.conv1.weight, start.conv1.weight)
 
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "knn", "--checkpoint", str(run),
+    result = subprocess.run([sys.executable, "-m", "selfsup", "eval", "knn", "--checkpoint", str(run),
                              "--data", str(demo_shards), "--weights", "teacher", "--json"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

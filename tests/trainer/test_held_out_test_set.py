@@ -12,15 +12,16 @@ import sys
 import pytest
 import torch
 
-from methods.backbones import build_backbone
-from pipeline.convert import convert
-from pipeline.dataset import DatasetError, load_dataset_info
-from pipeline.demo_images import CLASSES, make_demo_folder
+from selfsup.methods.backbones import build_backbone
+from selfsup.pipeline.convert import convert
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.errors import DatasetError
+from selfsup.pipeline.demo_images import CLASSES, make_demo_folder
 from tests.trainer.training_run import ROOT, OneTorchThread, tiny_config
-from trainer.evaluate import extract_features, knn_evaluate
-from trainer.knn import knn_accuracy
-from trainer.linear_probe import linear_evaluate
-from trainer.loop import train
+from selfsup.trainer.evaluate import extract_features, knn_evaluate
+from selfsup.trainer.knn import knn_accuracy
+from selfsup.trainer.linear_probe import linear_evaluate
+from selfsup.trainer.loop import train
 
 SIZE = 32
 
@@ -107,7 +108,7 @@ def test_cli_knn_with_test_data(demo_shards, test_shards, tmp_path):
     run = tmp_path / "run"
     with OneTorchThread():
         train(tiny_config(demo_shards, "trainer.max_steps=1"), run)
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "knn", "--checkpoint", str(run),
+    result = subprocess.run([sys.executable, "-m", "selfsup", "eval", "knn", "--checkpoint", str(run),
                              "--data", str(demo_shards), "--test-data", str(test_shards)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

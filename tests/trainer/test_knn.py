@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from trainer.knn import knn_accuracy, weighted_knn_predict
+from selfsup.trainer.knn import knn_accuracy, weighted_knn_predict
 
 
 def _clusters(per_class=20, num_classes=6, dim=16, seed=0):
@@ -96,7 +96,7 @@ def test_top5_with_many_classes_and_bad_inputs():
 
 
 def test_effective_rank_is_one_for_collapsed_features_and_the_dimension_for_isotropic_ones():
-    from trainer.evaluate import effective_rank
+    from selfsup.trainer.evaluate import effective_rank
 
     generator = torch.Generator().manual_seed(0)
     direction = torch.randn(1, 16, generator=generator)

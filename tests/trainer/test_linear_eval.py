@@ -10,8 +10,8 @@ import sys
 import torch
 
 from tests.trainer.training_run import ROOT, OneTorchThread, tiny_config
-from trainer.linear_probe import topk_accuracy, train_linear_classifier
-from trainer.loop import train
+from selfsup.trainer.linear_probe import topk_accuracy, train_linear_classifier
+from selfsup.trainer.loop import train
 
 
 def test_topk_accuracy():
@@ -36,7 +36,7 @@ def test_cli_linear_eval_reports_top1_and_top5_as_json(demo_shards, tmp_path):
     run = tmp_path / "run"
     with OneTorchThread():
         train(tiny_config(demo_shards, "trainer.max_steps=1"), run)
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", "linear", "--checkpoint", str(run),
+    result = subprocess.run([sys.executable, "-m", "selfsup", "eval", "linear", "--checkpoint", str(run),
                              "--data", str(demo_shards), "--epochs", "10", "--batch-size", "32", "--json"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

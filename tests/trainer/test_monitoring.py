@@ -7,8 +7,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.trainer.training_run import OneTorchThread, tiny_config
-from trainer.loop import train
-from trainer.progress import denormalize, image_grid
+from selfsup.trainer.loop import train
+from selfsup.trainer.progress import denormalize, image_grid
 
 
 def test_image_grid_layout_and_denormalize():

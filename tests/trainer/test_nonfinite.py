@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from methods.simclr import SimCLR
+from selfsup.methods.simclr import SimCLR
 from tests.trainer.training_run import OneTorchThread, read_losses, tiny_config
-from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.loop import NonFiniteLossError, train
+from selfsup.trainer.checkpoint import latest_checkpoint, load_checkpoint
+from selfsup.trainer.loop import train
+from selfsup.errors import NonFiniteLossError
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from tests.trainer.training_run import OneTorchThread, tiny_config
-from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.loop import train
-from trainer.optimizers import (
+from selfsup.trainer.checkpoint import latest_checkpoint, load_checkpoint
+from selfsup.trainer.loop import train
+from selfsup.trainer.optimizers import (
     LAMB, LARS, OPTIMIZERS, build_optimizer, parameter_groups, scale_learning_rate,
 )
-from trainer.schedules import cosine_schedule
+from selfsup.trainer.schedules import cosine_schedule
 
 
 def _param(values):

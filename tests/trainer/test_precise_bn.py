@@ -2,11 +2,11 @@
 
 import torch
 
-from methods.backbones import build_backbone
-from pipeline.dataset import load_dataset_info
-from pipeline.loader import build_eval_loader
-from pipeline.recipes import EvalRecipe
-from trainer.evaluate import knn_evaluate, recalibrate_batch_norm
+from selfsup.methods.backbones import build_backbone
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.loader import build_eval_loader
+from selfsup.pipeline.recipes import EvalRecipe
+from selfsup.trainer.evaluate import knn_evaluate, recalibrate_batch_norm
 
 SIZE = 32
 

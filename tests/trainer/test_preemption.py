@@ -10,14 +10,14 @@ import sys
 import time
 
 from tests.trainer.training_run import ROOT, OneTorchThread, read_losses, tiny_config
-from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.loop import train
-from trainer.preemption import StopRequest, handle_stop_signals, poll_for_stop
+from selfsup.trainer.checkpoint import latest_checkpoint, load_checkpoint
+from selfsup.trainer.loop import train
+from selfsup.trainer.preemption import StopRequest, handle_stop_signals, poll_for_stop
 
 SCRIPT = """
 import sys
 from tests.trainer.training_run import tiny_config
-from trainer.loop import train
+from selfsup.trainer.loop import train
 summary = train(tiny_config(sys.argv[1], "trainer.max_steps=500"), sys.argv[2])
 print("SUMMARY", summary["step"], summary.get("stopped"))
 """

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.dataset import load_dataset_info
-from pipeline.loader import build_train_loader
-from pipeline.recipes import build_recipe
+from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.loader import build_train_loader
+from selfsup.pipeline.recipes import build_recipe
 from tests.trainer.training_run import OneTorchThread, merge_optimizer_groups, read_losses, tiny_config
-from trainer.checkpoint import CheckpointError, load_checkpoint
-from trainer.data import DataStream, tensor_to_bytes
-from trainer.loop import train
-from trainer.preemption import StopRequest
+from selfsup.trainer.checkpoint import load_checkpoint
+from selfsup.errors import CheckpointError
+from selfsup.trainer.data import DataStream, tensor_to_bytes
+from selfsup.trainer.loop import train
+from selfsup.trainer.preemption import StopRequest
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.trainer.training_run import read_losses, tiny_config
-from trainer.checkpoint import load_checkpoint
-from trainer.loop import train
-from trainer.preemption import StopRequest
+from selfsup.trainer.checkpoint import load_checkpoint
+from selfsup.trainer.loop import train
+from selfsup.trainer.preemption import StopRequest
 
 WORLD_SIZE = 2
 STEPS = 10  # 120 train samples / (8 x 2 ranks) = 7 steps per epoch: the run crosses an epoch

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.schedules import (
+from selfsup.trainer.schedules import (
     constant_schedule, cosine_schedule, linear_warmup_then_constant, momentum_schedule,
     teacher_temperature_schedule,
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import Config, load_config
+from selfsup.trainer.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 # resnet18 with the ImageNet stem at 32 px, batch 8: 15 steps per epoch over the 120 train samples.
@@ -26,7 +26,7 @@ def tiny_config(data: Path, *overrides: str, method: str = "simclr") -> Config:
 def merge_optimizer_groups(step: Path) -> tuple[list[dict], dict]:
     """Rewrite the checkpoint in `step` as an older version of a method might have written it: its
     optimizer's parameter groups merged into one named "all". Returns (the original groups, the merged one)."""
-    from trainer.checkpoint import load_checkpoint
+    from selfsup.trainer.checkpoint import load_checkpoint
 
     state = load_checkpoint(step)
     groups = state["optimizer"]["param_groups"]

@@ -1,7 +1,7 @@
 """The cluster subcommands of `selfsup`: tune, submit, jobs (list, logs, stop).
 
-Kept apart from `cluster/cli.py` so that the main command table stays short; `add_cluster_commands`
-adds these subparsers to it. Each handler turns arguments into plain function calls.
+The only commands that import `selfsup.cluster` (and so Ray), each inside its handler. Each
+handler turns arguments into plain function calls.
 """
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.config import ConfigError
+from selfsup.errors import ConfigError
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from cluster.cli import data_location, disconnect_ray
-    from cluster.tune import format_table, load_raw_config, run_search
+    from selfsup.api import data_location
+    from selfsup.cluster.local_ray import shutdown_ray
+    from selfsup.cluster.tune import format_table, load_raw_config, run_search
 
     overrides = list(args.set or [])
     if args.data:
@@ -28,7 +29,7 @@ def _tune(args: argparse.Namespace) -> int:
     outcome = run_search(raw, args.output, samples=args.samples, cpus_per_trial=args.cpus_per_trial,
                          gpus_per_trial=args.gpus_per_trial, concurrent=args.concurrent, address=args.address,
                          grace_steps=args.grace_steps, workers_per_trial=args.workers_per_trial)
-    disconnect_ray()  # the search is over: the failed trials' forwarded logs stop before the table
+    shutdown_ray()  # the search is over: the failed trials' forwarded logs stop before the table
     print(format_table(outcome["table"]))
     for trial, message in outcome["failures"].items():
         print(f"trial {trial} failed: {message}")
@@ -52,9 +53,9 @@ def _cluster_errors(handler):
         try:
             return handler(args)
         except Exception as error:
-            from ray.exceptions import AuthenticationError  # Ray: no or a wrong auth token
+            from selfsup.cluster.jobs import is_dashboard_refusal
 
-            if not isinstance(error, (ConnectionError, AuthenticationError)):
+            if not is_dashboard_refusal(error):
                 raise
             print(f"selfsup: error: {args.address}: {str(error).splitlines()[0]}", file=sys.stderr)
             return 2
@@ -62,7 +63,7 @@ def _cluster_errors(handler):
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from cluster.jobs import submit
+    from selfsup.cluster.jobs import submit
 
     command = list(args.command_line)
     if command and command[0] == "--":
@@ -74,7 +75,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from cluster import jobs
+    from selfsup.cluster import jobs
 
     if args.action == "list":
         print(jobs.format_jobs(jobs.list_jobs(args.address)))
@@ -87,11 +88,12 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cluster_commands(commands) -> None:
+def add_commands(commands) -> None:
     """Add `tune`, `submit` and `jobs` to the `selfsup` subparsers."""
     tune = commands.add_parser("tune", help="hyperparameter search with Ray Tune (ASHA), space in the config's "
                                             "search: section")
-    tune.add_argument("--config", required=True, help="a YAML config with a top-level search: section")
+    tune.add_argument("--config", required=True, help="a YAML config (or a shipped config's name) with a "
+                      "top-level search: section")
     tune.add_argument("--data", help="a converted dataset folder (sets data.path)")
     tune.add_argument("--output", required=True, help="the search folder (trials/, best.yaml)")
     tune.add_argument("--samples", type=int, default=8, help="trials to run (default 8)")

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.cli import main as selfsup
-from pipeline.demo_images import CLASSES, make_demo_folder
+from selfsup.cli.main import main as selfsup
+from selfsup.pipeline.demo_images import CLASSES, make_demo_folder
 
 # Small enough for a 2-core CPU in a few minutes; every value is a plain `--set` override.
 DEMO_OVERRIDES = [

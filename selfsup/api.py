@@ -1,0 +1,130 @@
+"""The public Python API: `selfsup.convert`, `selfsup.verify`, `selfsup.train`, `selfsup.load_backbone`.
+
+Each turns plain arguments into calls of the packages below; the command line calls these same
+functions. Nothing here imports Ray unless `train` is asked for workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from selfsup.errors import ConfigError
+
+
+def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "256MB",
+            max_side: int | None = None, val_fraction: float = 0.0, workers: int | None = None,
+            seed: int = 0, progress: bool = True, ray_address: str | None = None, use_ray: bool = False):
+    """Convert the image folder `source` into WebDataset shards in `output` (resumable); returns
+    the `ConvertSummary` (`format_summary` in `selfsup.pipeline.convert` prints it).
+
+    `use_ray`: read the images in Ray tasks (a cluster's CPUs, `ray_address="auto"`), writing the
+    shards here as the local path does."""
+    from selfsup.pipeline.convert import convert as convert_folder
+
+    map_in_order = None
+    if use_ray:
+        from selfsup.cluster.convert_tasks import ray_map_in_order
+        from selfsup.cluster.local_ray import ensure_ray
+
+        ensure_ray(ray_address, dashboard=False)
+        map_in_order = ray_map_in_order
+    return convert_folder(source, output, shard_size=shard_size, max_side=max_side, val_fraction=val_fraction,
+                          workers=workers, seed=seed, progress=progress, map_in_order=map_in_order)
+
+
+def verify(dataset: str | Path, *, progress: bool = False):
+    """Read every shard of a converted dataset back and decode every image; the `VerifyReport`
+    (`.ok`, and each bad shard and key). Never raises on corrupt data."""
+    from selfsup.pipeline.verify import verify as verify_dataset
+
+    return verify_dataset(dataset, progress=progress)
+
+
+def data_location(data: str | Path) -> str:
+    """A dataset as the workers should see it: a URI (s3://, gs://, file://) as given, a path made absolute."""
+    from selfsup.pipeline.staging import is_uri
+
+    return str(data) if is_uri(str(data)) else str(Path(data).resolve())
+
+
+def resolve_run_config(config, *, data: str | Path | None = None, overrides: Sequence[str] = (),
+                       resume: str | Path | None = None):
+    """The typed `Config` of a run: `config` is a shipped config's name (`"simclr"`), a YAML path,
+    or a `Config`; `data` sets data.path, `resume` trainer.resume, then `overrides` (`key=value`)."""
+    from selfsup.trainer.config import Config, config_to_dict, load_config
+    from selfsup.trainer.resume import find_checkpoint
+
+    extra = list(overrides)
+    if data:
+        extra.append(f"data.path={data_location(data)}")
+    if resume:
+        extra.append(f"trainer.resume={find_checkpoint(resume).resolve()}")
+    if isinstance(config, Config):
+        resolved = load_config(None, extra, base=config_to_dict(config))
+    else:
+        resolved = load_config(config, extra)
+    if not resolved.data.path:
+        raise ConfigError("no dataset: pass --data OUT (a folder written by `selfsup convert`)")
+    return resolved
+
+
+def check_before_launch(config, output: str | Path) -> None:
+    """Catch a bad dataset or recipe, or a checkpoint in `output` (or trainer.resume) that does not
+    fit the run, now, with a one-line error, before any worker starts."""
+    from selfsup.pipeline.dataset import load_dataset_info
+    from selfsup.pipeline.staging import is_uri
+    from selfsup.trainer.loop import check_resume_fits
+    from selfsup.trainer.model import check_buildable
+
+    if not is_uri(str(config.data.path)):  # a URI is checked by each node as it stages it
+        load_dataset_info(config.data.path)
+    check_buildable(config)
+    check_resume_fits(config, output)
+
+
+def train(config, output: str | Path, *, data: str | Path | None = None, overrides: Sequence[str] = (),
+          resume: str | Path | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
+          cpus_per_worker: float = 1.0, address: str | None = None, max_failures: int = 0,
+          storage: str | None = None, spread: bool = False) -> dict:
+    """Pretrain as `config` says into the run folder `output`; returns the run's summary (its
+    "step", "loss" and the other last metrics, and "stopped" when a signal stopped it early).
+
+    `workers=None` trains in this process, without Ray (one device: the GPU when there is one).
+    `workers=N` runs N DDP ranks through Ray Train, on a local Ray or the cluster at `address`,
+    each with `gpus_per_worker` GPUs and `cpus_per_worker` CPUs; `max_failures`, `storage` and
+    `spread` are Ray's fault tolerance, checkpoint storage and placement. Running the same call
+    again continues from the run's latest checkpoint, exactly."""
+    from selfsup.trainer.config import save_config
+
+    resolved = resolve_run_config(config, data=data, overrides=overrides, resume=resume)
+    check_before_launch(resolved, output)
+    if workers is None:
+        from selfsup.trainer.loop import train as train_here
+
+        run = Path(output)
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(resolved, run / "config.yaml")
+        return train_here(resolved, run)
+    from selfsup.cluster.train_job import run_training
+
+    return run_training(resolved, output, workers=workers, use_gpu=gpus_per_worker > 0,
+                        gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,
+                        max_failures=max_failures, storage=storage, spread=spread)
+
+
+def load_backbone(run_or_checkpoint: str | Path, *, weights: str = "student", random_init: bool = False):
+    """The pretrained backbone of a run folder or checkpoint, a plain `torch.nn.Module` in eval
+    mode (strictly loaded). `weights="teacher"`: the momentum teacher of the methods that keep
+    one; `random_init`: the same architecture untrained, the baseline to compare against."""
+    backbone, _ = load_backbone_and_config(run_or_checkpoint, weights=weights, random_init=random_init)
+    return backbone.eval()
+
+
+def load_backbone_and_config(run_or_checkpoint: str | Path, *, weights: str = "student",
+                             random_init: bool = False):
+    """`load_backbone`, with the run's typed `Config` (the evaluation commands need its sizes)."""
+    from selfsup.trainer.evaluate import load_backbone as load_from_checkpoint
+    from selfsup.trainer.resume import find_checkpoint
+
+    return load_from_checkpoint(find_checkpoint(run_or_checkpoint), random_init=random_init, weights=weights)
