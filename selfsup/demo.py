@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -74,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     run(["convert", str(images), str(shards), "--val-fraction", "0.2", "--shard-size", "1MB"])
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo always trains from scratch
-    config = os.path.relpath(Path(__file__).resolve().parent.parent / "configs" / "simclr.yaml")
-    train = ["train", "--config", config, "--data", str(shards), "--output", str(run_dir),
+    train = ["train", "--config", "simclr", "--data", str(shards), "--output", str(run_dir),
              "--workers", str(args.workers)]
     for override in DEMO_OVERRIDES + args.set:
         train += ["--set", override]

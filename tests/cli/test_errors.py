@@ -1,15 +1,19 @@
-"""`selfsup train` and `selfsup eval knn` refuse bad input with one clear line (exit 2). The
-2-worker run through Ray, its run folder and `eval knn` on it are in test_ray_preemption.py."""
+"""`selfsup train` and `selfsup eval knn` refuse bad input with one clear line (exit 2), before Ray
+starts. Run in this process (`selfsup.cli.main.main`), as the command runs them. The 2-worker run
+through Ray, its run folder and `eval knn` on it are in tests/cluster/test_ray_preemption.py."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.trainer.training_run import merge_optimizer_groups, tiny_config
+import pytest
+
+from selfsup.cli.main import main
 from selfsup.trainer.config import save_config
 from selfsup.trainer.loop import train
+from tests.trainer.training_run import merge_optimizer_groups, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "model.backbone=resnet18", "--set", "data.image_size=32", "--set", "data.batch_size=16",
@@ -17,12 +21,33 @@ TINY = ["--set", "model.backbone=resnet18", "--set", "data.image_size=32", "--se
         "--set", "optim.warmup_epochs=0"]
 
 
-def selfsup(*arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "selfsup", *arguments], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_train_refuses_bad_input_clearly(demo_shards, tmp_path):
+@pytest.fixture
+def selfsup(capsys, monkeypatch):
+    """Run `selfsup ARGS...` in this process from the repository root; its status and output."""
+    monkeypatch.chdir(ROOT)
+
+    def run(*arguments: str) -> Outcome:
+        try:
+            status = main(list(arguments))
+        except SystemExit as exit:  # argparse's usage errors
+            status = exit.code
+        captured = capsys.readouterr()
+        return Outcome(status, captured.out, captured.err)
+    return run
+
+
+def ray_running() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def test_train_refuses_bad_input_clearly(selfsup, demo_shards, tmp_path):
     typo = selfsup("train", "--config", "configs/simclr.yaml", "--data", str(demo_shards), "--output",
                    str(tmp_path / "a"), "--set", "optim.lrr=0.1")
     assert typo.returncode == 2
@@ -35,7 +60,7 @@ def test_train_refuses_bad_input_clearly(demo_shards, tmp_path):
                     str(tmp_path / "c"), "--set", "data.image_size=40", "--set", "data.recipe.local_size=16")
     assert patch.returncode == 2, patch.stderr[-2000:]
     assert "vit_small + dino: img_size 40 is not a multiple of patch_size 16" in patch.stderr
-    assert "Ray" not in patch.stderr and not (tmp_path / "c").exists()
+    assert "Ray" not in patch.stderr and not ray_running() and not (tmp_path / "c").exists()
     no_checkpoint = selfsup("eval", "knn", "--checkpoint", str(tmp_path / "empty"), "--data", str(demo_shards))
     assert no_checkpoint.returncode == 2 and "no checkpoint" in no_checkpoint.stderr
     no_images = selfsup("eval", "knn", "--checkpoint", str(tmp_path / "empty"), "--data", str(demo_shards),
@@ -44,7 +69,7 @@ def test_train_refuses_bad_input_clearly(demo_shards, tmp_path):
     assert "--recalibrate-bn: expected a number of images of at least 1, got '0'" in no_images.stderr
 
 
-def test_train_refuses_a_checkpoint_that_does_not_fit_before_ray_starts(demo_shards, tmp_path):
+def test_train_refuses_a_checkpoint_that_does_not_fit_before_ray_starts(selfsup, demo_shards, tmp_path):
     """Continuing a run whose checkpoint was written with another config, or by another version of
     the method (other optimizer groups), is one clear line naming the checkpoint, not a traceback
     from every worker; the checkpoint stays as it was."""
@@ -56,11 +81,24 @@ def test_train_refuses_a_checkpoint_that_does_not_fit_before_ray_starts(demo_sha
     other = selfsup("train", *config, "--set", "data.batch_size=4")
     assert other.returncode == 2, other.stderr[-2000:]
     assert f"selfsup: error: {step}: the checkpoint does not fit this run" in other.stderr
-    assert "data.batch_size: checkpoint has 8, this run has 4" in other.stderr and "Ray" not in other.stderr
+    assert "data.batch_size: checkpoint has 8, this run has 4" in other.stderr and not ray_running()
 
     merge_optimizer_groups(step)
     written = (step / "state.pt").read_bytes()
     older = selfsup("train", *config, "--set", "trainer.max_steps=2")
     assert older.returncode == 2, older.stderr[-2000:]
     assert f"selfsup: error: {step}: its optimizer has the parameter groups [all (" in older.stderr
-    assert "Ray" not in older.stderr and (step / "state.pt").read_bytes() == written
+    assert not ray_running() and (step / "state.pt").read_bytes() == written
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.precision=bf61", "trainer.precision: expected one of 'auto', 'bf16', 'fp16', 'fp32', got 'bf61'"),
+    ("data.batch_size=0", "data.batch_size=0: expected 1 or more"),
+    ("trainer.max_steps=-1", "trainer.max_steps=-1: expected 1 or more"),
+    ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints=0: expected 1 or more"),
+])
+def test_a_bad_value_stops_train_before_ray_starts(selfsup, demo_shards, tmp_path, override, message):
+    outcome = selfsup("train", "--config", "simclr", "--data", str(demo_shards), "--output", str(tmp_path / "run"),
+                      "--set", override)
+    assert outcome.returncode == 2 and outcome.stderr.strip().splitlines() == [f"selfsup: error: simclr: {message}"]
+    assert not ray_running() and not (tmp_path / "run").exists()
