@@ -104,7 +104,19 @@ def split_search(raw: dict) -> tuple[dict, dict]:
     search = raw.pop(SEARCH_KEY, None) or {}
     if not isinstance(search, dict):
         raise ConfigError(f"{SEARCH_KEY}: expected a mapping of dotted config keys to search domains")
-    return raw, search
+    return raw, _dotted(search)
+
+
+def _dotted(section: dict, prefix: str = "") -> dict:
+    """Nested mappings flattened to dotted keys: `--set search.optim.lr=...` nests `optim: {lr: ...}`
+    under search, the YAML file usually says `optim.lr: ...`; both mean the key `optim.lr`."""
+    flat = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def trial_settings(raw: dict) -> dict:

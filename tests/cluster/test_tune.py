@@ -171,3 +171,16 @@ def test_tune_names_the_error_of_each_failed_trial(demo_shards, tmp_path):
     table_rows = [line for line in text.splitlines() if line.rstrip().endswith(" NonFiniteLossError")]
     assert len(table_rows) == 2, text[-3000:]  # the table's error column
     assert not (output / "best.yaml").exists()
+
+
+def test_the_shipped_search_config_is_found_by_name_and_builds():
+    from selfsup.cluster.tune import check_search, load_raw_config, search_space, split_search
+
+    base, search = split_search(load_raw_config("simclr_search", ["model.backbone=resnet18"]))
+    assert set(search) == {"optim.lr", "method.temperature"}
+    _, replaced = split_search(load_raw_config("simclr_search", ["search.optim.lr=loguniform(1e29, 1e30)",
+                                                                 "search.data.image_size=[32, 48]"]))
+    assert replaced == {**search, "optim.lr": "loguniform(1e29, 1e30)", "data.image_size": [32, 48]}
+    config = load_config(None, base=base)
+    assert config.method.name == "simclr" and config.eval.online_knn_every_epochs == 5
+    check_search(base, search_space(config, search))
