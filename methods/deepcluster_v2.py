@@ -48,7 +48,7 @@ class DeepClusterV2Options:
     num_heads: int = 3  # k-means clusterings per epoch (3 x 3000 in the paper)
     temperature: float = 0.1
     kmeans_iterations: int = 10
-    memory_bank_size: int = 1281167  # the number of training images (ImageNet-1k train)
+    memory_bank_size: int = 0  # rows, one per training image; 0: the training split's size, set by the trainer
 
 
 def batch_indices(batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:

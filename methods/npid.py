@@ -41,7 +41,7 @@ class NPIDOptions:
     memory_momentum: float = 0.5
     num_negatives: int = 4096  # noise samples per step; 0 with loss=softmax: the whole bank
     loss: str = "nce"  # nce | softmax
-    memory_bank_size: int = 1281167  # the number of training images (ImageNet-1k train)
+    memory_bank_size: int = 0  # rows, one per training image; 0: the training split's size, set by the trainer
 
 
 def batch_indices(batch: dict[str, torch.Tensor], size: int, method: str) -> torch.Tensor:

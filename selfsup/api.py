@@ -69,18 +69,20 @@ def resolve_run_config(config, *, data: str | Path | None = None, overrides: Seq
     return resolved
 
 
-def check_before_launch(config, output: str | Path) -> None:
-    """Catch a bad dataset or recipe, or a checkpoint in `output` (or trainer.resume) that does not
-    fit the run, now, with a one-line error, before any worker starts."""
+def check_before_launch(config, output: str | Path):
+    """Catch a bad dataset or recipe, a memory bank sized for another dataset, or a checkpoint in
+    `output` (or trainer.resume) that does not fit the run, now, with a one-line error, before any
+    worker starts. Returns `config` with its memory bank sized to the data (`size_memory_bank`)."""
     from selfsup.pipeline.dataset import load_dataset_info
     from selfsup.pipeline.staging import is_uri
     from selfsup.trainer.loop import check_resume_fits
-    from selfsup.trainer.model import check_buildable
+    from selfsup.trainer.model import check_buildable, size_memory_bank
 
-    if not is_uri(str(config.data.path)):  # a URI is checked by each node as it stages it
-        load_dataset_info(config.data.path)
+    if not is_uri(str(config.data.path)):  # a URI is checked, and its bank sized, by each node as it stages it
+        config = size_memory_bank(config, load_dataset_info(config.data.path).split("train").count)
     check_buildable(config)
     check_resume_fits(config, output)
+    return config
 
 
 def train(config, output: str | Path, *, data: str | Path | None = None, overrides: Sequence[str] = (),
@@ -98,7 +100,7 @@ def train(config, output: str | Path, *, data: str | Path | None = None, overrid
     from selfsup.trainer.config import save_config
 
     resolved = resolve_run_config(config, data=data, overrides=overrides, resume=resume)
-    check_before_launch(resolved, output)
+    resolved = check_before_launch(resolved, output)
     if workers is None:
         from selfsup.trainer.loop import train as train_here
 

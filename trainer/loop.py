@@ -44,7 +44,7 @@ from selfsup.trainer.data import DataStream, tensor_to_bytes
 from selfsup.trainer.distributed import DistributedContext, barrier, current_context, mean_across_ranks, wrap_model
 from selfsup.trainer.evaluate import online_knn
 from selfsup.trainer.model import (
-    backbone_options, build_model, check_memory_bank, prepare_model, seed_everything, to_channels_last,
+    backbone_options, build_model, prepare_model, seed_everything, size_memory_bank, to_channels_last,
 )
 from selfsup.trainer.optimizers import build_optimizer, scale_learning_rate
 from selfsup.trainer.preemption import StopRequest, handle_stop_signals
@@ -129,7 +129,7 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
     seed_everything(config.seed)
 
     dataset = load_dataset_info(config.data.path)
-    check_memory_bank(config, dataset.split("train").count)
+    config = size_memory_bank(config, dataset.split("train").count)  # before the resume check compares configs
     recipe = build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
     model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
                           channels_last=trainer.channels_last, world_size=context.world_size,

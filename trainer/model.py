@@ -9,6 +9,8 @@ SyncBatchNorm across ranks and channels-last memory layout.
 
 from __future__ import annotations
 
+import dataclasses
+
 import random
 
 import numpy as np
@@ -55,14 +57,22 @@ def check_buildable(config: Config) -> None:
         pass
 
 
-def check_memory_bank(config: Config, train_samples: int) -> None:
-    """A method with one memory-bank row per training image (NPID, DeepCluster-v2) must be sized
-    to the training split: fewer rows fail at the first unseen index, more rows leave rows that
-    are never written (and DeepCluster's k-means would no longer run once per epoch)."""
+def size_memory_bank(config: Config, train_samples: int) -> Config:
+    """`config` with the memory bank of a method that keeps one row per training image (NPID,
+    DeepCluster-v2) sized to the training split: `method.memory_bank_size: 0`, the shipped
+    configs' value, becomes `train_samples`. An explicit size must equal it: fewer rows fail at the
+    first unseen index, more leave rows that are never written (and DeepCluster's k-means would no
+    longer run once per epoch), so a different one is a ConfigError naming both."""
     size = getattr(config.method, "memory_bank_size", None)
-    if size is not None and size != train_samples:
+    if size is None:
+        return config
+    if size == 0:
+        return dataclasses.replace(config, method=dataclasses.replace(config.method, memory_bank_size=train_samples))
+    if size != train_samples:
         raise ConfigError(f"method.memory_bank_size={size}, but the training split of {config.data.path} "
-                         f"has {train_samples} samples; set method.memory_bank_size={train_samples}")
+                          f"has {train_samples} samples; set method.memory_bank_size={train_samples}, or 0 "
+                          "to size the bank from the data")
+    return config
 
 
 def seed_everything(seed: int) -> None:

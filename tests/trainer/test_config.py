@@ -10,6 +10,7 @@ import yaml
 
 from selfsup.errors import ConfigError
 from selfsup.methods.simclr import SimCLROptions
+from selfsup.trainer.checkpoint import load_checkpoint
 from selfsup.trainer.config import config_from_dict, config_to_dict, load_config, save_config, shipped_configs
 
 SIMCLR = Path(__file__).resolve().parents[2] / "configs" / "simclr.yaml"
@@ -85,16 +86,31 @@ def test_round_trip_through_plain_dict_and_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["npid", "deepcluster_v2"])
-def test_a_memory_bank_must_match_the_training_split(method, demo_shards, tmp_path):
+def test_a_memory_bank_is_sized_from_the_training_split(method, demo_shards, tmp_path):
+    """The shipped configs say memory_bank_size 0: the bank gets one row per training image of the
+    dataset at hand (the 120 of demo_shards), in the saved config too; an explicit size that differs
+    is refused with one line before Ray starts (the command's pre-flight check) and in `train`."""
+    from selfsup.api import check_before_launch
     from selfsup.trainer.loop import train
 
     train_samples = 120  # the demo_shards train split
-    config = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{method}.yaml",
-                         [f"data.path={demo_shards}"])
-    with pytest.raises(ConfigError, match=rf"memory_bank_size=1281167.*has {train_samples} samples; "
-                                          rf"set method.memory_bank_size={train_samples}"):
-        train(config, tmp_path / "run")
-    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    small = ["model.backbone=resnet18", "data.image_size=32", "data.batch_size=8", "data.num_threads=1",
+             "trainer.max_steps=1", "optim.warmup_epochs=0"]
+    if method == "deepcluster_v2":
+        small += ["method.projection_hidden_dim=64", "method.num_prototypes=10", "method.num_heads=1",
+                  "data.recipe={local_size: 16, local_crops: 2}"]
+    config = load_config(f"{method}", [f"data.path={demo_shards}", *small])
+    assert config.method.memory_bank_size == 0
+    assert check_before_launch(config, tmp_path / "run").method.memory_bank_size == train_samples
+    train(config, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000001")
+    assert state["config"]["method"]["memory_bank_size"] == train_samples
+    wrong = load_config(f"{method}", [f"data.path={demo_shards}", *small, "method.memory_bank_size=1281167"])
+    for attempt in (lambda: check_before_launch(wrong, tmp_path / "other"), lambda: train(wrong, tmp_path / "other")):
+        with pytest.raises(ConfigError, match=rf"memory_bank_size=1281167.*has {train_samples} samples; "
+                                              rf"set method.memory_bank_size={train_samples}"):
+            attempt()
+    assert not (tmp_path / "other" / "checkpoints").exists() or not any((tmp_path / "other" / "checkpoints").iterdir())
 
 
 def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
