@@ -19,7 +19,12 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
     the `ConvertSummary` (`format_summary` in `selfsup.pipeline.convert` prints it).
 
     `use_ray`: read the images in Ray tasks (a cluster's CPUs, `ray_address="auto"`), writing the
-    shards here as the local path does."""
+    shards here as the local path does.
+
+    Raises DatasetError for bad input (a class folder that cannot be listed, OUT holding something
+    else) and for a write that fails (a full or read-only disk: run again to finish), and
+    FolderLockedError when another conversion is writing into `output`. Entries of `source` that
+    cannot be read are skipped and listed in `output/errors.jsonl`."""
     from selfsup.pipeline.convert import convert as convert_folder
 
     map_in_order = None

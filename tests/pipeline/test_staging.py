@@ -426,3 +426,19 @@ def test_ranks_of_a_node_staging_at_once_copy_each_file_once(demo_shards, tmp_pa
     assert not errors
     train = {path.name for path in demo_shards.glob("train-*.tar")}
     assert _staged_shards(folder) == train and sorted(copies) == sorted(train)
+
+
+def test_a_shard_name_that_leaves_the_dataset_is_refused_before_any_copy(demo_shards, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(demo_shards, source)
+    description = json.loads((source / "dataset.json").read_text())
+    first = description["splits"]["train"]["shards"][0]
+    (tmp_path / "escaped").mkdir()  # a real shard there: only the name's check keeps it out
+    for name in (first, first.replace(".tar", ".idx")):
+        shutil.copy(source / name, tmp_path / "escaped" / name)
+    description["splits"]["train"]["shards"][0] = f"../escaped/{first}"
+    (source / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(DatasetError, match=r"dataset.json: key 'splits.train.shards\[0\]' must be a shard file "
+                                           "name inside the dataset folder"):
+        stage_dataset(source.as_uri(), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
