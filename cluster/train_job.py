@@ -55,7 +55,7 @@ from ray.train.torch import TorchTrainer
 
 from selfsup.errors import USER_ERRORS
 from selfsup.cluster.process_group import PROCESS_GROUP_TIMEOUT_SECONDS, OwnProcessGroup, join_process_group
-from selfsup.pipeline.node_staging import stage_node_parts
+from selfsup.pipeline.node_staging import NodeStaging, stage_node_parts
 from selfsup.pipeline.staging import is_uri, stage_dataset
 from selfsup.trainer.checkpoint import latest_checkpoint
 from selfsup.trainer.config import Config, config_from_dict, config_to_dict, save_config
@@ -183,24 +183,29 @@ def ranks_on_this_node(rank: int, world_size: int) -> list[int]:
     return [rank for rank, other in enumerate(nodes) if other == node]
 
 
-def stage_if_remote(config: Config, *, world_size: int = 1, node_ranks: list[int] | None = None) -> Config:
-    """`config` with data.path on local disk: a URI's dataset staged into this node's cache.
+def stage_if_remote(config: Config, *, world_size: int = 1,
+                    node_ranks: list[int] | None = None) -> tuple[Config, NodeStaging | None]:
+    """(`config` with data.path on local disk, the staging session to hand to `train`): a URI's
+    dataset staged into this node's cache.
 
     The shards come per epoch, those that `node_ranks` (this node's world ranks, of `world_size`)
-    read (`pipeline.node_staging`); with the online kNN monitor on, which reads every sample of
-    both splits, the whole dataset is staged instead."""
+    read (`pipeline.node_staging`): the session, passed as `train(..., staging=session)`, copies
+    them as each epoch's loader is built. With the online kNN monitor on, which reads every
+    sample of both splits, the whole dataset is staged now instead, and there is no session. A
+    local path: `config` as it is, and no session."""
     if not is_uri(str(config.data.path)):
-        return config
+        return config, None
     cache = Path(os.environ.get(STAGING_VARIABLE) or Path(os.environ.get("TMPDIR", "/tmp")) / "selfsup-staging")
     limit = os.environ.get(STAGING_LIMIT_VARIABLE)
+    session = None
     if config.eval.online_knn_every_epochs > 0:
         local = stage_dataset(str(config.data.path), cache, max_bytes=limit)
     else:
-        local = stage_node_parts(str(config.data.path), cache, node_ranks=node_ranks or [0],
-                                 world_size=world_size, max_bytes=limit)
+        local, session = stage_node_parts(str(config.data.path), cache, node_ranks=node_ranks or [0],
+                                          world_size=world_size, max_bytes=limit)
     values = config_to_dict(config)
     values["data"]["path"] = str(local)
-    return config_from_dict(values)
+    return config_from_dict(values), session
 
 
 class _WithoutReportLines(logging.Filter):
@@ -234,8 +239,8 @@ def _train_worker(loop_config: dict) -> None:
         output = Path(loop_config["output"])
         output.mkdir(parents=True, exist_ok=True)
         world_size = ray.train.get_context().get_world_size()  # Ray
-        config = stage_if_remote(config_from_dict(loop_config["config"]), world_size=world_size,
-                                 node_ranks=ranks_on_this_node(rank, world_size))
+        config, staging = stage_if_remote(config_from_dict(loop_config["config"]), world_size=world_size,
+                                          node_ranks=ranks_on_this_node(rank, world_size))
         held = ray.train.get_checkpoint()  # Ray: None on a first start
         if held is not None and rank == 0:
             print(f"Ray holds checkpoint {Path(held.path).name} of this run", flush=True)
@@ -249,7 +254,7 @@ def _train_worker(loop_config: dict) -> None:
         polling = nullcontext() if stop_flag is None else poll_for_stop(
             stop, lambda: ray.get(stop_flag.get_reason.remote(), timeout=60), every=STOP_POLL_SECONDS)  # Ray
         with polling:
-            train(config, output, report=reporter, on_checkpoint=reporter.checkpoint, stop=stop)
+            train(config, output, report=reporter, on_checkpoint=reporter.checkpoint, stop=stop, staging=staging)
         if joined and torch.distributed.is_initialized():
             torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
     finally:
