@@ -26,6 +26,11 @@ rank's Ray node. Ray's result holds the metrics of the latest checkpoint report.
 Fault tolerance is Ray's: with `max_failures=K`, a dead worker makes Ray restart the whole
 worker group, and the training function continues from the latest checkpoint.
 
+Every `SELFSUP_*` variable of the driver's environment reaches the workers. SELFSUP_WORKER_SETUP_HOOK
+(`module.function`, importable on every node) names a function Ray runs in each worker process
+when it starts (Ray's `worker_process_setup_hook`), before training: for a site's own set-up, and
+how the fault-tolerance tests kill a worker mid-run.
+
 Preemption: the training function runs in a worker thread, where no signal handler can be
 installed, so the driver handles SIGTERM/SIGINT. It sets a flag in a small Ray actor
 (`StopFlag`) that every rank polls; the trainer agrees on the stop step across ranks, rank 0
@@ -39,7 +44,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import threading
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -57,7 +61,7 @@ from selfsup.errors import USER_ERRORS
 from selfsup.cluster.process_group import PROCESS_GROUP_TIMEOUT_SECONDS, OwnProcessGroup, join_process_group
 from selfsup.pipeline.node_staging import NodeStaging, stage_node_parts
 from selfsup.pipeline.staging import is_uri, stage_dataset
-from selfsup.trainer.checkpoint import latest_checkpoint
+from selfsup.trainer.checkpoint import latest_checkpoint, step_of
 from selfsup.trainer.config import Config, config_from_dict, config_to_dict, save_config
 from selfsup.trainer.loop import train
 from selfsup.errors import NonFiniteLossError
@@ -75,20 +79,9 @@ REPORTED_WORKER_ERRORS = (*USER_ERRORS, NonFiniteLossError)
 RESTORED_FOLDER = "restored"  # OUTPUT/restored/step-N: a checkpoint downloaded from Ray's storage
 STAGING_VARIABLE = "SELFSUP_STAGING_DIR"  # where a node keeps staged shards (default: a temp folder)
 STAGING_LIMIT_VARIABLE = "SELFSUP_STAGING_LIMIT"  # bytes of staged data a node may keep, e.g. 200GB
-# Test hook: the worker of rank KILL_RANK kills its own process (SIGKILL) when it reports step
-# KILL_AT_STEP, once per output folder. Used by tests/cluster/test_fault_tolerance.py.
-KILL_AT_STEP_VARIABLE = "SELFSUP_TEST_KILL_AT_STEP"
-KILL_RANK_VARIABLE = "SELFSUP_TEST_KILL_RANK"
-
-
-def _step_of(path: Path | None) -> int:
-    """step-00000012 -> 12; None or another name -> -1."""
-    if path is None:
-        return -1
-    try:
-        return int(path.name.split("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+# "module.function", run in every Ray Train worker process when it starts (Ray's runtime_env
+# `worker_process_setup_hook`): a place for a site's own set-up (logging, profilers, fault injection).
+WORKER_SETUP_HOOK_VARIABLE = "SELFSUP_WORKER_SETUP_HOOK"
 
 
 class RayReporter:
@@ -104,8 +97,6 @@ class RayReporter:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self.worker_nodes = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(self.worker_nodes, ray.get_runtime_context().get_node_id())  # Ray
-        self.kill_step = int(os.environ.get(KILL_AT_STEP_VARIABLE, "0") or 0)
-        self.kill_rank = int(os.environ.get(KILL_RANK_VARIABLE, "1") or 1)
 
     def __call__(self, metrics: dict) -> None:
         """Metrics every `log_every` steps: to OUTPUT/reports.jsonl (rank 0) and to Ray."""
@@ -128,16 +119,6 @@ class RayReporter:
             record = {**metrics, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}  # Ray
             with open(self.output / REPORTS_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-        self._maybe_kill(int(metrics.get("step", 0)))
-
-    def _maybe_kill(self, step: int) -> None:
-        if not self.kill_step or step != self.kill_step or self.rank != self.kill_rank:
-            return
-        marker = self.output / f".test-killed-at-step-{step}"
-        if marker.exists():
-            return
-        marker.write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @ray.remote(num_cpus=0)
@@ -161,7 +142,7 @@ def restore_from_ray(output: Path, checkpoint: ray.train.Checkpoint | None) -> P
         return None
     name = Path(checkpoint.path).name
     target = output / RESTORED_FOLDER / name
-    if _step_of(latest_checkpoint(output / "checkpoints")) >= _step_of(target):
+    if step_of(latest_checkpoint(output / "checkpoints")) >= step_of(target):
         return None
     if not (target / "state.pt").exists():
         temporary = target.with_name(f".tmp-{name}-{uuid.uuid4().hex}")
@@ -317,6 +298,9 @@ def build_torch_trainer(config: Config, output: Path, *, workers: int, resources
     hold a GPU, gloo otherwise), the workers' environment, Ray's checkpoint storage and retries."""
     environment = dict(WORKER_ENVIRONMENT)
     environment.update({key: value for key, value in os.environ.items() if key.startswith("SELFSUP_")})
+    runtime_env = {"env_vars": environment}
+    if os.environ.get(WORKER_SETUP_HOOK_VARIABLE):
+        runtime_env["worker_process_setup_hook"] = os.environ[WORKER_SETUP_HOOK_VARIABLE]  # Ray
     backend = "nccl" if "GPU" in resources else "gloo"
     loop_config = {"config": config_to_dict(config), "output": str(output), "backend": backend,
                    "timeout_seconds": PROCESS_GROUP_TIMEOUT_SECONDS}
@@ -331,7 +315,7 @@ def build_torch_trainer(config: Config, output: Path, *, workers: int, resources
         run_config=RunConfig(name=run_name, storage_path=storage_path, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=config.trainer.keep_checkpoints),
-                             worker_runtime_env={"env_vars": environment}),
+                             worker_runtime_env=runtime_env),
     )
 
 
