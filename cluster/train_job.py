@@ -27,9 +27,9 @@ Fault tolerance is Ray's: with `max_failures=K`, a dead worker makes Ray restart
 worker group, and the training function continues from the latest checkpoint.
 
 Every `SELFSUP_*` variable of the driver's environment reaches the workers. SELFSUP_WORKER_SETUP_HOOK
-(`module.function`, importable on every node) names a function Ray runs in each worker process
-when it starts (Ray's `worker_process_setup_hook`), before training: for a site's own set-up, and
-how the fault-tolerance tests kill a worker mid-run.
+(`package.module.function`, importable on every node) names a function each worker calls with no
+arguments before it joins the process group and trains: for a site's own set-up, and how the
+fault-tolerance tests kill a worker mid-run (`tests/cluster/worker_faults.py`).
 
 Preemption: the training function runs in a worker thread, where no signal handler can be
 installed, so the driver handles SIGTERM/SIGINT. It sets a flag in a small Ray actor
@@ -40,6 +40,7 @@ Running the same command again continues from that checkpoint. A second Ctrl-C s
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ import torch.distributed
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from selfsup.errors import USER_ERRORS
+from selfsup.errors import USER_ERRORS, ConfigError
 from selfsup.cluster.process_group import PROCESS_GROUP_TIMEOUT_SECONDS, OwnProcessGroup, join_process_group
 from selfsup.pipeline.node_staging import NodeStaging, stage_node_parts
 from selfsup.pipeline.staging import is_uri, stage_dataset
@@ -79,8 +80,8 @@ REPORTED_WORKER_ERRORS = (*USER_ERRORS, NonFiniteLossError)
 RESTORED_FOLDER = "restored"  # OUTPUT/restored/step-N: a checkpoint downloaded from Ray's storage
 STAGING_VARIABLE = "SELFSUP_STAGING_DIR"  # where a node keeps staged shards (default: a temp folder)
 STAGING_LIMIT_VARIABLE = "SELFSUP_STAGING_LIMIT"  # bytes of staged data a node may keep, e.g. 200GB
-# "module.function", run in every Ray Train worker process when it starts (Ray's runtime_env
-# `worker_process_setup_hook`): a place for a site's own set-up (logging, profilers, fault injection).
+# "package.module.function": called in every Ray Train worker before it trains (`run_worker_setup_hook`),
+# a place for a site's own set-up: logging, profilers, fault injection in tests.
 WORKER_SETUP_HOOK_VARIABLE = "SELFSUP_WORKER_SETUP_HOOK"
 
 
@@ -203,6 +204,24 @@ def _quiet_report_lines() -> None:
             handler.addFilter(_WithoutReportLines())
 
 
+def run_worker_setup_hook() -> None:
+    """Call the function SELFSUP_WORKER_SETUP_HOOK names ("package.module.function"), if it is set.
+
+    One that cannot be imported is a ConfigError naming the variable and its value."""
+    hook = os.environ.get(WORKER_SETUP_HOOK_VARIABLE, "").strip()
+    if not hook:
+        return
+    module_name, _, function_name = hook.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(f"{WORKER_SETUP_HOOK_VARIABLE}={hook}: cannot import it in this worker ({error}); "
+                          "expected package.module.function, importable on every node") from None
+    if not callable(function):
+        raise ConfigError(f"{WORKER_SETUP_HOOK_VARIABLE}={hook}: not a function")
+    function()
+
+
 def _train_worker(loop_config: dict) -> None:
     """Runs in every Ray Train worker.
 
@@ -211,6 +230,7 @@ def _train_worker(loop_config: dict) -> None:
     trainer's TorchConfig is `OwnProcessGroup`; with a plain TorchConfig, Ray's group is used).
     """
     _quiet_report_lines()
+    run_worker_setup_hook()
     joined = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     if joined:
         backend = loop_config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -298,9 +318,6 @@ def build_torch_trainer(config: Config, output: Path, *, workers: int, resources
     hold a GPU, gloo otherwise), the workers' environment, Ray's checkpoint storage and retries."""
     environment = dict(WORKER_ENVIRONMENT)
     environment.update({key: value for key, value in os.environ.items() if key.startswith("SELFSUP_")})
-    runtime_env = {"env_vars": environment}
-    if os.environ.get(WORKER_SETUP_HOOK_VARIABLE):
-        runtime_env["worker_process_setup_hook"] = os.environ[WORKER_SETUP_HOOK_VARIABLE]  # Ray
     backend = "nccl" if "GPU" in resources else "gloo"
     loop_config = {"config": config_to_dict(config), "output": str(output), "backend": backend,
                    "timeout_seconds": PROCESS_GROUP_TIMEOUT_SECONDS}
@@ -315,7 +332,7 @@ def build_torch_trainer(config: Config, output: Path, *, workers: int, resources
         run_config=RunConfig(name=run_name, storage_path=storage_path, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=config.trainer.keep_checkpoints),
-                             worker_runtime_env=runtime_env),
+                             worker_runtime_env={"env_vars": environment}),
     )
 
 

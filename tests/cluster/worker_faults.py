@@ -1,10 +1,10 @@
 """Faults the tests inject into Ray Train workers, through the generic SELFSUP_WORKER_SETUP_HOOK of
-`cluster.train_job` (Ray's `worker_process_setup_hook`: run in every worker process as it starts).
+`cluster.train_job` (a function each worker calls before it trains):
 
     SELFSUP_WORKER_SETUP_HOOK=tests.cluster.worker_faults.kill_rank_at_step
 
 with SELFSUP_TEST_KILL_AT_STEP, SELFSUP_TEST_KILL_RANK and SELFSUP_TEST_KILL_MARKER set (every
-SELFSUP_* variable of the driver reaches the workers). Nothing in the package knows of this.
+SELFSUP_* variable of the driver reaches the workers). Nothing in the package knows of this module.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ HOOK = f"{__name__}.kill_rank_at_step"
 KILL_AT_STEP_VARIABLE = "SELFSUP_TEST_KILL_AT_STEP"
 KILL_RANK_VARIABLE = "SELFSUP_TEST_KILL_RANK"
 KILL_MARKER_VARIABLE = "SELFSUP_TEST_KILL_MARKER"
+SETUP_MARKER_VARIABLE = "SELFSUP_TEST_SETUP_MARKER"
 
 
 def kill_environment(step: int, rank: int, marker: Path) -> dict[str, str]:
@@ -43,3 +44,9 @@ def kill_rank_at_step() -> None:
         return report(metrics, *args, **kwargs)
 
     ray.train.report = report_or_die
+
+
+def mark_set_up() -> None:
+    """Append this process's id to the file SELFSUP_TEST_SETUP_MARKER names: the hook was called."""
+    with open(os.environ[SETUP_MARKER_VARIABLE], "a", encoding="utf-8") as handle:
+        handle.write(f"{os.getpid()}\n")
