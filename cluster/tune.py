@@ -214,7 +214,7 @@ def target_metric(config: Config) -> tuple[str, str]:
 
 def _trial(parameters: dict) -> None:
     """One Tune trial: a full training run with this trial's values, in its own folder."""
-    config = stage_if_remote(config_with(parameters["base"], parameters["values"]))
+    config, staging = stage_if_remote(config_with(parameters["base"], parameters["values"]))
     metric = parameters["metric"]
     output = Path(parameters["output"]) / "trials" / tune.get_context().get_trial_id()  # Ray
 
@@ -222,7 +222,7 @@ def _trial(parameters: dict) -> None:
         if metric in metrics:  # with kNN as the metric, only the results that carry it
             tune.report(dict(metrics))  # Ray: to the scheduler and the results table
 
-    train(config, output, report=report)
+    train(config, output, report=report, staging=staging)
 
 
 class _TuneMetricReport(TuneReportCallback):  # Ray: Train reports -> this trial's Tune results

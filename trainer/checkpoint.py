@@ -40,6 +40,8 @@ __all__ = [
     "restore_rng_state",
     "rng_state",
     "save_checkpoint",
+    "step_name",
+    "step_of",
 ]
 
 STATE_FILE = "state.pt"
@@ -48,8 +50,20 @@ TEMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 
-def _step_name(step: int) -> str:
+def step_name(step: int) -> str:
+    """12 -> "step-00000012": the folder name of a checkpoint."""
     return f"step-{step:08d}"
+
+
+def step_of(path: str | Path | None) -> int:
+    """The step of a checkpoint from its folder's name ("step-00000012", or its state.pt) -> 12;
+    -1 for None or any other name. The one parser of checkpoint names."""
+    if path is None:
+        return -1
+    path = Path(path)
+    name = path.parent.name if path.name == STATE_FILE else path.name
+    match = _STEP_DIR.match(name)
+    return int(match.group(1)) if match else -1
 
 
 def _complete_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -58,9 +72,9 @@ def _complete_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     if not directory.is_dir():
         return found
     for entry in directory.iterdir():
-        match = _STEP_DIR.match(entry.name)
-        if match and (entry / STATE_FILE).is_file():
-            found.append((int(match.group(1)), entry))
+        step = step_of(entry.name)
+        if step >= 0 and (entry / STATE_FILE).is_file():
+            found.append((step, entry))
     return sorted(found)
 
 
@@ -101,7 +115,7 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep_last: int = 3)
     directory.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(directory)
 
-    name = _step_name(step)
+    name = step_name(step)
     temporary = directory / f"{TEMP_PREFIX}{name}-{uuid.uuid4().hex}"
     temporary.mkdir()
     try:
@@ -147,7 +161,7 @@ def latest_checkpoint(directory: Path) -> Path | None:
         name = (directory / LATEST_FILE).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         name = ""
-    if _STEP_DIR.match(name) and (directory / name / STATE_FILE).is_file():
+    if step_of(name) >= 0 and (directory / name / STATE_FILE).is_file():
         return directory / name
     checkpoints = _complete_checkpoints(directory)
     return checkpoints[-1][1] if checkpoints else None

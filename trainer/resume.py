@@ -4,7 +4,8 @@ A checkpoint (format 2) holds: the model's `state_dict` (teachers, queues, cente
 schedules' current values are buffers in it), the optimizer, the fp16 grad scaler, the step, the
 resolved config (every schedule is recomputed from config and step), and per rank the random
 generators (torch, CUDA, numpy, Python) and the loader position (epoch, batches consumed in it,
-DALI's checkpoint of the reader and augmentation generators). Rank 0 writes it; the per-rank
+DALI's checkpoint of the reader and augmentation generators), and the step's loss terms (averaged
+over ranks: what a run started again with nothing left to train reports as its final loss). Rank 0 writes it; the per-rank
 parts are gathered from every rank first.
 
 A run continues from the newest of: its own latest checkpoint, and the one named by
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_distributed
 
-from selfsup.trainer.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, rng_state
+from selfsup.trainer.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, rng_state, step_of
 
 from selfsup.errors import CheckpointError
 from selfsup.trainer.config import Config, config_to_dict
@@ -48,12 +49,6 @@ def find_checkpoint(path: str | Path) -> Path:
                           "a step-NNNNNNNN folder or a state.pt file)")
 
 
-def _step_of(path: Path) -> int:
-    """The step in a `step-NNNNNNNN` folder's name (or its state.pt's folder); -1 if none."""
-    name = path.parent.name if path.name == "state.pt" else path.name
-    return int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else -1
-
-
 def resume_keys(saved_config: dict, current_config: dict) -> tuple[str, ...]:
     method_keys = set(saved_config.get("method") or {}) | set(current_config.get("method") or {})
     return RESUME_KEYS + tuple(sorted(f"method.{key}" for key in method_keys if key != "name"))
@@ -65,7 +60,7 @@ def load_resume_state(checkpoints: Path, explicit: str | None, config: Config) -
     candidates = [path for path in (own, find_checkpoint(explicit) if explicit else None) if path is not None]
     if not candidates:
         return None, None
-    path = max(candidates, key=_step_of)  # the run's own wins a tie
+    path = max(candidates, key=step_of)  # the run's own wins a tie
     state = load_checkpoint(path)
     if state.get("format_version") not in READABLE_FORMATS:
         raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')!r}, "
@@ -119,7 +114,9 @@ def gather_rank_states(data_state: dict, context: DistributedContext) -> list[di
 
 
 def checkpoint_state(step: int, epoch: int, config: Config, model: torch.nn.Module,
-                     optimizer: torch.optim.Optimizer, scaler, ranks: list[dict]) -> dict:
+                     optimizer: torch.optim.Optimizer, scaler, ranks: list[dict],
+                     loss_terms: dict[str, float] | None = None) -> dict:
+    """What rank 0 saves at `step`; `loss_terms` are the step's loss terms (averaged over ranks)."""
     return {
         "format_version": CHECKPOINT_FORMAT,
         "step": step,
@@ -130,7 +127,13 @@ def checkpoint_state(step: int, epoch: int, config: Config, model: torch.nn.Modu
         "config": config_to_dict(config),
         "rng": ranks[0]["rng"],
         "ranks": ranks,
+        "loss_terms": {name: float(value) for name, value in (loss_terms or {}).items()},
     }
+
+
+def saved_loss_terms(state: dict) -> dict[str, float]:
+    """The loss terms of a checkpoint's step; {} for a checkpoint written before they were kept."""
+    return {str(name): float(value) for name, value in (state.get("loss_terms") or {}).items()}
 
 
 def rank_entry(state: dict, context: DistributedContext, batches_per_epoch: int) -> tuple[dict, dict]:

@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from selfsup.trainer.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from selfsup.trainer.checkpoint import (
+    check_compatible, latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint, step_name, step_of,
+)
 
 from selfsup.errors import CheckpointError
 
@@ -157,3 +159,12 @@ def test_check_compatible_names_differing_keys():
     assert "method.name: checkpoint has 'simclr', this run has 'byol'" in message
     assert "model.backbone: checkpoint has 'resnet18', this run has 'resnet50'" in message
     assert "optim.betas: checkpoint has [0.9, 0.999], this run has no value" in message
+
+
+def test_step_names_are_parsed_in_one_place(tmp_path):
+    saved = save_checkpoint(tmp_path, 12, {"step": 12})
+    assert saved.name == step_name(12) == "step-00000012"
+    assert step_of(saved) == step_of(saved / "state.pt") == step_of(saved.name) == 12
+    assert step_of(step_name(123456789)) == 123456789
+    for other in (None, tmp_path, "step-12", "step-0000001x", "restored", "state.pt"):
+        assert step_of(other) == -1, other
