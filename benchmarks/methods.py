@@ -113,7 +113,7 @@ PER_METHOD: dict[str, list[str]] = {
     # SGD 0.1 as BYOL and SimSiam here: 31.3% vs 25.3% random on the test set at 160 epochs, against 24.6% at
     # AdamW 2e-3 (24.0% vs 22.1% at 80 epochs); with a teacher momentum of 0.9 it collapses (13.3%)
     "dino": ["method.output_dim=1024", "method.hidden_dim=512", "method.head_batch_norm=true",
-             "method.momentum=0.99", "method.freeze_last_layer_fraction=0.0",
+             "method.momentum=0.99", "trainer.freeze_last_layer_epochs=0",
              "method.teacher_temperature=0.04", "optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9",
              "optim.weight_decay=5.0e-4"],
     # more prototypes than embedding dimensions (128): with 100, the embeddings found the null space

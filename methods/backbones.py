@@ -12,7 +12,8 @@
   position embeddings, any multiple of the patch size, MAE- and SimMIM-style masked inputs.
 
 Every backbone returns pooled features ``(B, feature_dim)`` from ``forward`` and has an int
-attribute ``feature_dim``. ``build_backbone(name, **kwargs)`` returns ``(module, feature_dim)``.
+attribute ``feature_dim`` and a ``kind``, ``"resnet"`` or ``"vit"`` (``methods.protocol.BackboneKind``).
+``build_backbone(name, **kwargs)`` returns ``(module, feature_dim)``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.methods.protocol import BackboneKind
 from selfsup.methods.vision_transformer import vit_base, vit_small, vit_tiny
 
 # --------------------------------------------------------------------------------------------
@@ -109,6 +111,8 @@ class ResNet(nn.Module):
     In a dilated stage the first block's first 3x3 conv keeps the previous dilation and every
     other 3x3 conv doubles it, as torchvision's ``replace_stride_with_dilation`` does.
     """
+
+    kind: BackboneKind = "resnet"
 
     def __init__(
         self,

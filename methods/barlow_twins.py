@@ -42,6 +42,18 @@ class BarlowTwins(nn.Module):
         loss = barlow_twins(z1.float(), z2.float(), lambda_offdiag=self.lambda_offdiag)
         return {"loss": loss, "barlow_twins": loss.detach()}
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_barlow_twins(options: BarlowTwinsOptions, backbone: nn.Module,
                        feature_dim: int) -> BarlowTwins:

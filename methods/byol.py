@@ -66,6 +66,15 @@ class BYOL(nn.Module):
         self.momentum.fill_(cosine_momentum(step + 1, total_steps, self.base_momentum,
                                             self.final_momentum))
 
+    def teacher_backbone(self) -> nn.Module:
+        return self.target_backbone
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_byol(options: BYOLOptions, backbone: nn.Module, feature_dim: int) -> BYOL:
     return BYOL(backbone, feature_dim, projection_hidden_dim=options.projection_hidden_dim,

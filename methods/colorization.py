@@ -61,13 +61,15 @@ def rgb_to_lightness(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 class LightnessInput(nn.Module):
     """A one-channel backbone that also takes normalized RGB: (B, 1 or 3, S, S) -> features.
 
-    Lightness ``L - 50`` in [-50, 50] is scaled to [-1, 1] before the backbone.
+    Lightness ``L - 50`` in [-50, 50] is scaled to [-1, 1] before the backbone. ``kind`` is the
+    wrapped backbone's.
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int):
         super().__init__()
         self.net = backbone
         self.feature_dim = feature_dim
+        self.kind = backbone.kind
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 3:
@@ -111,6 +113,18 @@ class Colorization(nn.Module):
         loss = colorization_loss(logits.float(), bins, weights)
         accuracy = (logits.detach().argmax(dim=1) == bins).float().mean()
         return {"loss": loss, "colorization": loss.detach(), "accuracy": accuracy}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
 
 
 def build_colorization(options: ColorizationOptions, backbone: nn.Module,

@@ -164,6 +164,15 @@ class DeepClusterV2(nn.Module):
             while int(self.next_kmeans_at) <= int(self.samples_seen):
                 self.next_kmeans_at += self.memory.shape[1]
 
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_deepcluster_v2(options: DeepClusterV2Options, backbone: nn.Module,
                          feature_dim: int) -> DeepClusterV2:

@@ -2,7 +2,7 @@
 (colorization, inpainting) or take other inputs than RGB (colorization's lightness).
 
 * ``feature_map(backbone, x)``: (B, C, H, W) -> (B, feature_dim, H / stride, W / stride): the
-  ResNet's last stage, or the ViT's patch tokens laid out on their grid.
+  ResNet's last stage, or the ViT's patch tokens laid out on their grid (by ``backbone.kind``).
 * ``output_stride(backbone)``: that stride (the ResNet's: 32, 8 with the small-input stem, halved
   by each dilated stage; the ViT patch size).
 * ``adapt_input_channels(backbone, channels)``: replace the first layer (ResNet ``conv1``, ViT
@@ -15,24 +15,18 @@ import torch
 from torch import nn
 
 
-def is_vit(backbone: nn.Module) -> bool:
-    return hasattr(backbone, "forward_tokens")
-
-
 def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, D, h, w) spatial features of the backbone's last layer."""
-    if is_vit(backbone):
+    if backbone.kind == "vit":
         tokens = backbone.forward_tokens(x)[:, 1:]  # (B, h * w, D), row-major
         rows, columns = x.shape[-2] // backbone.patch_size, x.shape[-1] // backbone.patch_size
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, rows, columns)
-    if hasattr(backbone, "forward_features"):
-        return backbone.forward_features(x)
-    raise ValueError(f"{type(backbone).__name__} has no spatial features (forward_features / forward_tokens)")
+    return backbone.forward_features(x)  # a ResNet's last stage
 
 
 def output_stride(backbone: nn.Module) -> int:
     """How many input pixels one feature-map cell covers."""
-    if is_vit(backbone):
+    if backbone.kind == "vit":
         return int(backbone.patch_size)
     return int(backbone.output_stride)
 
@@ -44,16 +38,14 @@ def adapt_input_channels(backbone: nn.Module, channels: int) -> nn.Module:
     initialized as the original (Kaiming for the ResNet stem, Xavier for the ViT patch
     projection, as in MAE).
     """
-    if is_vit(backbone):
+    if backbone.kind == "vit":
         old = backbone.patch_embed.proj
         new = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride)
         nn.init.xavier_uniform_(new.weight.view(new.out_channels, -1))
         nn.init.zeros_(new.bias)
         backbone.patch_embed.proj = new
         return backbone
-    old = getattr(backbone, "conv1", None)
-    if not isinstance(old, nn.Conv2d):
-        raise ValueError(f"cannot change the input channels of {type(backbone).__name__}")
+    old = backbone.conv1  # the ResNet stem
     new = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
     backbone.conv1 = new

@@ -66,6 +66,18 @@ class Inpainting(nn.Module):
                                self.overlap_weight, self.overlap_pixels)
         return {"loss": loss, "inpainting": loss.detach()}
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_inpainting(options: InpaintingOptions, backbone: nn.Module, feature_dim: int) -> Inpainting:
     return Inpainting(backbone, feature_dim, overlap_weight=options.overlap_weight,

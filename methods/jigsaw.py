@@ -55,6 +55,18 @@ class Jigsaw(nn.Module):
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
         return {"loss": loss, "jigsaw": loss.detach(), "accuracy": accuracy}
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_jigsaw(options: JigsawOptions, backbone: nn.Module, feature_dim: int) -> Jigsaw:
     return Jigsaw(backbone, feature_dim, num_permutations=options.num_permutations,

@@ -108,6 +108,15 @@ class MoCoV2(nn.Module):
                                             self.final_momentum))
         self.iteration += 1
 
+    def teacher_backbone(self) -> nn.Module:
+        return self.key_backbone
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_moco_v2(options: MoCoV2Options, backbone: nn.Module, feature_dim: int) -> MoCoV2:
     return MoCoV2(backbone, feature_dim, hidden_dim=options.projection_hidden_dim,

@@ -70,6 +70,18 @@ class NNCLR(nn.Module):
         return {"loss": loss, "nnclr": loss.detach(),
                 "neighbour_similarity": torch.cat([similarity_1, similarity_2]).mean()}
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_nnclr(options: NNCLROptions, backbone: nn.Module, feature_dim: int) -> NNCLR:
     return NNCLR(backbone, feature_dim, projection_hidden_dim=options.projection_hidden_dim,

@@ -112,6 +112,18 @@ class NPID(nn.Module):
         mixed = self.memory[index] * self.memory_momentum + features * (1 - self.memory_momentum)
         self.memory[index] = F.normalize(mixed, dim=1)
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_npid(options: NPIDOptions, backbone: nn.Module, feature_dim: int) -> NPID:
     return NPID(backbone, feature_dim, projection_dim=options.projection_dim,

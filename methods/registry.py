@@ -1,8 +1,10 @@
 """The method registry: a plain dict from a config name to how the method is built.
 
 Each entry names the method's options dataclass (the typed `method:` section of a config), the
-builder that turns those options into plain constructor arguments, and the name of the view
-recipe in `pipeline.recipes` that feeds it. The shared registry test builds every entry.
+builder that turns those options into plain constructor arguments (and returns a module that
+satisfies `methods.protocol.Method`), the name of the view recipe in `pipeline.recipes` that
+feeds it, and the one-line description `selfsup methods` prints. The shared registry test builds
+every entry and checks it against the protocol.
 """
 
 from __future__ import annotations
@@ -10,18 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from torch import nn
-
 from selfsup.methods import (
     barlow_twins, byol, colorization, deepcluster_v2, dino, inpainting, jigsaw, mae, moco_v2, moco_v3,
     nnclr, npid, relative_location, rotation, simclr, simmim, simsiam, swav, vicreg,
 )
+from selfsup.methods.protocol import Method
 
 
 @dataclass(frozen=True)
 class MethodEntry:
     options: type  # dataclass with a `name` field and the method's hyperparameters
-    build: Callable[..., nn.Module]  # build(options, backbone, feature_dim) -> nn.Module
+    build: Callable[..., Method]  # build(options, backbone, feature_dim) -> the method module
     recipe: str  # a key of pipeline.recipes.RECIPES
     description: str
 

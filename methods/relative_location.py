@@ -49,6 +49,18 @@ class RelativeLocation(nn.Module):
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
         return {"loss": loss, "relative_location": loss.detach(), "accuracy": accuracy}
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_relative_location(options: RelativeLocationOptions, backbone: nn.Module,
                             feature_dim: int) -> RelativeLocation:

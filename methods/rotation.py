@@ -48,6 +48,18 @@ class Rotation(nn.Module):
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
         return {"loss": loss, "rotation": loss.detach(), "accuracy": accuracy}
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_rotation(options: RotationOptions, backbone: nn.Module, feature_dim: int) -> Rotation:
     return Rotation(backbone, feature_dim, head_hidden_dim=options.head_hidden_dim)

@@ -41,6 +41,18 @@ class SimCLR(nn.Module):
         loss = nt_xent(z1, z2, temperature=self.temperature)
         return {"loss": loss, "nt_xent": loss.detach()}
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_simclr(options: SimCLROptions, backbone: nn.Module, feature_dim: int) -> SimCLR:
     return SimCLR(backbone, feature_dim, hidden_dim=options.projection_hidden_dim,

@@ -59,6 +59,15 @@ class SimSiam(nn.Module):
         spread = F.normalize(z1.detach(), dim=1).std(dim=0).mean()
         return {"loss": loss, "negative_cosine": loss.detach(), "representation_std": spread}
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_simsiam(options: SimSiamOptions, backbone: nn.Module, feature_dim: int) -> SimSiam:
     return SimSiam(backbone, feature_dim, projection_hidden_dim=options.projection_hidden_dim,

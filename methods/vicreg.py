@@ -47,6 +47,18 @@ class VICReg(nn.Module):
         return {"loss": terms["loss"], "invariance": terms["invariance"].detach(),
                 "variance": terms["variance"].detach(), "covariance": terms["covariance"].detach()}
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
 
 def build_vicreg(options: VICRegOptions, backbone: nn.Module, feature_dim: int) -> VICReg:
     return VICReg(backbone, feature_dim, hidden_dim=options.projection_hidden_dim,

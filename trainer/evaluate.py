@@ -25,7 +25,6 @@ from selfsup.pipeline.recipes import EvalRecipe
 from selfsup.trainer.checkpoint import load_checkpoint
 from selfsup.errors import CheckpointError
 from selfsup.trainer.config import Config, config_from_dict
-from selfsup.trainer.export import TEACHER_PREFIXES, teacher_prefix
 from selfsup.trainer.knn import knn_accuracy
 from selfsup.trainer.model import build_model, seed_everything
 
@@ -47,12 +46,11 @@ def load_backbone(checkpoint: str | Path, random_init: bool = False,
         model.load_state_dict(state["model"], strict=True)
     if weights == "student":
         return model.backbone, config
-    prefix = teacher_prefix(model.state_dict())
-    if prefix is None:
-        names = ", ".join(candidate.rstrip(".") for candidate in TEACHER_PREFIXES)
-        raise CheckpointError(f"{checkpoint}: {config.method.name} keeps no teacher backbone ({names}); "
-                              "evaluate the student")
-    return getattr(model, prefix.rstrip(".")), config
+    teacher = model.teacher_backbone()
+    if teacher is None:
+        raise CheckpointError(f"{checkpoint}: {config.method.name} keeps no teacher backbone (no momentum "
+                              "teacher, target or key encoder); evaluate the student")
+    return teacher, config
 
 
 @torch.no_grad()

@@ -1,8 +1,11 @@
 """Building the method module a config describes, and seeding every generator.
 
 `build_model(config)` builds the backbone from `methods.backbones` with `backbone_options(config)`
-and hands it to the method's builder from the registry; `check_buildable(config)` builds the
-config's recipe and its model on the meta device, to refuse a config before anything is launched.
+and hands it to the method's builder from the registry; `recipe_for(config)` builds the method's
+view recipe from `data.recipe` and the options the model section sets (MAE's patch size: every
+caller that builds a recipe from a config goes through it, so the two cannot disagree);
+`check_buildable(config)` builds both, the model on the meta device, to refuse a config before
+anything is launched.
 `prepare_model` applies the options that change how the model runs rather than what it is:
 SyncBatchNorm across ranks and channels-last memory layout.
 """
@@ -18,7 +21,8 @@ import torch
 
 from selfsup.methods.backbones import build_backbone
 from selfsup.methods.registry import method_entry
-from selfsup.trainer.config import Config
+from selfsup.pipeline.recipes import Recipe, build_recipe
+from selfsup.trainer.config import RECIPE_OPTIONS_FROM_MODEL, Config
 from selfsup.errors import ConfigError
 
 
@@ -39,14 +43,26 @@ def build_model(config: Config) -> torch.nn.Module:
     return method_entry(config.method.name).build(config.method, backbone, feature_dim)
 
 
+def recipe_arguments(config: Config) -> dict:
+    """The options of the config's view recipe: `data.recipe`, with those the model section sets
+    (`RECIPE_OPTIONS_FROM_MODEL`: MAE's mask follows `model.patch_size`)."""
+    recipe = method_entry(config.method.name).recipe
+    from_model = {option: getattr(config.model, model_field)
+                  for option, model_field in RECIPE_OPTIONS_FROM_MODEL.get(recipe, {}).items()}
+    return {**config.data.recipe, **from_model}
+
+
+def recipe_for(config: Config) -> Recipe:
+    """The view recipe that feeds the config's method, at `data.image_size` (raises RecipeError)."""
+    return build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **recipe_arguments(config))
+
+
 def check_buildable(config: Config) -> None:
     """Build the view recipe, and the model on the meta device (no memory, no weights), so that an
     option no recipe or constructor accepts (an image size that is not a multiple of the ViT patch
     size, an unknown loss) is a one-line error before any worker starts, not a traceback in each.
     Raises ConfigError (or the recipe's RecipeError, a ValueError)."""
-    from selfsup.pipeline.recipes import build_recipe
-
-    build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
+    recipe_for(config)
     try:
         with torch.device("meta"):
             build_model(config)

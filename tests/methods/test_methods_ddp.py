@@ -51,8 +51,7 @@ def build(name: str) -> nn.Module:
         return npid.build_npid(options, TinyBackbone(), 16)
     if name == "swav":
         options = swav.SwAVOptions(projection_hidden_dim=8, projection_dim=4, num_prototypes=3,
-                                   queue_size=8, queue_start_fraction=0.0,
-                                   freeze_prototypes_fraction=0.0)
+                                   queue_size=8, queue_start_fraction=0.0)
         model = swav.build_swav(options, TinyBackbone(), 16)
         model.projector = nn.Linear(16, 4)  # no BatchNorm: per-sample, comparable across ranks
         return model
@@ -89,7 +88,7 @@ def run(name: str, rank: int, world_size: int) -> dict:
         optimizer.zero_grad()
         outputs["loss"].backward()
         optimizer.step()
-        model.on_step_end(step, STEPS) if hasattr(model, "on_step_end") else None
+        model.on_step_end(step, STEPS)
         losses.append(outputs["loss"].detach())
     state = model.state_dict()
     return {"losses": torch.stack(losses), **{key: state[key].clone() for key in STATE[name]}}

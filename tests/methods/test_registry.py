@@ -1,6 +1,8 @@
-"""One test drives every registered method: build from its shipped config, train a few steps on a
-fixed batch from its own recipe (real DALI CPU graph over real shards), check the loss falls and
-the method's state (teachers, queues, centers, prototypes, memory banks) is in `state_dict`."""
+"""One test drives every registered method: build from its shipped config, check it against the
+method protocol (`methods.protocol.Method`: the members, defined by the method's own class, and
+what the hooks return), train a few steps on a fixed batch from its own recipe (real DALI CPU
+graph over real shards), check the loss falls and the method's state (teachers, queues, centers,
+prototypes, memory banks) is in `state_dict`."""
 
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+from selfsup.methods.protocol import Method
 from selfsup.methods.registry import METHODS, method_entry
 from selfsup.pipeline.dataset import load_dataset_info
 from selfsup.pipeline.loader import build_train_loader
-from selfsup.pipeline.recipes import build_recipe
 from selfsup.trainer.config import load_config
-from selfsup.trainer.loop import build_model
+from selfsup.trainer.model import build_model, recipe_for
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BATCH = 8
@@ -42,7 +45,7 @@ OVERRIDES: dict[str, list[str]] = {
                    "data.recipe.local_crops=2", "data.recipe.local_size=16"],
     "swav": RESNET + ["method.projection_hidden_dim=64", "method.projection_dim=32",
                       "method.num_prototypes=8", "method.queue_size=16",
-                      "method.queue_start_fraction=0.2", "method.freeze_prototypes_fraction=0.2",
+                      "method.queue_start_fraction=0.2",
                       "data.recipe.local_crops=2", "data.recipe.local_size=16"],
     "deepcluster_v2": RESNET + ["method.projection_hidden_dim=64", "method.projection_dim=32",
                                 "method.num_prototypes=4", "method.num_heads=2",
@@ -67,9 +70,8 @@ STATE: dict[str, list[str]] = {
     "moco_v3": ["momentum_backbone.", "momentum_projector.", "momentum"],
     "nnclr": ["support_set", "support_pointer"],
     "byol": ["target_backbone.", "target_projector.", "momentum"],
-    "dino": ["teacher_backbone.", "teacher_head.", "center", "teacher_temperature", "momentum",
-             "last_layer_frozen"],
-    "swav": ["prototypes.", "queue", "queue_filled", "queue_active", "prototypes_frozen"],
+    "dino": ["teacher_encoder.", "teacher_head.", "center", "teacher_temperature", "momentum"],
+    "swav": ["prototypes.", "queue", "queue_filled", "queue_active"],
     "deepcluster_v2": ["memory", "memory_filled", "centroids", "assignments", "samples_seen",
                        "next_kmeans_at", "kmeans_runs"],
     "npid": ["memory", "normalizer"],
@@ -123,6 +125,44 @@ def test_unknown_method_lists_known_ones():
         method_entry("nope")
 
 
+# The protocol's members besides `backbone`, each defined by the method's own class (no base class).
+HOOKS = ("forward", "on_step_end", "teacher_backbone", "fixed_lr_parameters", "last_layer_parameters")
+# What the hooks name, per method: a momentum teacher, fixed-lr parameters, a frozen-at-first last layer.
+TEACHERS = {"moco_v2", "moco_v3", "byol", "dino"}
+FIXED_LR = {"simsiam"}
+LAST_LAYER = {"dino", "swav"}
+
+
+def test_a_module_without_the_hooks_is_not_a_method():
+    plain = nn.Linear(2, 2)
+    plain.backbone = nn.Identity()
+    assert not isinstance(plain, Method)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_satisfies_the_method_protocol(name):
+    torch.manual_seed(0)
+    model = build_model(load_config(CONFIGS / f"{name}.yaml", OVERRIDES[name]))
+    assert isinstance(model, Method)
+    assert [hook for hook in HOOKS if hook not in vars(type(model))] == []
+    assert model.backbone.kind in ("resnet", "vit")
+
+    teacher = model.teacher_backbone()
+    assert (teacher is not None) == (name in TEACHERS)
+    if teacher is not None:
+        assert isinstance(teacher, nn.Module) and teacher is not model.backbone
+        assert list(teacher.state_dict()) == list(model.backbone.state_dict())
+        assert any(module is teacher for module in model.modules())  # so it travels in state_dict
+        assert not any(parameter.requires_grad for parameter in teacher.parameters())
+
+    own = {id(parameter) for parameter in model.parameters()}
+    for hook, named in (("fixed_lr_parameters", FIXED_LR), ("last_layer_parameters", LAST_LAYER)):
+        parameters = getattr(model, hook)()
+        assert isinstance(parameters, list) and bool(parameters) == (name in named), hook
+        assert all(isinstance(p, nn.Parameter) and id(p) in own for p in parameters), hook
+    assert model.on_step_end(0, 10) is None
+
+
 def test_every_method_has_a_config_and_test_overrides():
     for name in METHODS:
         assert (CONFIGS / f"{name}.yaml").is_file(), f"configs/{name}.yaml is missing"
@@ -134,7 +174,7 @@ def test_every_method_has_a_config_and_test_overrides():
 def test_every_method_trains_on_its_recipe(name, demo_shards):
     config = load_config(CONFIGS / f"{name}.yaml", OVERRIDES.get(name, RESNET))
     entry = method_entry(name)
-    recipe = build_recipe(entry.recipe, config.data.image_size, **config.data.recipe)
+    recipe = recipe_for(config)
     batch = first_batch(demo_shards, recipe)
     missing = [key for key in NEEDS_KEYS.get(name, []) if key not in batch]
     if missing:  # the recipe is declared, its DALI graph has not landed yet
@@ -143,7 +183,6 @@ def test_every_method_trains_on_its_recipe(name, demo_shards):
 
     torch.manual_seed(0)
     model = build_model(config)
-    assert hasattr(model, "backbone")
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
                                 lr=METHOD_LR.get(name, LR), momentum=0.9)
@@ -158,8 +197,7 @@ def test_every_method_trains_on_its_recipe(name, demo_shards):
         optimizer.zero_grad()
         outputs["loss"].backward()
         optimizer.step()
-        if hasattr(model, "on_step_end"):
-            model.on_step_end(step, total)
+        model.on_step_end(step, total)
         losses.append(float(outputs["loss"].detach()))
     losses = losses[warmup:]
     assert min(losses[-3:]) < losses[0], f"{name}: loss did not fall on a fixed batch: {losses}"

@@ -3,6 +3,9 @@ documented keys, repeats itself under a fixed seed, and refuses malformed declar
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,10 @@ from selfsup.pipeline.loader import build_train_loader
 from selfsup.pipeline.permutations import (
     jigsaw_permutations, load_permutations, minimum_hamming_distance, save_permutations,
 )
-from selfsup.pipeline.recipes import RECIPES, ViewSpec, build_recipe, byol_recipe, dino_recipe, jigsaw_recipe, two_views_recipe
+from selfsup.pipeline.recipes import (
+    RECIPES, ViewSpec, build_recipe, byol_recipe, dino_recipe, jigsaw_recipe, recipe_options, recipe_options_type,
+    two_views_recipe,
+)
 from selfsup.errors import RecipeError
 from tests.pipeline.pattern_shards import first_batch
 
@@ -107,13 +113,40 @@ def test_multicrop_groups_globals_first_with_dino_augmentation():
     ("inpainting", 32, {"region": "corner"}, r"region='corner' must be one of"),
     ("two_views", 32, {"view_0": {"blurr": 0.1}}, r"unknown view option\(s\) \['blurr'\]"),
     ("byol", 32, {"blur_probability": 2.0}, r"blur_probability=2.0 must be a probability"),
-    ("dino", 32, {"scale": (0.2, 1.0)}, r"use global_scale and local_scale"),
+    ("dino", 32, {"scale": (0.2, 1.0)}, r"unknown option\(s\) \['scale'\]; valid options: .*'global_scale'"),
+    ("swav", 32, {"solarize_probability": 0.2}, r"unknown option\(s\) \['solarize_probability'\]"),
     ("dino", 32, {"local_crops": -1}, r"local_crops=-1 must be an integer >= 0"),
     ("swav", 32, {"local_scale": (0.5, 0.1)}, r"scale=\(0.5, 0.1\) must be \(min, max\)"),
 ])
 def test_malformed_recipes_are_refused_with_a_clear_message(name, size, options, message):
     with pytest.raises(RecipeError, match=message):
         build_recipe(name, size, **options)
+
+
+def test_a_multicrop_builder_refuses_the_options_it_sets_per_crop():
+    with pytest.raises(RecipeError, match=r"\['blur_probability', 'scale'\] are set per crop; use global_scale"):
+        dino_recipe(32, blur_probability=0.0, scale=(0.2, 1.0))
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_has_an_options_dataclass_from_its_builder(name):
+    options = recipe_options_type(name)
+    assert dataclasses.is_dataclass(options) and recipe_options_type(name) is options
+    fields = {field.name: field for field in dataclasses.fields(options)}
+    assert sorted(fields) == recipe_options(name) and "image_size" not in fields
+    defaults = options()  # every option has a default: the builder's, or None (the recipe's own)
+    given = {key: value for key, value in dataclasses.asdict(defaults).items() if value is not None}
+    assert build_recipe(name, SMALL[name][0], **{**given, **SMALL[name][1]}) == build_recipe(name, SMALL[name][0],
+                                                                                             **SMALL[name][1])
+
+
+def test_recipe_options_carry_the_builders_annotations():
+    fields = {field.name: field for field in dataclasses.fields(recipe_options_type("rotation"))}
+    assert fields["mode"].type == typing.Literal["all", "one"] and fields["mode"].default == "all"
+    assert fields["scale"].type == typing.Optional[tuple[float, float]] and fields["scale"].default is None
+    swav = {field.name: field.default for field in dataclasses.fields(recipe_options_type("swav"))}
+    assert swav["global_blur"] == (0.5, 0.5) and "scale" not in swav and "blur_probability" not in swav
+    assert build_recipe("simclr", 32, hue=None) == build_recipe("simclr", 32)  # None: the recipe's default
 
 
 def test_jigsaw_permutations_are_deterministic_distinct_and_far_apart(tmp_path):

@@ -13,7 +13,8 @@ from selfsup.methods.simclr import SimCLROptions
 from selfsup.trainer.checkpoint import load_checkpoint
 from selfsup.trainer.config import config_from_dict, config_to_dict, load_config, save_config, shipped_configs
 
-SIMCLR = Path(__file__).resolve().parents[2] / "configs" / "simclr.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SIMCLR = CONFIGS / "simclr.yaml"
 
 
 def test_shipped_simclr_config_loads_typed():
@@ -31,7 +32,7 @@ def test_overrides_are_parsed_and_typed():
     assert config.optim.lr == 0.6 and isinstance(config.optim.lr, float)
     assert config.trainer.max_steps == 5
     assert config.method.temperature == 0.2
-    assert config.data.recipe == {"scale": [0.2, 1.0]}
+    assert config.data.recipe == {"scale": (0.2, 1.0)}  # typed as the simclr recipe's option
     assert config.optim.weight_decay == 1e-5
 
 
@@ -138,3 +139,53 @@ def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch
 def test_a_bad_value_is_refused_when_the_config_is_read(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(SIMCLR, [override])
+
+
+@pytest.mark.parametrize("config, override, message", [
+    ("simclr", "data.recipe.blurr=0.1",
+     "unknown config key data.recipe.blurr; valid keys in data.recipe: solarize_probability, scale, ratio"),
+    ("simclr", "data.recipe.scale=0.5", "data.recipe.scale: expected a list of 2 values, got 0.5"),
+    ("simclr", "data.recipe.hue=strong", "data.recipe.hue: expected a number, got 'strong'"),
+    ("rotation", "data.recipe.mode=two", "data.recipe.mode: expected one of 'all', 'one', got 'two'"),
+    ("inpainting", "data.recipe.region=corner", "data.recipe.region: expected one of 'center', 'random', got 'corner'"),
+    ("jigsaw", "data.recipe.permutation_count=many", "data.recipe.permutation_count: expected an integer, got 'many'"),
+    # multi-crop recipes set scale, blur and solarize per crop (global_scale, local_blur, ...)
+    ("dino", "data.recipe.scale=[0.2, 1.0]", "unknown config key data.recipe.scale; valid keys in data.recipe: "
+                                             "local_crops, local_size, global_scale, local_scale, global_blur"),
+    ("swav", "data.recipe.blur_probability=0.5", "unknown config key data.recipe.blur_probability"),
+])
+def test_a_bad_recipe_option_is_refused_when_the_config_is_read(config, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(CONFIGS / f"{config}.yaml", [override])
+
+
+def test_recipe_options_are_typed_as_the_methods_recipe_takes_them():
+    config = load_config(CONFIGS / "dino.yaml", ["data.recipe.local_crops=2.0", "data.recipe.local_blur=1"])
+    assert config.data.recipe["local_crops"] == 2 and isinstance(config.data.recipe["local_crops"], int)
+    assert config.data.recipe["local_blur"] == 1.0 and isinstance(config.data.recipe["local_blur"], float)
+    assert config.data.recipe["global_scale"] == (0.4, 1.0)  # from the YAML list
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_the_mae_recipe_takes_its_patch_size_from_the_model():
+    from selfsup.trainer.model import recipe_for
+
+    config = load_config(CONFIGS / "mae.yaml", ["model.patch_size=8", "data.image_size=32"])
+    assert "patch_size" not in config.data.recipe
+    assert recipe_for(config).pretext.patch_size == 8  # not the recipe's default of 16
+    same = load_config(CONFIGS / "mae.yaml", ["model.patch_size=8", "data.image_size=32", "data.recipe.patch_size=8"])
+    assert recipe_for(same) == recipe_for(config)  # the same value twice is allowed (older configs have it)
+    with pytest.raises(ConfigError, match=re.escape("data.recipe.patch_size=16, but the mae recipe takes it from "
+                                                    "model.patch_size=8; leave data.recipe.patch_size out")):
+        load_config(CONFIGS / "mae.yaml", ["model.patch_size=8", "data.recipe.patch_size=16"])
+
+
+def test_simmim_mask_cells_must_be_a_multiple_of_the_vit_patch():
+    from selfsup.trainer.model import recipe_for
+
+    config = load_config(CONFIGS / "simmim.yaml", ["model.patch_size=8", "data.image_size=48",
+                                                   "data.recipe.patch_size=16"])
+    assert recipe_for(config).pretext.patch_size == 16  # cells of 2 x 2 patches
+    with pytest.raises(ConfigError, match=re.escape("data.recipe.patch_size=12: SimMIM's mask cells must be a "
+                                                    "multiple of model.patch_size=8")):
+        load_config(CONFIGS / "simmim.yaml", ["model.patch_size=8", "data.recipe.patch_size=12"])
