@@ -149,7 +149,7 @@ def train_step(run: Run, step: int, stop: StopRequest, batches: Batches) -> Step
     else:
         apply_update(run.optimizer, run.model.parameters(), grad_clip=trainer.grad_clip,
                      frozen=run.frozen if step < run.frozen_steps else (), scaler=run.scaler)
-    run.method.on_step_end(step, run.total_steps)
+    run.model.on_step_end(step, run.total_steps)
     return StepResult(host_terms, nonfinite, stopping, batches.waited)
 
 

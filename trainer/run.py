@@ -8,8 +8,8 @@ the view recipe, the step counts, and rank 0's loggers; a checkpoint the run con
 part of exact resume: the random generators are restored last, so nothing drawn while building
 shifts the first step's numbers.
 
-`method_parts` is the one place where the trainer asks which optional parts of the method
-protocol a method has.
+The method is used through its protocol (`methods/protocol.py`): `fixed_lr_parameters()` for
+the optimizer, `last_layer_parameters()` for the frozen last layer, `on_step_end` after each step.
 """
 
 from __future__ import annotations
@@ -17,21 +17,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import yaml
 
-from selfsup.methods.registry import method_entry
 from selfsup.pipeline.dataset import DatasetInfo, load_dataset_info
 from selfsup.pipeline.loader import build_train_loader, default_threads
 from selfsup.pipeline.node_staging import NodeStaging
-from selfsup.pipeline.recipes import Recipe, build_recipe
+from selfsup.pipeline.recipes import Recipe
 from selfsup.trainer.checkpoint import restore_rng_state, save_checkpoint
 from selfsup.trainer.config import Config, config_to_dict
 from selfsup.trainer.data import DataStream, tensor_to_bytes
 from selfsup.trainer.distributed import DistributedContext, barrier, wrap_model
-from selfsup.trainer.model import build_model, prepare_model, seed_everything, size_memory_bank
+from selfsup.trainer.model import build_model, prepare_model, recipe_for, seed_everything, size_memory_bank
 from selfsup.trainer.optimizers import build_optimizer, scale_learning_rate
 from selfsup.trainer.progress import LossLog, RunLogger
 from selfsup.trainer.resume import (
@@ -41,37 +40,13 @@ from selfsup.trainer.schedules import cosine_schedule
 from selfsup.trainer.step import grad_scaler_for
 
 
-@dataclass(frozen=True)
-class MethodParts:
-    """The optional parts of the method protocol the trainer uses, a default standing in for each
-    part a method lacks."""
-
-    fixed_lr_parameters: Callable[[], Iterable[torch.nn.Parameter]]  # keep the base lr (SimSiam's predictor)
-    last_layer_parameters: Callable[[], Iterable[torch.nn.Parameter]]  # frozen the first epochs (DINO)
-    on_step_end: Callable[[int, int], None]  # (step, total_steps): EMA teachers, queues, centers
-
-
-def method_parts(model: torch.nn.Module) -> MethodParts:
-    """`model`'s optional protocol parts: the trainer's only probes of a method. (Once every method
-    defines them, `methods/protocol.py`, these become direct calls.)"""
-    return MethodParts(
-        fixed_lr_parameters=model.fixed_lr_parameters if hasattr(model, "fixed_lr_parameters") else tuple,
-        last_layer_parameters=model.last_layer_parameters if hasattr(model, "last_layer_parameters") else tuple,
-        on_step_end=model.on_step_end if hasattr(model, "on_step_end") else _nothing_at_step_end,
-    )
-
-
-def _nothing_at_step_end(step: int, total_steps: int) -> None:
-    return None
-
-
 def optimizer_for(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The optimizer of `config.optim` over `model`'s parameter groups (a method's fixed-lr ones apart)."""
     return build_optimizer(
         config.optim.name, model, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
         momentum=config.optim.momentum, betas=config.optim.betas,
         exclude_bias_and_norm=config.optim.exclude_bias_and_norm,
-        fixed_lr_parameters=method_parts(model).fixed_lr_parameters(),
+        fixed_lr_parameters=model.fixed_lr_parameters(),
     )
 
 
@@ -115,7 +90,6 @@ class Run:
     model: torch.nn.Module  # the method itself: state, buffers, backbone
     parallel_model: torch.nn.Module  # DDP around it when the world is larger than one
     forward: Callable  # the parallel model, compiled with trainer.compile
-    method: MethodParts
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     data: DataStream
@@ -187,7 +161,7 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
     seed_everything(config.seed)
     dataset = load_dataset_info(config.data.path)
     config = size_memory_bank(config, dataset.split("train").count)  # before the resume check compares configs
-    recipe = build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
+    recipe = recipe_for(config)
     model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
                           channels_last=trainer.channels_last, world_size=context.world_size, device=context.device)
     optimizer = optimizer_for(config, model)
@@ -205,8 +179,7 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
         total_steps = trainer.max_steps or trainer.epochs * steps_per_epoch
         global_batch = config.data.batch_size * context.world_size * trainer.accumulate_steps
         lr_schedule, wd_schedule, base_lr = schedules(config, total_steps, steps_per_epoch, global_batch)
-        method = method_parts(model)
-        frozen = list(method.last_layer_parameters())
+        frozen = list(model.last_layer_parameters())
         parallel_model = wrap_model(model, context)
         forward = torch.compile(parallel_model) if trainer.compile else parallel_model
         if rng is not None:
@@ -224,7 +197,7 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
         logger.hyperparameters(config_dict)
     return Run(
         config=config, context=context, checkpoints=checkpoints, recipe=recipe, model=model,
-        parallel_model=parallel_model, forward=forward, method=method, optimizer=optimizer, scaler=scaler,
+        parallel_model=parallel_model, forward=forward, optimizer=optimizer, scaler=scaler,
         data=data, lr_schedule=lr_schedule, wd_schedule=wd_schedule, base_lr=base_lr, frozen=frozen,
         frozen_steps=round(trainer.freeze_last_layer_epochs * steps_per_epoch), start_step=start_step,
         total_steps=total_steps, steps_per_epoch=steps_per_epoch, epochs=math.ceil(total_steps / steps_per_epoch),
