@@ -6,31 +6,36 @@ Layout of a checkpoint directory:
       step-00001000/state.pt     complete checkpoints (only ever appear complete)
       step-00002000/state.pt
       latest                     text file: the name of the newest complete checkpoint
-      .tmp-...                   leftovers of an interrupted save; ignored, removed by the next save
+      .tmp-PID@HOST~...          a save's temporary entries, named after their writer; leftovers of
+                                 an interrupted save are ignored, and removed by a later save once
+                                 their writer is gone (`trainer.leftovers`)
 
 A save writes into a temporary directory, fsyncs the file, renames the directory into place
 (rename is atomic on POSIX file systems), then replaces `latest` (temp file + os.replace) and
 prunes old checkpoints. A crash at any point leaves the previous checkpoints and a valid (or
-recoverable) `latest`. Loading uses `torch.load(weights_only=True)`, so a state holds only tensors,
-dicts, lists, tuples, numbers, strings, bools and None; `rng_state()` captures the random
-generators in that form.
+recoverable) `latest`. Two processes saving into one folder at once both succeed: neither
+removes the other's temporary entries, and a checkpoint of the same step that the other puts in
+place meanwhile is replaced as an earlier one would be. Loading uses `torch.load(weights_only=True)`,
+so a state holds only tensors, dicts, lists, tuples, numbers, strings, bools and None;
+`rng_state()` captures the random generators in that form.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from selfsup.files import sync_folder
 from selfsup.errors import CheckpointError
+from selfsup.files import sync_folder
+from selfsup.trainer.leftovers import remove_abandoned, temporary_name
 
 __all__ = [
     "CheckpointError",
@@ -46,7 +51,7 @@ __all__ = [
 
 STATE_FILE = "state.pt"
 LATEST_FILE = "latest"
-TEMP_PREFIX = ".tmp-"
+PLACE_ATTEMPTS = 20  # renames into place tried while other writers keep putting the same step there
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 
@@ -78,17 +83,8 @@ def _complete_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _remove_leftovers(directory: Path) -> None:
-    """Delete `.tmp-*` entries left by interrupted saves."""
-    for entry in directory.glob(TEMP_PREFIX + "*"):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-
-
 def _write_latest(directory: Path, name: str) -> None:
-    temporary = directory / f"{TEMP_PREFIX}latest-{uuid.uuid4().hex}"
+    temporary = directory / temporary_name("latest")
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(name + "\n")
         handle.flush()
@@ -97,13 +93,51 @@ def _write_latest(directory: Path, name: str) -> None:
     sync_folder(directory)
 
 
+def _move_into_place(temporary: Path, final: Path) -> None:
+    """Rename the finished folder `temporary` to `final`. A folder already at `final` (an earlier
+    checkpoint of the step, or one another writer has just put there) is renamed aside first and
+    deleted once `temporary` is in place. On failure `temporary` is removed, the folder moved
+    aside last goes back to `final` where nothing took its place, and the error is raised."""
+    directory, replaced = final.parent, []
+    try:
+        for _ in range(PLACE_ATTEMPTS):
+            if final.exists():
+                aside = directory / temporary_name(f"replaced-{final.name}")
+                try:
+                    os.rename(final, aside)
+                    replaced.append(aside)
+                except FileNotFoundError:  # another writer moved it aside first
+                    pass
+            try:
+                os.rename(temporary, final)
+                break
+            except OSError as error:  # another writer put its own `final` there in between
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        else:
+            raise OSError(errno.EEXIST, f"other writers kept putting {final.name} in place; "
+                          f"{PLACE_ATTEMPTS} renames failed", str(final))
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if replaced and not final.exists():
+            try:
+                os.rename(replaced[-1], final)
+            except OSError:  # another writer's folder got there first: it stands for the step
+                pass
+        raise
+    sync_folder(directory)
+    for aside in replaced:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def save_checkpoint(directory: Path, step: int, state: dict, keep_last: int = 3) -> Path:
     """Write `state` to `directory/step-{step:08d}/state.pt` atomically; return that directory.
 
-    Steps: clean leftovers of interrupted saves; torch.save into `directory/.tmp-step-...`
-    and fsync; rename it to its final name (an existing checkpoint of the same step is renamed
-    aside first and deleted after); point `directory/latest` at it; delete the oldest `step-*`
-    directories so that `keep_last` remain (the one just written is always kept). If torch.save
+    Steps: remove the leftovers of interrupted saves whose writers are gone
+    (`trainer.leftovers.remove_abandoned`); torch.save into `directory/.tmp-PID@HOST~step-...`
+    and fsync; rename it to its final name (`_move_into_place`: an existing checkpoint of the
+    same step is renamed aside first and deleted after); point `directory/latest` at it; delete
+    the oldest `step-*` directories so that `keep_last` remain (the one just written is always kept). If torch.save
     fails, the temporary directory is removed and the error propagates: no new checkpoint
     appears and `latest` is unchanged.
     """
@@ -113,10 +147,10 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep_last: int = 3)
         raise ValueError(f"step={step} must be >= 0")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(directory)
+    remove_abandoned(directory)
 
     name = step_name(step)
-    temporary = directory / f"{TEMP_PREFIX}{name}-{uuid.uuid4().hex}"
+    temporary = directory / temporary_name(name)
     temporary.mkdir()
     try:
         with open(temporary / STATE_FILE, "wb") as handle:
@@ -129,15 +163,7 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep_last: int = 3)
         raise
 
     final = directory / name
-    if final.exists():
-        replaced = directory / f"{TEMP_PREFIX}replaced-{name}-{uuid.uuid4().hex}"
-        os.rename(final, replaced)
-        os.rename(temporary, final)
-        sync_folder(directory)
-        shutil.rmtree(replaced, ignore_errors=True)
-    else:
-        os.rename(temporary, final)
-        sync_folder(directory)
+    _move_into_place(temporary, final)
     _write_latest(directory, name)
 
     checkpoints = _complete_checkpoints(directory)

@@ -1,4 +1,5 @@
 import random
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from selfsup.trainer.checkpoint import (
 )
 
 from selfsup.errors import CheckpointError
+from selfsup.trainer.leftovers import this_host
 
 
 def _state(step):
@@ -61,8 +63,11 @@ def test_failed_save_leaves_previous_checkpoint_and_latest(tmp_path):
 
 
 def test_leftover_temp_dirs_are_ignored_and_cleaned(tmp_path):
+    """A leftover of a writer that is gone (see test_checkpoint_writers.py for the others)."""
     save_checkpoint(tmp_path, 1, {"step": 1})
-    leftover = tmp_path / ".tmp-step-00000099-deadbeef"
+    writer = subprocess.Popen(["true"])
+    writer.wait()
+    leftover = tmp_path / f".tmp-{writer.pid}@{this_host()}~step-00000099-deadbeef"
     leftover.mkdir()
     (leftover / "state.pt").write_bytes(b"half a file")
     (tmp_path / "latest").unlink()  # crash before latest was written
