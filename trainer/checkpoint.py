@@ -40,6 +40,7 @@ from selfsup.trainer.leftovers import remove_abandoned, temporary_name
 __all__ = [
     "CheckpointError",
     "check_compatible",
+    "checkpoints_to_try",
     "latest_checkpoint",
     "load_checkpoint",
     "restore_rng_state",
@@ -47,6 +48,7 @@ __all__ = [
     "save_checkpoint",
     "step_name",
     "step_of",
+    "try_load_checkpoint",
 ]
 
 STATE_FILE = "state.pt"
@@ -193,25 +195,55 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
+def checkpoints_to_try(directory: Path) -> list[Path]:
+    """The step directories a run in `directory` may continue from, in the order to try them:
+    the newest (the one `latest` names when that folder exists, else the highest step), then each
+    older one by step. Unlike `latest_checkpoint`, folders whose state file is missing are listed
+    too, so that a caller can say which checkpoint it passed over."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    folders = sorted((entry for entry in directory.iterdir() if step_of(entry.name) >= 0 and entry.is_dir()),
+                     key=step_of, reverse=True)
+    try:
+        named = directory / (directory / LATEST_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        named = None
+    if named is None or named not in folders:
+        return folders
+    return [named] + [folder for folder in folders if step_of(folder) < step_of(named)]
+
+
+def try_load_checkpoint(path: Path) -> tuple[dict | None, str | None]:
+    """(the state saved at `path`, None), or (None, what is wrong with it: one line naming the file).
+
+    `path` is a step directory or its state.pt; loaded on the CPU with `torch.load(...,
+    weights_only=True)`, which fails at once on a truncated file (its zip directory, at the end,
+    is missing) or on bytes that are not a checkpoint."""
+    path = Path(path)
+    file = path / STATE_FILE if path.is_dir() else path
+    if not file.is_file():
+        return None, f"{path}: no {STATE_FILE} there"
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return None, f"{file}: cannot load it ({type(error).__name__}: {first_line})"
+    if not isinstance(state, dict):
+        return None, f"{file}: holds a {type(state).__name__}, not a dict of checkpoint state"
+    return state, None
+
+
 def load_checkpoint(path: Path) -> dict:
     """The state saved at `path` (a step directory or its state.pt), loaded on the CPU.
 
     Uses `torch.load(..., weights_only=True)`. Raises CheckpointError naming the path when the
     file is missing, unreadable, holds objects weights_only refuses, or is not a dict.
     """
-    path = Path(path)
-    file = path / STATE_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise CheckpointError(f"{path}: no checkpoint here; expected a step directory containing "
-                              f"{STATE_FILE} (as written by save_checkpoint) or a {STATE_FILE} file")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
-        raise CheckpointError(f"{file}: cannot load the checkpoint ({type(error).__name__}: {error}); "
-                              "expected a complete file written by save_checkpoint holding only tensors, "
-                              "dicts, lists, numbers and strings") from error
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{file}: expected a dict of checkpoint state, found {type(state).__name__}")
+    state, problem = try_load_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"{problem}; expected a complete {STATE_FILE} written by save_checkpoint, holding "
+                              "only tensors, dicts, lists, numbers and strings")
     return state
 
 

@@ -229,6 +229,8 @@ def summarize(run: Run, progress: Progress, stop: StopRequest) -> dict:
                **progress.loss_terms, **progress.metrics}
     if progress.stopped_early(run.total_steps):
         summary["stopped"] = stop.reason
+    if run.resume_warning:  # unreadable checkpoints were passed over: the run says which, and where it went on
+        summary["resumed_from"], summary["resume_warning"] = str(run.resumed_from), run.resume_warning
     return summary
 
 
