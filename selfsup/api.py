@@ -7,7 +7,8 @@ The run folder's lock lives here, in `train` (and, for a search folder, in
 `selfsup.cluster.tune.run_search`): `train` holds it (`selfsup.locks.hold_output_folder`) from
 before it reads the run's checkpoints until the run has ended, in this process or as the driver
 of the Ray workers that write into the folder. `selfsup.trainer.loop.train`, which those workers,
-Tune trials and tests call, takes no lock: it runs under its caller's, so nothing waits on itself.
+Tune trials and tests call, takes no lock: it runs under its caller's (the workers, in other
+processes, would be refused it).
 """
 
 from __future__ import annotations

@@ -156,8 +156,8 @@ def hold_folder_lock(folder: str | Path, purpose: str) -> Iterator[FolderLock]:
 @contextmanager
 def hold_output_folder(folder: str | Path, purpose: str) -> Iterator[FolderLock]:
     """`hold_folder_lock` on a command's output folder, made first when it does not exist. Taking
-    over a lock whose holder died, it says so on stderr in one line naming that holder:
-    "selfsup: RUN: taking over the lock of selfsup train, pid 4242 on node-3, since ... (no longer running)"."""
+    over a lock whose holder died, it says so on stderr in one line naming that holder ("selfsup:
+    RUN: taking over the lock of selfsup train, pid 4242 on node-3, since ... (no longer running)")."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with hold_folder_lock(folder, purpose) as lock:

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,6 +54,7 @@ __all__ = [
 
 STATE_FILE = "state.pt"
 LATEST_FILE = "latest"
+ZIP_START = b"PK\x03\x04"  # how every file torch.save writes begins (a zip archive)
 PLACE_ATTEMPTS = 20  # renames into place tried while other writers keep putting the same step there
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
@@ -214,21 +216,46 @@ def checkpoints_to_try(directory: Path) -> list[Path]:
     return [named] + [folder for folder in folders if step_of(folder) < step_of(named)]
 
 
+def _damage(file: Path) -> str | None:
+    """What is wrong with the shape of a state file, found without loading it (its first bytes and
+    the zip directory at its end), or None when it looks like a complete torch.save archive."""
+    with open(file, "rb") as handle:
+        start = handle.read(len(ZIP_START))
+    if not start:
+        return "empty (0 bytes): the save that wrote it did not finish"
+    if start != ZIP_START:
+        return "not a checkpoint (torch.save writes a zip archive; this file does not begin as one)"
+    if not zipfile.is_zipfile(file):
+        return "truncated or damaged: the end of its zip archive is missing (an interrupted write or copy?)"
+    return None
+
+
+def _first_sentence(error: Exception) -> str:
+    """The telling part of a torch.load error: its WeightsUnpickler reason when it has one (the
+    rest of that message is advice about weights_only=False, wrong for a damaged file), else its
+    first sentence."""
+    text = " ".join(str(error).split())
+    reason = text.partition("WeightsUnpickler error:")[2].strip() or text
+    return reason.split(". ")[0].rstrip(".")
+
+
 def try_load_checkpoint(path: Path) -> tuple[dict | None, str | None]:
     """(the state saved at `path`, None), or (None, what is wrong with it: one line naming the file).
 
-    `path` is a step directory or its state.pt; loaded on the CPU with `torch.load(...,
-    weights_only=True)`, which fails at once on a truncated file (its zip directory, at the end,
-    is missing) or on bytes that are not a checkpoint."""
+    `path` is a step directory or its state.pt. A missing, empty, truncated or foreign file is
+    found from its first bytes and its end, without loading it; the rest is loaded on the CPU with
+    `torch.load(..., weights_only=True)`, which refuses anything but tensors and plain values."""
     path = Path(path)
     file = path / STATE_FILE if path.is_dir() else path
     if not file.is_file():
         return None, f"{path}: no {STATE_FILE} there"
+    damage = _damage(file)
+    if damage is not None:
+        return None, f"{file}: {damage}"
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return None, f"{file}: cannot load it ({type(error).__name__}: {first_line})"
+        return None, f"{file}: cannot load it ({type(error).__name__}: {_first_sentence(error)})"
     if not isinstance(state, dict):
         return None, f"{file}: holds a {type(state).__name__}, not a dict of checkpoint state"
     return state, None

@@ -11,7 +11,7 @@ and an optional kNN monitor every `eval.online_knn_every_epochs` epochs.
 Rank 0 writes `output_dir/checkpoints/`, `output_dir/tensorboard/` and `output_dir/losses.jsonl`.
 A run started again on the same output directory continues from its latest checkpoint exactly:
 same batches, same random numbers, same losses (a newest checkpoint that cannot be read is passed
-over with a warning, `trainer.resume`). `train` takes no lock on `output_dir`: the commands hold
+over with a warning: `selfsup.trainer.resume`). `train` takes no lock on `output_dir`: the commands hold
 it around the whole run (`selfsup.api.train`, `selfsup tune`), also while Ray workers or Tune
 trials in other processes call this function (taking it again there would be refused).
 

@@ -116,7 +116,7 @@ def test_train_names_an_unreadable_checkpoint_in_one_line_before_ray_starts(self
                       str(run), "--set", "trainer.max_steps=2")
     assert outcome.returncode == 2, outcome.stderr[-2000:]
     (line,) = outcome.stderr.strip().splitlines()
-    assert line.startswith(f"selfsup: error: {state}: cannot load it (UnpicklingError: ")
-    assert line.endswith(f"; no intact checkpoint in {run / 'checkpoints'} to continue from: name one with "
-                         "--resume CKPT (trainer.resume), or move that folder aside to start afresh")
+    assert line == (f"selfsup: error: {state}: not a checkpoint (torch.save writes a zip archive; this file does "
+                    f"not begin as one); no intact checkpoint in {run / 'checkpoints'} to continue from: name one "
+                    "with --resume CKPT (trainer.resume), or move that folder aside to start afresh")
     assert not ray_running() and state.read_bytes() == b"garbage, not a checkpoint"

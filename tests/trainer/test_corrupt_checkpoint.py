@@ -100,6 +100,6 @@ def test_with_no_intact_checkpoint_one_error_names_the_corrupt_one(finished_run,
 
     # named by --resume, a corrupt checkpoint is refused by name too
     named = run / "checkpoints" / "step-00000004"
-    with pytest.raises(CheckpointError, match=f"{named / 'state.pt'}: cannot load it .*it is the checkpoint "
-                                              "--resume"):
+    with pytest.raises(CheckpointError, match=f"{named / 'state.pt'}: not a checkpoint .*; it is the checkpoint "
+                                              r"--resume \(trainer.resume\) names: name an intact one"):
         check_resume_fits(tiny_config(demo_shards, *STEPS, f"trainer.resume={named}"), run)
