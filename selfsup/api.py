@@ -2,6 +2,13 @@
 
 Each turns plain arguments into calls of the packages below; the command line calls these same
 functions. Nothing here imports Ray unless `train` is asked for workers.
+
+The run folder's lock lives here, in `train` (and, for a search folder, in
+`selfsup.cluster.tune.run_search`): `train` holds it (`selfsup.locks.hold_output_folder`) from
+before it reads the run's checkpoints until the run has ended, in this process or as the driver
+of the Ray workers that write into the folder. `selfsup.trainer.loop.train`, which those workers,
+Tune trials and tests call, takes no lock: it runs under its caller's (the workers, in other
+processes, would be refused it).
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from selfsup.errors import ConfigError
+
+TRAIN_LOCK_PURPOSE = "selfsup train"  # how a refused second run names the holder of a run folder
 
 
 def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "256MB",
@@ -78,15 +87,23 @@ def check_before_launch(config, output: str | Path):
     """Catch a bad dataset or recipe, a memory bank sized for another dataset, or a checkpoint in
     `output` (or trainer.resume) that does not fit the run, now, with a one-line error, before any
     worker starts. Returns `config` with its memory bank sized to the data (`size_memory_bank`)."""
+    from selfsup.trainer.loop import check_resume_fits
+
+    config = check_config_before_launch(config)
+    check_resume_fits(config, output)
+    return config
+
+
+def check_config_before_launch(config):
+    """The part of `check_before_launch` that reads no run folder: the dataset, the recipe, the
+    model, the memory bank (sized to the data in the config returned)."""
     from selfsup.pipeline.dataset import load_dataset_info
     from selfsup.pipeline.staging import is_uri
-    from selfsup.trainer.loop import check_resume_fits
     from selfsup.trainer.model import check_buildable, size_memory_bank
 
     if not is_uri(str(config.data.path)):  # a URI is checked, and its bank sized, by each node as it stages it
         config = size_memory_bank(config, load_dataset_info(config.data.path).split("train").count)
     check_buildable(config)
-    check_resume_fits(config, output)
     return config
 
 
@@ -101,23 +118,30 @@ def train(config, output: str | Path, *, data: str | Path | None = None, overrid
     `workers=N` runs N DDP ranks through Ray Train, on a local Ray or the cluster at `address`,
     each with `gpus_per_worker` GPUs and `cpus_per_worker` CPUs; `max_failures`, `storage` and
     `spread` are Ray's fault tolerance, checkpoint storage and placement. Running the same call
-    again continues from the run's latest checkpoint, exactly."""
+    again continues from the run's latest checkpoint, exactly.
+
+    The call holds the run folder's lock throughout (see the module docstring): while one run
+    writes into `output`, another `train` into it raises FolderLockedError at once, naming the
+    holder (host, pid, since when). A lock left by a run that was killed is taken over."""
+    from selfsup.locks import hold_output_folder
     from selfsup.trainer.config import save_config
+    from selfsup.trainer.loop import check_resume_fits
 
     resolved = resolve_run_config(config, data=data, overrides=overrides, resume=resume)
-    resolved = check_before_launch(resolved, output)
-    if workers is None:
-        from selfsup.trainer.loop import train as train_here
+    resolved = check_config_before_launch(resolved)  # before the run folder is made: a bad config leaves none
+    run = Path(output)
+    with hold_output_folder(run.resolve(), TRAIN_LOCK_PURPOSE):
+        check_resume_fits(resolved, run)  # under the lock: no other run is writing checkpoints now
+        if workers is None:
+            from selfsup.trainer.loop import train as train_here
 
-        run = Path(output)
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(resolved, run / "config.yaml")
-        return train_here(resolved, run)
-    from selfsup.cluster.train_job import run_training
+            save_config(resolved, run / "config.yaml")
+            return train_here(resolved, run)
+        from selfsup.cluster.train_job import run_training
 
-    return run_training(resolved, output, workers=workers, use_gpu=gpus_per_worker > 0,
-                        gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,
-                        max_failures=max_failures, storage=storage, spread=spread)
+        return run_training(resolved, output, workers=workers, use_gpu=gpus_per_worker > 0,
+                            gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,
+                            max_failures=max_failures, storage=storage, spread=spread)
 
 
 def load_backbone(run_or_checkpoint: str | Path, *, weights: str = "student", random_init: bool = False):

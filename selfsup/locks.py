@@ -1,7 +1,8 @@
 """An exclusive lock on a folder, held by one process at a time, that says who holds it.
 
 `hold_folder_lock(folder, purpose)` is for commands that write into a folder and must not run
-twice at once on it (`selfsup convert` into OUT; a training run into its run folder)::
+twice at once on it (`selfsup convert` into OUT; `selfsup train` into its run folder, `selfsup
+tune` into its search folder, through `hold_output_folder`, which makes the folder first)::
 
     with hold_folder_lock(output, "selfsup convert") as lock:
         ...  # only this process writes into `output` here
@@ -35,6 +36,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,6 +151,20 @@ def hold_folder_lock(folder: str | Path, purpose: str) -> Iterator[FolderLock]:
         except OSError:
             pass
         os.close(descriptor)
+
+
+@contextmanager
+def hold_output_folder(folder: str | Path, purpose: str) -> Iterator[FolderLock]:
+    """`hold_folder_lock` on a command's output folder, made first when it does not exist. Taking
+    over a lock whose holder died, it says so on stderr in one line naming that holder ("selfsup:
+    RUN: taking over the lock of selfsup train, pid 4242 on node-3, since ... (no longer running)")."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with hold_folder_lock(folder, purpose) as lock:
+        if lock.stale_holder is not None:
+            print(f"selfsup: {folder}: taking over the lock of {lock.stale_holder.describe()} (no longer running)",
+                  file=sys.stderr, flush=True)
+        yield lock
 
 
 def lock_holder(folder: str | Path) -> LockHolder | None:

@@ -76,7 +76,7 @@ class TrainerConfig:
     freeze_last_layer_epochs: float = 0.0  # no updates to the method's `last_layer_parameters()` at first
     compile: bool = False  # torch.compile the model
     channels_last: bool = False  # channels-last memory layout for model and views (faster convs on GPU)
-    resume: str | None = None  # a checkpoint to continue from (`--resume`); the run's own newer ones win
+    resume: str | None = None  # a checkpoint to continue from (`--resume`); the run's own newer intact ones win
 
 
 @dataclass

@@ -10,7 +10,10 @@ and an optional kNN monitor every `eval.online_knn_every_epochs` epochs.
 
 Rank 0 writes `output_dir/checkpoints/`, `output_dir/tensorboard/` and `output_dir/losses.jsonl`.
 A run started again on the same output directory continues from its latest checkpoint exactly:
-same batches, same random numbers, same losses.
+same batches, same random numbers, same losses (a newest checkpoint that cannot be read is passed
+over with a warning: `selfsup.trainer.resume`). `train` takes no lock on `output_dir`: the commands hold
+it around the whole run (`selfsup.api.train`, `selfsup tune`), also while Ray workers or Tune
+trials in other processes call this function (taking it again there would be refused).
 
 The loop reads as torchtitan's trainer does: `build_run` (`trainer.run`) makes the run's pieces
 once; each iteration is one `train_step` (the optimizer step: its loss terms on the host, and
@@ -229,6 +232,8 @@ def summarize(run: Run, progress: Progress, stop: StopRequest) -> dict:
                **progress.loss_terms, **progress.metrics}
     if progress.stopped_early(run.total_steps):
         summary["stopped"] = stop.reason
+    if run.resume_warning:  # unreadable checkpoints were passed over: the run says which, and where it went on
+        summary["resumed_from"], summary["resume_warning"] = str(run.resumed_from), run.resume_warning
     return summary
 
 

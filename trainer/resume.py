@@ -9,20 +9,28 @@ over ranks: what a run started again with nothing left to train reports as its f
 parts are gathered from every rank first.
 
 A run continues from the newest of: its own latest checkpoint, and the one named by
-`trainer.resume` (`selfsup train --resume CKPT`). Config keys that change what the state means
-(method and model, batch size, views, seed, optimizer) must agree; others (max_steps, logging,
-threads) may change. A different number of ranks continues too, from the same step, with the
+`trainer.resume` (`selfsup train --resume CKPT`); the run's own wins a tie. A checkpoint that
+cannot be read (a truncated or garbage state.pt, or none at all; `torch.load` fails on these at
+once, so nothing is loaded twice to find out) is passed over with a warning naming it
+(`ResumePoint.warning`): with `--resume`, the run continues from the checkpoint it names; without
+it, from the run's newest intact checkpoint. When none is intact, a CheckpointError names the
+unreadable one and says that `--resume` can name another. Config keys that change what the state
+means (method and model, batch size, views, seed, optimizer) must agree; others (max_steps,
+logging, threads) may change. A different number of ranks continues too, from the same step, with the
 loader repositioned approximately (same epoch, same number of samples).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as torch_distributed
 
-from selfsup.trainer.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, rng_state, step_of
+from selfsup.trainer.checkpoint import (
+    check_compatible, checkpoints_to_try, latest_checkpoint, rng_state, step_of, try_load_checkpoint,
+)
 
 from selfsup.errors import CheckpointError
 from selfsup.trainer.config import Config, config_to_dict
@@ -54,14 +62,51 @@ def resume_keys(saved_config: dict, current_config: dict) -> tuple[str, ...]:
     return RESUME_KEYS + tuple(sorted(f"method.{key}" for key in method_keys if key != "name"))
 
 
-def load_resume_state(checkpoints: Path, explicit: str | None, config: Config) -> tuple[dict | None, Path | None]:
-    """The state to continue from (checked against `config`) and its path, or (None, None)."""
-    own = latest_checkpoint(checkpoints)
-    candidates = [path for path in (own, find_checkpoint(explicit) if explicit else None) if path is not None]
-    if not candidates:
-        return None, None
-    path = max(candidates, key=step_of)  # the run's own wins a tie
-    state = load_checkpoint(path)
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run continues from: the loaded state and its path (both None on a fresh start), and
+    the warning about the unreadable checkpoints passed over to get there (None when none was)."""
+
+    state: dict | None = None
+    path: Path | None = None
+    warning: str | None = None
+
+
+def load_resume_state(checkpoints: Path, explicit: str | None, config: Config) -> ResumePoint:
+    """The checkpoint to continue from (see the module docstring), loaded once and checked against
+    `config`. `checkpoints` is the run's own checkpoint folder, `explicit` trainer.resume."""
+    named = find_checkpoint(explicit) if explicit else None
+    passed_over: list[str] = []  # what is wrong with each unreadable checkpoint skipped, one line each
+    for path in checkpoints_to_try(checkpoints):
+        if named is not None and step_of(path) < step_of(named):
+            break  # the named checkpoint is newer than the run's own
+        state, problem = try_load_checkpoint(path)
+        if state is not None:
+            return _checked(state, path, config, _warning(passed_over, path, "the newest intact checkpoint "
+                                                                             "(--resume CKPT picks another)"))
+        passed_over.append(problem)
+        if named is not None:
+            break  # --resume names what to use when the run's newest cannot be read
+    if named is not None:
+        state, problem = try_load_checkpoint(named)
+        if state is None:
+            raise CheckpointError("; ".join([*passed_over, problem]) + "; it is the checkpoint --resume "
+                                  "(trainer.resume) names: name an intact one")
+        return _checked(state, named, config, _warning(passed_over, named, "the checkpoint --resume names"))
+    if passed_over:
+        raise CheckpointError("; ".join(passed_over) + f"; no intact checkpoint in {checkpoints} to continue "
+                              "from: name one with --resume CKPT (trainer.resume), or move that folder aside "
+                              "to start afresh")
+    return ResumePoint()
+
+
+def _warning(passed_over: list[str], used: Path, which: str) -> str | None:
+    """'PROBLEM; continuing from USED, WHICH' when unreadable checkpoints were passed over, else None."""
+    return "; ".join(passed_over) + f"; continuing from {used}, {which}" if passed_over else None
+
+
+def _checked(state: dict, path: Path, config: Config, warning: str | None) -> ResumePoint:
+    """`state`, read from `path`, as the point to continue from once its format and config fit."""
     if state.get("format_version") not in READABLE_FORMATS:
         raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')!r}, "
                               f"expected one of {READABLE_FORMATS}")
@@ -70,7 +115,7 @@ def load_resume_state(checkpoints: Path, explicit: str | None, config: Config) -
         check_compatible(state["config"], current, resume_keys(state["config"], current))
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    return state, path
+    return ResumePoint(state, path, warning)
 
 
 def restore_training_state(state: dict, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

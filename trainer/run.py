@@ -55,12 +55,13 @@ def check_resume_fits(config: Config, output_dir: str | Path) -> None:
     latest, or `trainer.resume`) does not fit `config`: its config, model state or optimizer groups.
 
     The launcher calls it before any worker starts (the workers would each fail the same way).
-    Loads the checkpoint and builds the model on the CPU once.
+    Chooses the checkpoint as the workers will (`load_resume_state`: unreadable ones passed over,
+    or, with none intact, the same CheckpointError), loads it and builds the model on the CPU once.
     """
-    state, state_path = load_resume_state(Path(output_dir) / "checkpoints", config.trainer.resume, config)
-    if state is not None:
+    resume = load_resume_state(Path(output_dir) / "checkpoints", config.trainer.resume, config)
+    if resume.state is not None:
         model = build_model(config)
-        restore_training_state(state, state_path, model, optimizer_for(config, model), scaler=None)
+        restore_training_state(resume.state, resume.path, model, optimizer_for(config, model), scaler=None)
 
 
 def schedules(config: Config, total_steps: int, steps_per_epoch: int, global_batch: int):
@@ -106,6 +107,7 @@ class Run:
     logger: RunLogger
     loss_log: LossLog
     resumed_from: Path | None
+    resume_warning: str | None  # the unreadable checkpoints passed over to reach `resumed_from`
     # the loss terms of step `start_step` (averaged over ranks) when it is a checkpoint's step
     start_loss_terms: dict[str, float] = field(default_factory=dict)
 
@@ -166,7 +168,8 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
                           channels_last=trainer.channels_last, world_size=context.world_size, device=context.device)
     optimizer = optimizer_for(config, model)
     scaler = grad_scaler_for(trainer.precision, context.device)
-    state, state_path = load_resume_state(checkpoints, trainer.resume, config)
+    resume = load_resume_state(checkpoints, trainer.resume, config)
+    state, state_path = resume.state, resume.path
     rng, position = None, {"epoch": 0, "batches": 0, "dali": None}
     if state is not None:
         restore_training_state(state, state_path, model, optimizer, scaler)
@@ -191,6 +194,8 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
     except BaseException:
         data.close()
         raise
+    if resume.warning:
+        logger.message(f"warning: {resume.warning}")
     if start_step:
         logger.message(f"resuming from step {start_step} ({state_path})")
     else:
@@ -202,5 +207,6 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
         frozen_steps=round(trainer.freeze_last_layer_epochs * steps_per_epoch), start_step=start_step,
         total_steps=total_steps, steps_per_epoch=steps_per_epoch, epochs=math.ceil(total_steps / steps_per_epoch),
         global_batch=global_batch, logger=logger, loss_log=loss_log, resumed_from=state_path,
+        resume_warning=resume.warning,
         start_loss_terms=(saved_loss_terms(state) or loss_log.start_terms) if state is not None else {},
     )

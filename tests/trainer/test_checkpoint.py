@@ -1,4 +1,5 @@
 import random
+import subprocess
 
 import numpy as np
 import pytest
@@ -7,9 +8,11 @@ from torch import nn
 
 from selfsup.trainer.checkpoint import (
     check_compatible, latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint, step_name, step_of,
+    try_load_checkpoint,
 )
 
 from selfsup.errors import CheckpointError
+from selfsup.trainer.leftovers import this_host
 
 
 def _state(step):
@@ -61,8 +64,11 @@ def test_failed_save_leaves_previous_checkpoint_and_latest(tmp_path):
 
 
 def test_leftover_temp_dirs_are_ignored_and_cleaned(tmp_path):
+    """A leftover of a writer that is gone (see test_checkpoint_writers.py for the others)."""
     save_checkpoint(tmp_path, 1, {"step": 1})
-    leftover = tmp_path / ".tmp-step-00000099-deadbeef"
+    writer = subprocess.Popen(["true"])
+    writer.wait()
+    leftover = tmp_path / f".tmp-{writer.pid}@{this_host()}~step-00000099-deadbeef"
     leftover.mkdir()
     (leftover / "state.pt").write_bytes(b"half a file")
     (tmp_path / "latest").unlink()  # crash before latest was written
@@ -128,6 +134,30 @@ def test_bad_files_raise_checkpoint_error(tmp_path):
 
 class _Picklable:
     pass
+
+
+def test_an_unreadable_state_file_is_named_with_what_is_wrong(tmp_path):
+    """try_load_checkpoint: one line naming the file and its damage, found from the file's first
+    bytes and end where it can be (truncated, foreign, empty), else from weights_only's refusal."""
+    folder = save_checkpoint(tmp_path, 3, {"step": 3, "weights": torch.ones(10_000)})
+    file = folder / "state.pt"
+    complete = file.read_bytes()
+    assert try_load_checkpoint(folder)[1] is None and try_load_checkpoint(file)[0]["step"] == 3
+    cases = {
+        complete[: len(complete) // 2]: "truncated or damaged: the end of its zip archive is missing",
+        b"\x89not a checkpoint" * 100: "not a checkpoint (torch.save writes a zip archive",
+        b"": "empty (0 bytes)",
+    }
+    for data, problem in cases.items():
+        file.write_bytes(data)
+        state, found = try_load_checkpoint(folder)
+        assert state is None and found.startswith(f"{file}: {problem}"), found
+    torch.save({"object": _Picklable()}, file)
+    state, found = try_load_checkpoint(folder)
+    assert state is None and found.startswith(f"{file}: cannot load it (UnpicklingError: Unsupported global")
+    assert "weights_only` set to `False`" not in found  # torch's advice, wrong for a damaged file, left out
+    file.unlink()
+    assert try_load_checkpoint(folder) == (None, f"{folder}: no state.pt there")
 
 
 def _draw():
