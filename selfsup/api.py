@@ -1,4 +1,5 @@
-"""The public Python API: `selfsup.convert`, `selfsup.verify`, `selfsup.train`, `selfsup.load_backbone`.
+"""The public Python API: `selfsup.convert`, `selfsup.verify`, `selfsup.train`, `selfsup.load_backbone`,
+`selfsup.embed`.
 
 Each turns plain arguments into calls of the packages below; the command line calls these same
 functions. Nothing here imports Ray unless `train` is asked for workers.
@@ -128,3 +129,23 @@ def load_backbone_and_config(run_or_checkpoint: str | Path, *, weights: str = "s
     from selfsup.trainer.resume import find_checkpoint
 
     return load_from_checkpoint(find_checkpoint(run_or_checkpoint), random_init=random_init, weights=weights)
+
+
+def embed(run_or_checkpoint: str | Path, output: str | Path, *, data: str | Path | None = None,
+          images: str | Path | None = None, splits: Sequence[str] | None = None, weights: str = "student",
+          random_init: bool = False, image_size: int | None = None, batch_size: int | None = None,
+          device: str | None = None, progress: bool = False) -> dict:
+    """Write one parquet row per image (key, split, source, label, label_name, embedding) of a
+    converted dataset `data` (its `splits`, default all) or of a folder `images`, embedded by the
+    backbone of a run folder or checkpoint (`weights`/`random_init` as in `load_backbone`), through
+    the eval recipe at the run's image size. Streams: memory stays bounded for any number of
+    images. Returns {"output", "rows", "dimension", "source"}."""
+    import torch
+
+    from selfsup.trainer.embed import embed_images
+
+    backbone, config = load_backbone_and_config(run_or_checkpoint, weights=weights, random_init=random_init)
+    return embed_images(backbone, output, data=data, images=images, splits=list(splits) if splits else None,
+                        image_size=image_size or config.data.image_size,
+                        batch_size=batch_size or config.eval.batch_size,
+                        device=device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=progress)
