@@ -28,6 +28,7 @@ from selfsup.pipeline.dataset import (
 )
 from selfsup.errors import DatasetError
 from selfsup.pipeline.images import prepare_image
+from selfsup.pipeline.segmentation_masks import attach_masks, check_masks_folder, segmentation_info
 from selfsup.pipeline.shards import IMAGE_EXTENSIONS, ShardWriter, parse_size
 
 STATE_FOLDER = ".selfsup-convert"
@@ -131,7 +132,7 @@ class _SplitWriter:
         if "reason" in result:
             self.errors.append({"path": item.relative, "reason": result["reason"]})
             return
-        files = {result["ext"]: result["data"]}
+        files = {result["ext"]: result["data"], **result.get("members", {})}  # members: e.g. a seg.png mask
         if item.label >= 0:
             files["cls"] = str(item.label).encode("ascii")
         files["json"] = json.dumps({"source": item.relative, "width": result["width"],
@@ -147,7 +148,8 @@ class _SplitWriter:
         offset, size = self.writer.samples[-1][1][result["ext"]]
         self.rows.append({"key": item.key, "split": self.split, "shard": self.writer.path.name,
                           "offset": offset, "bytes": size, "label": item.label, "width": result["width"],
-                          "height": result["height"], "source": item.relative, "crc32": result["crc32"]})
+                          "height": result["height"], "source": item.relative, "crc32": result["crc32"],
+                          **result.get("row_fields", {})})
 
     def close_shard(self, stop: int) -> None:
         """Finish the open shard (if any) and record the plan items [start, stop) as done."""
@@ -216,7 +218,8 @@ MapInOrder = Callable[[list[tuple[str, str, int | None]]], Iterator[dict]]
 
 def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "256MB",
             max_side: int | None = None, val_fraction: float = 0.0, workers: int | None = None,
-            seed: int = 0, progress: bool = True, map_in_order: MapInOrder | None = None) -> ConvertSummary:
+            seed: int = 0, progress: bool = True, map_in_order: MapInOrder | None = None,
+            masks: str | Path | None = None) -> ConvertSummary:
     """Convert the image folder SRC into WebDataset shards in OUT; resumes an interrupted run.
 
     Layout: class folders (`SRC/cat/*.jpg`, `SRC/dog/x/y.png`, ...) give a labeled dataset
@@ -238,6 +241,9 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
 
     `map_in_order` (optional) replaces the local worker processes for reading the images, e.g.
     with tasks on a cluster; the outputs are the same, since writing stays here and in order.
+
+    `masks` (optional): a folder of PNG label maps mirroring SRC; each sample then carries its mask
+    as `KEY.seg.png` (see `pipeline/segmentation_masks.py`).
     """
     started = time.monotonic()
     source, output = Path(source).expanduser().resolve(), Path(output).expanduser().resolve()
@@ -252,6 +258,7 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         raise DatasetError(f"max_side {max_side!r}: expected a positive number of pixels or None")
     if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
         raise DatasetError(f"val_fraction {val_fraction!r}: expected a number in [0, 1)")
+    masks = check_masks_folder(masks, source)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DatasetError(f"workers {workers!r}: expected a positive integer or None")
@@ -262,6 +269,8 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         raise DatasetError(f"{source}: no images found (looked for {looked_for} "
                            "files, hidden ones excluded)")
     options = {"shard_size": shard_bytes, "max_side": max_side, "val_fraction": float(val_fraction), "seed": seed}
+    if masks is not None:
+        options["masks"] = str(masks)
     fingerprint = source_fingerprint(source, files, options)
     status = _check_output(output, fingerprint)
     if status == "complete":
@@ -297,6 +306,8 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
     bar = tqdm(total=len(plan), initial=len(plan) - len(remaining), unit="img", desc="convert",
                disable=not progress, dynamic_ncols=True)
     results = map_in_order(tasks) if map_in_order is not None else _prepared_in_order(tasks, workers)
+    if masks is not None:
+        results = attach_masks(results, [item.relative for _, _, item in remaining], masks)
     try:
         current = None
         for (split, index, item), result in zip(remaining, results):
@@ -317,10 +328,12 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         bar.close()
     records = _load_records(state, {split: len(items) for split, items in by_split.items()})
     present = [split for split in ("train", "val") if records[split]]
+    done = [record for split in present for record in records[split]]
     write_dataset_files(
         output, source=source, fingerprint=fingerprint, options=options, labeled=labeled, classes=classes,
-        splits=present, rows=_record_rows([record for split in present for record in records[split]]),
-        errors=[error for split in SPLITS for record in records[split] for error in record["errors"]])
+        splits=present, rows=_record_rows(done),
+        errors=[error for split in SPLITS for record in records[split] for error in record["errors"]],
+        extra=segmentation_info(_record_rows(done), masks) if masks is not None else None)
     shutil.rmtree(state, ignore_errors=True)
     summary = _summary_from_description(output, started)
     summary.already_complete, summary.resumed, summary.processed = False, status == "resume", len(remaining)

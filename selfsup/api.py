@@ -15,12 +15,14 @@ from selfsup.errors import ConfigError
 
 def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "256MB",
             max_side: int | None = None, val_fraction: float = 0.0, workers: int | None = None,
-            seed: int = 0, progress: bool = True, ray_address: str | None = None, use_ray: bool = False):
+            seed: int = 0, progress: bool = True, ray_address: str | None = None, use_ray: bool = False,
+            masks: str | Path | None = None):
     """Convert the image folder `source` into WebDataset shards in `output` (resumable); returns
     the `ConvertSummary` (`format_summary` in `selfsup.pipeline.convert` prints it).
 
     `use_ray`: read the images in Ray tasks (a cluster's CPUs, `ray_address="auto"`), writing the
-    shards here as the local path does."""
+    shards here as the local path does. `masks`: a folder of PNG label maps mirroring `source`,
+    carried as each sample's `KEY.seg.png` (for `selfsup eval segment`)."""
     from selfsup.pipeline.convert import convert as convert_folder
 
     map_in_order = None
@@ -31,7 +33,7 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         ensure_ray(ray_address, dashboard=False)
         map_in_order = ray_map_in_order
     return convert_folder(source, output, shard_size=shard_size, max_side=max_side, val_fraction=val_fraction,
-                          workers=workers, seed=seed, progress=progress, map_in_order=map_in_order)
+                          workers=workers, seed=seed, progress=progress, map_in_order=map_in_order, masks=masks)
 
 
 def verify(dataset: str | Path, *, progress: bool = False):
