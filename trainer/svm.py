@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from selfsup.errors import ConfigError, DatasetError
-from selfsup.pipeline.dataset import load_dataset_info
+from selfsup.pipeline.dataset import DatasetInfo, load_dataset_info
 from selfsup.trainer.evaluate import FeatureCache, cached_features, evaluation_samples, held_out_test_set
 from selfsup.trainer.label_subsets import check_low_shot, low_shot_subset
 
@@ -144,6 +144,18 @@ def low_shot_svms(train_features, train_labels, test_features, test_labels, num_
             "eval_samples": len(test_labels)}
 
 
+def check_low_shot_fits(dataset: DatasetInfo, per_class: int) -> None:
+    """A ConfigError, before any feature is extracted, when `per_class` samples of every class
+    are more than the dataset's smallest train class holds (from dataset.json's class counts)."""
+    counts = dataset.split("train").class_counts
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ConfigError(f"--low-shot {per_class!r}: expected a number of samples per class of at least 1")
+    if counts and per_class > min(counts):
+        smallest = int(np.argmin(counts))
+        raise ConfigError(f"--low-shot {per_class}: class {dataset.classes[smallest]!r} of {dataset.root} "
+                          f"(train split) has only {counts[smallest]} samples; choose at most {counts[smallest]}")
+
+
 def svm_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int, batch_size: int = 256,
                  device: str | torch.device = "cpu", test_data: str | Path | None = None, costs=DEFAULT_COSTS,
                  folds: int = 3, low_shot: int | None = None, draws: int = 5, seed: int = 0,
@@ -160,11 +172,7 @@ def svm_evaluate(backbone: torch.nn.Module, data: str | Path, *, image_size: int
                            "split; convert with --val-fraction or pass --test-data")
     costs = check_costs(costs)
     if low_shot is not None:
-        counts = dataset.split("train").class_counts
-        if counts and low_shot > min(counts):
-            smallest = int(np.argmin(counts))
-            raise ConfigError(f"--low-shot {low_shot}: class {dataset.classes[smallest]!r} of {dataset.root} "
-                              f"(train split) has only {counts[smallest]} samples; choose at most {counts[smallest]}")
+        check_low_shot_fits(dataset, low_shot)
     device = torch.device(device)
     bank = cached_features(feature_cache, backbone, dataset, "train", image_size, batch_size, device)
     features, labels, split = evaluation_samples(backbone, dataset, test, bank, image_size, batch_size, device,
