@@ -130,12 +130,12 @@ def _embed_split(backbone, dataset: DatasetInfo, split: str, recipe: EvalRecipe,
 
 
 def _embed_folder(backbone, folder: Path, recipe: EvalRecipe, writer: EmbeddingWriter, batch_size: int,
-                  device: torch.device, bar) -> None:
+                  device: torch.device, bar, skipped: list[dict]) -> None:
     from selfsup.pipeline.convert_plan import scan_source
     from selfsup.pipeline.embedding_loaders import build_folder_loader
 
     files, labeled, classes = scan_source(folder)
-    loader = build_folder_loader(folder, files, recipe, batch_size=batch_size, device=device)
+    loader = build_folder_loader(folder, files, recipe, batch_size=batch_size, device=device, skipped=skipped)
     try:
         for batch in loader:
             positions = batch["index"].reshape(-1).numpy()
@@ -145,10 +145,7 @@ def _embed_folder(backbone, folder: Path, recipe: EvalRecipe, writer: EmbeddingW
             writer.add({"key": names, "split": [None] * len(names), "source": names,
                         "label": [classes.index(name) if name else None for name in class_names],
                         "label_name": class_names}, embeddings)
-            bar.update(len(names))
-    except RuntimeError as error:
-        raise DatasetError(f"{folder}: an image DALI cannot read ({str(error).splitlines()[0][:300]}); "
-                           "`selfsup convert` skips unreadable files: convert the folder and embed --data") from None
+            bar.update(int(positions.max()) + 1 - bar.n)  # files read so far, the skipped ones too
     finally:
         loader.close()
 
@@ -172,7 +169,7 @@ def embed_images(backbone: torch.nn.Module, output: str | Path, *, data: str | P
         raise DatasetError("embed: give either a converted dataset (--data) or a folder of images (--images)")
     device = torch.device(device)
     backbone.eval().to(device)
-    recipe, output = EvalRecipe(size=image_size), Path(output)
+    recipe, output, skipped = EvalRecipe(size=image_size), Path(output), []
     writer = EmbeddingWriter(output, int(backbone.feature_dim), rows_per_group)
     try:
         if data is not None:
@@ -191,10 +188,11 @@ def embed_images(backbone: torch.nn.Module, output: str | Path, *, data: str | P
             if total == 0:
                 raise DatasetError(f"{folder}: no images found")
             with tqdm(total=total, desc="embed", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-                _embed_folder(backbone, folder, recipe, writer, batch_size, device, bar)
+                _embed_folder(backbone, folder, recipe, writer, batch_size, device, bar, skipped)
             source = str(folder)
     except BaseException:
         writer.abort()
         raise
     rows = writer.finish()
-    return {"output": str(output), "rows": rows, "dimension": int(backbone.feature_dim), "source": source}
+    return {"output": str(output), "rows": rows, "dimension": int(backbone.feature_dim), "source": source,
+            "skipped": skipped}

@@ -14,6 +14,10 @@ def _embed(args: argparse.Namespace) -> int:
                     device=args.device, progress=not args.quiet)
     print(f"wrote {summary['rows']} embeddings of dimension {summary['dimension']} from {summary['source']} "
           f"to {summary['output']}")
+    if summary["skipped"]:
+        first = summary["skipped"][0]
+        print(f"skipped {len(summary['skipped'])} unreadable file{'s' if len(summary['skipped']) != 1 else ''}, "
+              f"e.g. {first['path']}: {first['reason']}")
     return 0
 
 

@@ -99,3 +99,26 @@ def test_cli_and_api_embed_a_trained_run(demo_shards, tmp_path, capsys):
                  "--output", str(tmp_path / "teacher.parquet")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()  # one line naming the checkpoint: no teacher
     assert line.startswith(f"selfsup: error: {find_checkpoint(run)}: simclr") and "teacher" in line
+
+
+def test_a_folder_with_a_broken_and_a_sixteen_bit_image(backbone, demo_folder, tmp_path):
+    """Read as `selfsup convert` reads: a truncated JPEG is skipped and listed (DALI's CPU decoder
+    would crash on it), a 16-bit PNG is embedded from its 8-bit RGB rendering."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "folder" / "mixed"
+    folder.mkdir(parents=True)
+    for name in ("0000.jpg", "0001.jpg"):
+        shutil.copy(demo_folder / "star" / name, folder / name)
+    (folder / "broken.jpg").write_bytes((demo_folder / "star" / "0002.jpg").read_bytes()[:300])
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)).save(folder / "deep.png")
+    with OneTorchThread():
+        summary = embed_images(backbone, tmp_path / "mixed.parquet", images=tmp_path / "folder", image_size=SIZE,
+                               batch_size=2)
+    rows = parquet.read_table(tmp_path / "mixed.parquet").to_pylist()
+    assert [row["key"] for row in rows] == ["mixed/0000.jpg", "mixed/0001.jpg", "mixed/deep.png"]
+    assert [entry["path"] for entry in summary["skipped"]] == ["mixed/broken.jpg"]
+    assert "cannot decode image" in summary["skipped"][0]["reason"]
+    assert all(np.isfinite(row["embedding"]).all() for row in rows)
