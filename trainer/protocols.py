@@ -211,7 +211,15 @@ def default_options(session: EvaluationSession, name: str, **overrides) -> dict:
     }
     if name not in defaults:
         raise ConfigError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    if name == "finetune" and "epochs" not in overrides and "label_fraction" in overrides:
+        overrides["epochs"] = finetune_epochs(overrides["label_fraction"])
     return {**defaults[name], **overrides}
+
+
+def finetune_epochs(label_fraction: float) -> int:
+    """SimCLR's fine-tuning length (Chen et al. 2020, appendix B.5): 60 epochs on 1% of the labels
+    (or less), 30 on more."""
+    return 60 if label_fraction <= 0.01 else 30
 
 
 def check_supported(session: EvaluationSession, name: str) -> None:
@@ -279,8 +287,7 @@ def planned_protocols(session: EvaluationSession, selection: list[str] | None = 
             sizes = [size for size in LOW_SHOT_SIZES if not counts or size <= min(counts)]
             planned += [(name, default_options(session, name, per_class=size)) for size in sizes]
         elif name == "finetune":
-            planned += [(name, default_options(session, name, label_fraction=0.01, epochs=60)),
-                        (name, default_options(session, name, label_fraction=0.1, epochs=30))]
+            planned += [(name, default_options(session, name, label_fraction=fraction)) for fraction in (0.01, 0.1)]
         else:
             planned.append((name, default_options(session, name)))
     return planned

@@ -108,7 +108,8 @@ def add_commands(protocols) -> None:
                                                                        "most the subset's size)")
     finetune.add_argument("--label-fraction", type=float, required=True,
                           help="the class-balanced fraction of the train labels to learn from: 0.01, 0.1 or 1.0")
-    finetune.add_argument("--epochs", type=int, default=30, help="epochs over the subset (default 30)")
+    finetune.add_argument("--epochs", type=int, default=None,
+                          help="epochs over the subset (default: 60 for 1%% of the labels or less, else 30)")
     finetune.add_argument("--lr", type=float, default=0.05, help="SGD (Nesterov) learning rate per 256 images of a "
                                                                  "batch, cosine to 0 (default 0.05)")
     finetune.add_argument("--weight-decay", type=float, default=0.0)
