@@ -27,6 +27,7 @@ from selfsup.pipeline.convert_output import (PLAN_FILE, STATE_FOLDER, SplitWrite
 from selfsup.pipeline.convert_plan import SPLITS, PlanItem, build_plan, source_fingerprint
 from selfsup.pipeline.convert_workers import Task, prepared_in_order
 from selfsup.pipeline.dataset import ERRORS_FILE, FORMAT_VERSION, read_description, write_dataset_files
+from selfsup.pipeline.segmentation_masks import attach_masks, check_masks_folder, segmentation_info
 from selfsup.pipeline.shards import IMAGE_EXTENSIONS, parse_size
 from selfsup.pipeline.source_scan import SourceScan, display_name, scan_source
 
@@ -94,7 +95,8 @@ def _find_images(source: Path, output: Path) -> SourceScan:
 
 def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "256MB",
             max_side: int | None = None, val_fraction: float = 0.0, workers: int | None = None,
-            seed: int = 0, progress: bool = True, map_in_order: MapInOrder | None = None) -> ConvertSummary:
+            seed: int = 0, progress: bool = True, map_in_order: MapInOrder | None = None,
+            masks: str | Path | None = None) -> ConvertSummary:
     """Convert the image folder SRC into WebDataset shards in OUT; resumes an interrupted run.
 
     Layout: class folders (`SRC/cat/*.jpg`, `SRC/dog/x/y.png`, ...) give a labeled dataset
@@ -124,12 +126,18 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
 
     `map_in_order` (optional) replaces the local worker processes for reading the images, e.g.
     with tasks on a cluster; the outputs are the same, since writing stays here and in order.
+
+    `masks` (optional): a folder of PNG label maps mirroring SRC; each sample then carries its mask
+    as `KEY.seg.png` (see `pipeline/segmentation_masks.py`).
     """
     started = time.monotonic()
     source, output = Path(source).expanduser().resolve(), Path(output).expanduser().resolve()
     shard_bytes, workers = _checked_options(shard_size, max_side, val_fraction, workers)
+    masks = check_masks_folder(masks, source)
     scan = _find_images(source, output)
     options = {"shard_size": shard_bytes, "max_side": max_side, "val_fraction": float(val_fraction), "seed": seed}
+    if masks is not None:
+        options["masks"] = str(masks)
     fingerprint = source_fingerprint(source, scan, options)
     if output.exists() and not output.is_dir():
         raise DatasetError(f"{output}: exists and is not a folder; choose a folder for the shards")
@@ -178,15 +186,19 @@ def _write_conversion(source: Path, output: Path, scan: SourceScan, fingerprint:
                  for index, item in enumerate(by_split[split]) if index >= writers[split].start]
     tasks = [(str(source), item.relative, options["max_side"]) for _, _, item in remaining]
     results = map_in_order(tasks) if map_in_order is not None else prepared_in_order(tasks, workers)
+    masks = Path(options["masks"]) if "masks" in options else None
+    if masks is not None:
+        results = attach_masks(results, [item.relative for _, _, item in remaining], masks)
     _write_shards(remaining, results, writers, counts, progress)
     records = load_records(state, counts)
     present = [split for split in ("train", "val") if records[split]]
+    done = [record for split in present for record in records[split]]
     write_dataset_files(
         output, source=source, fingerprint=fingerprint, options=options, labeled=scan.labeled,
-        classes=[display_name(name) for name in scan.classes], splits=present,
-        rows=record_rows([record for split in present for record in records[split]]),
+        classes=[display_name(name) for name in scan.classes], splits=present, rows=record_rows(done),
         errors=[entry.record() for entry in scan.skipped]
-        + [error for split in SPLITS for record in records[split] for error in record["errors"]])
+        + [error for split in SPLITS for record in records[split] for error in record["errors"]],
+        extra=segmentation_info(record_rows(done), masks) if masks is not None else None)
     shutil.rmtree(state, ignore_errors=True)
     summary = _summary_from_description(output, started)
     summary.already_complete, summary.resumed, summary.processed = False, resume, len(remaining)

@@ -140,7 +140,7 @@ class SplitWriter:
             self.errors.append({**name_fields(item.relative, "path"), "reason": result["reason"]})
             return
         source = name_fields(item.relative, "source")  # a name that is not UTF-8 also as hex bytes
-        files = {result["ext"]: result["data"]}
+        files = {result["ext"]: result["data"], **result.get("members", {})}  # members: e.g. a seg.png mask
         if item.label >= 0:
             files["cls"] = str(item.label).encode("ascii")
         files["json"] = json.dumps({**source, "width": result["width"], "height": result["height"],
@@ -156,7 +156,8 @@ class SplitWriter:
         self.rows.append({"key": item.key, "split": self.split, "shard": self.writer.path.name,
                           "offset": offset, "bytes": size, "label": item.label, "width": result["width"],
                           "height": result["height"], "source": source["source"],
-                          "source_hex": source.get("source_hex"), "crc32": result["crc32"]})
+                          "source_hex": source.get("source_hex"), "crc32": result["crc32"],
+                          **result.get("row_fields", {})})
 
     def close_shard(self, stop: int) -> None:
         """Finish the open shard (if any) and record the plan items [start, stop) as done."""

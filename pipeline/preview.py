@@ -6,7 +6,7 @@ draws one row per sample: the original image, then the views as the network gets
 (de-normalized) with the labels spelled out: rotation angles, the jigsaw permutation index and
 the tiles put back in order, the relative position of the second patch, the mask over the
 view, L and ab (and the quantized ab bins) for colorization, input/target/mask for inpainting.
-PIL only.
+A dataset converted with masks shows each sample's label map beside its original. PIL only.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from selfsup.pipeline.pretext import (
     ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
 )
 from selfsup.pipeline.recipes import RECIPES, Recipe, build_recipe
+from selfsup.pipeline.segmentation_masks import colour_mask, dataset_segmentation, first_masks
 from selfsup.errors import RecipeError
 
 ROW = 128  # pixel height of a row's main pictures
@@ -179,15 +180,26 @@ def _panels(batch: dict, index: int, recipe: Recipe) -> list[tuple[Image.Image, 
     raise TypeError(f"no preview for pretext {type(pretext).__name__}")
 
 
+def _preview_masks(data: Path, count: int) -> list[tuple[Image.Image, str]]:
+    """The label maps of the samples `_preview_batch` shows (none for a dataset without masks),
+    coloured and scaled to a row's height."""
+    if dataset_segmentation(data) is None:
+        return []
+    dataset = load_dataset_info(data)
+    split = "train" if "train" in dataset.splits else next(iter(dataset.splits))
+    return [(_scaled(colour_mask(mask), ROW), "mask") for mask in first_masks(dataset, split, count)]
+
+
 def render_preview(data: str | Path, recipe: str, output: str | Path, *, count: int = 4, seed: int = 0,
                    image_size: int | None = None, options: dict | None = None) -> Path:
     """Draw `count` samples of `data` (a converted dataset) through recipe `recipe` into PNG `output`."""
     built = build_recipe(recipe, image_size or _default_size(recipe), **(options or {}))
     batch = _preview_batch(Path(data), built, count, seed)
+    masks = _preview_masks(Path(data), count)
     rows = []
     for index in range(count):
         original = Image.fromarray(batch["original"][index])
-        panels = [(original, "original")] + _panels(batch, index, built)
+        panels = [(original, "original")] + masks[index:index + 1] + _panels(batch, index, built)
         width = sum(picture.width for picture, _ in panels) + GAP * (len(panels) + 1)
         height = max(picture.height for picture, _ in panels) + CAPTION + 2 * GAP
         row = Image.new("RGB", (max(width, 200), height), BACKGROUND)

@@ -5,7 +5,9 @@ matches what the tar really contains (keys, members, data offsets, sizes); the t
 (every member's data inside the file, end-of-archive marker present); its samples match the
 manifest rows (same keys, image offset, size, checksum, label); every sample has an image, a
 `.json` and (when labeled) a `.cls` holding a class index in range; every image decodes fully
-with PIL to the manifest's size; and the counts match `dataset.json`.
+with PIL to the manifest's size; in a dataset converted with masks, every sample's `.seg.png`
+decodes to a label map of its image's size (`segmentation_masks.mask_problem`); and the counts
+match `dataset.json`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 from selfsup.pipeline.dataset import MANIFEST_FILE, read_description, read_manifest
 
 from selfsup.errors import DatasetError
+from selfsup.pipeline.segmentation_masks import MASK_MEMBER, mask_problem
 from selfsup.pipeline.shards import END_OF_ARCHIVE, IMAGE_EXTENSIONS, TAR_BLOCK, read_index_entries, split_member_name
 
 
@@ -114,7 +117,7 @@ def _check_index(path: Path, samples: list, report: VerifyReport) -> None:
 
 
 def _check_sample(handle, shard: str, key: str, components: dict, row: dict | None, labeled: bool,
-                  class_count: int, report: VerifyReport) -> None:
+                  class_count: int, report: VerifyReport, mask_classes: int | None = None) -> None:
     """Check one sample's members against its manifest row and decode its image."""
     def read(ext: str) -> bytes:
         """The data of the sample's member with extension `ext`."""
@@ -162,10 +165,14 @@ def _check_sample(handle, shard: str, key: str, components: dict, row: dict | No
     if row is not None and size != (row["width"], row["height"]):
         report.add(shard, key, f"image decodes to {size[0]}x{size[1]}, the manifest says "
                                f"{row['width']}x{row['height']}")
+    if mask_classes is not None:
+        problem = mask_problem(read(MASK_MEMBER) if MASK_MEMBER in components else None, size, mask_classes)
+        if problem is not None:
+            report.add(shard, key, problem)
 
 
 def _check_shard(path: Path, rows: dict[str, dict] | None, labeled: bool, class_count: int,
-                 report: VerifyReport) -> int:
+                 report: VerifyReport, mask_classes: int | None = None) -> int:
     """Check one shard; returns how many samples it holds."""
     shard = path.name
     if not path.is_file():
@@ -186,7 +193,7 @@ def _check_shard(path: Path, rows: dict[str, dict] | None, labeled: bool, class_
     with open(path, "rb") as handle:
         for key, components in samples:
             row = rows.get(key) if rows is not None else None
-            _check_sample(handle, shard, key, components, row, labeled, class_count, report)
+            _check_sample(handle, shard, key, components, row, labeled, class_count, report, mask_classes)
             report.samples_checked += 1
     return len(samples)
 
@@ -200,6 +207,7 @@ def verify(output: str | Path, *, progress: bool = False) -> VerifyReport:
     description = read_description(root)
     report = VerifyReport(root=root)
     labeled, class_count = description["labeled"], len(description["classes"])
+    mask_classes = (description.get("segmentation") or {}).get("classes")
     manifest: list[dict] | None = None
     try:
         manifest = read_manifest(root / MANIFEST_FILE)
@@ -217,7 +225,7 @@ def verify(output: str | Path, *, progress: bool = False) -> VerifyReport:
     found = Counter()
     for name, split, shard in tqdm(work, desc="verify", unit="shard", disable=not progress):
         rows = by_shard.get(shard, {}) if manifest is not None else None
-        found[name] += _check_shard(root / shard, rows, labeled, class_count, report)
+        found[name] += _check_shard(root / shard, rows, labeled, class_count, report, mask_classes)
     for name, split in description["splits"].items():
         if found[name] != split.get("count"):
             report.add("dataset.json", None, f"split {name!r}: dataset.json says {split.get('count')} samples, "

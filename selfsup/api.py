@@ -1,4 +1,5 @@
-"""The public Python API: `selfsup.convert`, `selfsup.verify`, `selfsup.train`, `selfsup.load_backbone`.
+"""The public Python API: `selfsup.convert`, `selfsup.verify`, `selfsup.train`, `selfsup.load_backbone`,
+`selfsup.embed`.
 
 Each turns plain arguments into calls of the packages below; the command line calls these same
 functions. Nothing here imports Ray unless `train` is asked for workers.
@@ -23,12 +24,14 @@ TRAIN_LOCK_PURPOSE = "selfsup train"  # how a refused second run names the holde
 
 def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "256MB",
             max_side: int | None = None, val_fraction: float = 0.0, workers: int | None = None,
-            seed: int = 0, progress: bool = True, ray_address: str | None = None, use_ray: bool = False):
+            seed: int = 0, progress: bool = True, ray_address: str | None = None, use_ray: bool = False,
+            masks: str | Path | None = None):
     """Convert the image folder `source` into WebDataset shards in `output` (resumable); returns
     the `ConvertSummary` (`format_summary` in `selfsup.pipeline.convert` prints it).
 
     `use_ray`: read the images in Ray tasks (a cluster's CPUs, `ray_address="auto"`), writing the
-    shards here as the local path does.
+    shards here as the local path does. `masks`: a folder of PNG label maps mirroring `source`,
+    carried as each sample's `KEY.seg.png` (for `selfsup eval segment`).
 
     Raises DatasetError for bad input (a class folder that cannot be listed, OUT holding something
     else) and for a write that fails (a full or read-only disk: run again to finish), and
@@ -44,7 +47,7 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         ensure_ray(ray_address, dashboard=False)
         map_in_order = ray_map_in_order
     return convert_folder(source, output, shard_size=shard_size, max_side=max_side, val_fraction=val_fraction,
-                          workers=workers, seed=seed, progress=progress, map_in_order=map_in_order)
+                          workers=workers, seed=seed, progress=progress, map_in_order=map_in_order, masks=masks)
 
 
 def verify(dataset: str | Path, *, progress: bool = False):
@@ -159,3 +162,23 @@ def load_backbone_and_config(run_or_checkpoint: str | Path, *, weights: str = "s
     from selfsup.trainer.resume import find_checkpoint
 
     return load_from_checkpoint(find_checkpoint(run_or_checkpoint), random_init=random_init, weights=weights)
+
+
+def embed(run_or_checkpoint: str | Path, output: str | Path, *, data: str | Path | None = None,
+          images: str | Path | None = None, splits: Sequence[str] | None = None, weights: str = "student",
+          random_init: bool = False, image_size: int | None = None, batch_size: int | None = None,
+          device: str | None = None, progress: bool = False) -> dict:
+    """Write one parquet row per image (key, split, source, label, label_name, embedding) of a
+    converted dataset `data` (its `splits`, default all) or of a folder `images`, embedded by the
+    backbone of a run folder or checkpoint (`weights`/`random_init` as in `load_backbone`), through
+    the eval recipe at the run's image size. Streams: memory stays bounded for any number of
+    images. Returns {"output", "rows", "dimension", "source"}."""
+    import torch
+
+    from selfsup.trainer.embed import embed_images
+
+    backbone, config = load_backbone_and_config(run_or_checkpoint, weights=weights, random_init=random_init)
+    return embed_images(backbone, output, data=data, images=images, splits=list(splits) if splits else None,
+                        image_size=image_size or config.data.image_size,
+                        batch_size=batch_size or config.eval.batch_size,
+                        device=device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=progress)

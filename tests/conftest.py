@@ -21,3 +21,23 @@ def demo_shards(demo_folder, tmp_path_factory):
     output = tmp_path_factory.mktemp("shards") / "shapes"
     convert(demo_folder, output, shard_size="64KB", val_fraction=0.25, workers=1, seed=0, progress=False)
     return output
+
+
+@pytest.fixture(scope="session")
+def demo_masks_folder(tmp_path_factory):
+    """The demo folder's images (the same as `demo_folder`'s) with each shape's label map:
+    `(images, masks)`, masks/CLASS/NNNN.png holding 0 (background) or the class index + 1."""
+    root = tmp_path_factory.mktemp("masked")
+    images = make_demo_folder(root / "shapes", images_per_class=16, size=64, seed=1, masks=root / "masks")
+    return images, root / "masks"
+
+
+@pytest.fixture(scope="session")
+def demo_masked_shards(demo_masks_folder, tmp_path_factory):
+    """`demo_shards` converted with --masks: 120 train + 40 val samples, each with KEY.seg.png."""
+    from selfsup.pipeline.convert import convert
+
+    images, masks = demo_masks_folder
+    output = tmp_path_factory.mktemp("masked_shards") / "shapes"
+    convert(images, output, shard_size="64KB", val_fraction=0.25, workers=1, seed=0, progress=False, masks=masks)
+    return output

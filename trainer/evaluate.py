@@ -55,17 +55,24 @@ def load_backbone(checkpoint: str | Path, random_init: bool = False,
 
 @torch.no_grad()
 def extract_features(backbone: torch.nn.Module, dataset: DatasetInfo, split: str, image_size: int,
-                     batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) float32 features and (N,) labels of every sample of `split`, on the CPU."""
+                     batch_size: int, device: torch.device,
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) float32 features and (N,) labels of every sample of `split`, on the CPU; `progress`
+    shows a bar of the images done."""
+    from tqdm import tqdm
+
     loader = build_eval_loader(dataset, EvalRecipe(size=image_size), batch_size=batch_size,
                                split=split, device=device)
     backbone.eval().to(device)
     features, labels = [], []
+    bar = tqdm(total=loader.samples, desc=f"features {split}", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         for batch in loader:
             features.append(backbone(batch["image"].to(device)).float().cpu())
             labels.append(batch["label"].cpu())
+            bar.update(len(features[-1]))
     finally:
+        bar.close()
         loader.close()
     return torch.cat(features), torch.cat(labels)
 
@@ -93,15 +100,16 @@ FeatureCache = dict  # (dataset root, split, image size) -> (features, labels) o
 
 
 def cached_features(cache: FeatureCache | None, backbone: torch.nn.Module, dataset: DatasetInfo, split: str,
-                    image_size: int, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                    image_size: int, batch_size: int, device: torch.device,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`extract_features`, kept in `cache` (when given) so that several measurements of the same
     backbone extract each split once. A cache belongs to one backbone state: start a new one after
     the weights or BatchNorm statistics change (`recalibrate_batch_norm`)."""
     if cache is None:
-        return extract_features(backbone, dataset, split, image_size, batch_size, device)
+        return extract_features(backbone, dataset, split, image_size, batch_size, device, progress)
     key = (str(dataset.root.resolve()), split, image_size)
     if key not in cache:
-        cache[key] = extract_features(backbone, dataset, split, image_size, batch_size, device)
+        cache[key] = extract_features(backbone, dataset, split, image_size, batch_size, device, progress)
     return cache[key]
 
 
