@@ -75,10 +75,10 @@ def check_before_launch(config, output: str | Path) -> None:
     from selfsup.pipeline.dataset import load_dataset_info
     from selfsup.pipeline.staging import is_uri
     from selfsup.trainer.loop import check_resume_fits
-    from selfsup.trainer.model import check_buildable
+    from selfsup.trainer.model import check_buildable, check_labels
 
     if not is_uri(str(config.data.path)):  # a URI is checked by each node as it stages it
-        load_dataset_info(config.data.path)
+        check_labels(config, load_dataset_info(config.data.path))
     check_buildable(config)
     check_resume_fits(config, output)
 

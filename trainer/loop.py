@@ -44,7 +44,8 @@ from selfsup.trainer.data import DataStream, tensor_to_bytes
 from selfsup.trainer.distributed import DistributedContext, barrier, current_context, mean_across_ranks, wrap_model
 from selfsup.trainer.evaluate import online_knn
 from selfsup.trainer.model import (
-    backbone_options, build_model, check_memory_bank, prepare_model, seed_everything, to_channels_last,
+    backbone_options, build_model, check_labels, check_memory_bank, prepare_model, seed_everything,
+    to_channels_last,
 )
 from selfsup.trainer.optimizers import build_optimizer, scale_learning_rate
 from selfsup.trainer.preemption import StopRequest, handle_stop_signals
@@ -130,6 +131,7 @@ def train(config: Config, output_dir: str | Path, *, report: Callable[[dict], No
 
     dataset = load_dataset_info(config.data.path)
     check_memory_bank(config, dataset.split("train").count)
+    check_labels(config, dataset)
     recipe = build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
     model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
                           channels_last=trainer.channels_last, world_size=context.world_size,

@@ -2,7 +2,8 @@
 
 `build_model(config)` builds the backbone from `methods.backbones` with `backbone_options(config)`
 and hands it to the method's builder from the registry; `check_buildable(config)` builds the
-config's recipe and its model on the meta device, to refuse a config before anything is launched.
+config's recipe and its model on the meta device, and `check_memory_bank` and `check_labels` hold
+the config against the dataset, to refuse a config before anything is launched.
 `prepare_model` applies the options that change how the model runs rather than what it is:
 SyncBatchNorm across ranks and channels-last memory layout.
 """
@@ -16,8 +17,9 @@ import torch
 
 from selfsup.methods.backbones import build_backbone
 from selfsup.methods.registry import method_entry
+from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.trainer.config import Config
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DatasetError
 
 
 def backbone_options(config: Config) -> dict:
@@ -63,6 +65,22 @@ def check_memory_bank(config: Config, train_samples: int) -> None:
     if size is not None and size != train_samples:
         raise ConfigError(f"method.memory_bank_size={size}, but the training split of {config.data.path} "
                          f"has {train_samples} samples; set method.memory_bank_size={train_samples}")
+
+
+def check_labels(config: Config, dataset: DatasetInfo) -> None:
+    """A method that trains on the class labels (its options have `num_classes`: `supervised`)
+    needs a labeled dataset with exactly that many classes: without labels the batch has no
+    `label`, with more classes a label falls outside the classifier, with fewer some outputs
+    are never trained."""
+    num_classes = getattr(config.method, "num_classes", None)
+    if num_classes is None:
+        return
+    if not dataset.labeled:
+        raise DatasetError(f"{dataset.root}: method {config.method.name} trains on class labels, but this dataset "
+                           "has none (converted from a flat folder); convert a folder of class folders")
+    if num_classes != len(dataset.classes):
+        raise ConfigError(f"method.num_classes={num_classes}, but {dataset.root} has {len(dataset.classes)} "
+                          f"classes; set method.num_classes={len(dataset.classes)}")
 
 
 def seed_everything(seed: int) -> None:
