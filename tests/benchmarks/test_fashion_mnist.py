@@ -23,7 +23,7 @@ from PIL import Image
 
 from benchmarks import fashion_mnist
 from benchmarks.fashion_mnist import (CLASS_NAMES, find_idx_folder, first_per_class, load_split,
-                                      prepare_fashion_mnist, read_idx)
+                                      prepare_fashion_mnist, pretraining_subset, read_idx)
 from selfsup.errors import DatasetError
 from tests.benchmarks.idx_files import idx_bytes, write_idx_folder
 
@@ -32,14 +32,18 @@ def shard_samples(dataset: Path) -> list[dict]:
     """Every sample of a converted dataset, read back from its shards: split, label, pixels, source."""
     description = json.loads((dataset / "dataset.json").read_text())
     rows = pq.read_table(dataset / "manifest.parquet").to_pylist()
+    members = {}
+    for shard in sorted({row["shard"] for row in rows}):
+        with tarfile.open(dataset / shard) as archive:
+            members.update({(shard, member.name): archive.extractfile(member).read()
+                            for member in archive.getmembers()})
     samples = []
     for row in rows:
-        with tarfile.open(dataset / row["shard"]) as shard:
-            image = shard.extractfile(f"{row['key']}.png").read()
-            label = int(shard.extractfile(f"{row['key']}.cls").read())
+        label = int(members[(row["shard"], f"{row['key']}.cls")])
         assert label == row["label"]
+        image = Image.open(io.BytesIO(members[(row["shard"], f"{row['key']}.png")]))
         samples.append({"split": row["split"], "class": description["classes"][label], "source": row["source"],
-                        "pixels": np.asarray(Image.open(io.BytesIO(image)))})
+                        "pixels": np.asarray(image)})
     return samples
 
 
@@ -84,6 +88,24 @@ def test_first_per_class_keeps_the_first_images_of_each_class_in_file_order(tmp_
     assert len(chosen) == 50 and np.bincount(labels[chosen]).tolist() == [5] * 10
     for label in range(10):  # nothing earlier in the file of that class was left out
         assert set(np.flatnonzero(labels == label)[:5]) <= set(chosen.tolist())
+
+
+def test_a_pretraining_subset_takes_the_first_images_of_each_class_of_the_train_split(tmp_path):
+    written = write_idx_folder(tmp_path / "idx", {"train": 240, "test": 20})
+    result = prepare_fashion_mnist(tmp_path / "work", source=tmp_path / "idx", log=lambda line: None)
+    subset = pretraining_subset(result.train, 3)
+    samples = shard_samples(subset)
+    assert json.loads((subset / "dataset.json").read_text())["splits"].keys() == {"train"}
+    train_split = {s["source"] for s in shard_samples(result.train) if s["split"] == "train"}
+    by_class = {}
+    for source in sorted(train_split):  # the first 3 of each class among the train split's images
+        by_class.setdefault(source.split("/")[0], []).append(source)
+    assert sorted(s["source"] for s in samples) == sorted(x for sources in by_class.values() for x in sources[:3])
+    images, labels = written["train"]
+    for sample in samples:  # no val image, each its IDX image under its class
+        index = int(Path(sample["source"]).stem)
+        assert sample["class"] == CLASS_NAMES[labels[index]] and np.array_equal(sample["pixels"], images[index])
+    assert pretraining_subset(result.train, 3) == subset
 
 
 def test_malformed_idx_files_are_refused_with_their_path(tmp_path):
