@@ -130,7 +130,8 @@ def section(profile: DatasetProfile, epochs: int, rows: list[dict], baselines: d
     measured = rows + list(baselines["random"].values()) + ([baselines["pixels"]] if baselines.get("pixels") else [])
     dates = sorted({row["date"] for row in measured})
     machines = sorted({row.get("machine", "an unrecorded machine") for row in measured})
-    queries = next((row["test_queries"] for row in measured if row.get("test_queries")), "the")
+    queries = next((row["test_queries"] for row in measured if row.get("test_queries")), None)
+    test_images = f"{queries:,} test images" if queries else "test images (none measured here: --val-only)"
     lines = [section_heading(profile, epochs), "",
              f"Measured {dates[0] if len(dates) == 1 else dates[0] + ' to ' + dates[-1]} on {'; '.join(machines)}, "
              f"with `python -m benchmarks.methods --dataset {profile.name}`. {profile.description}.", "",
@@ -142,7 +143,7 @@ def section(profile: DatasetProfile, epochs: int, rows: list[dict], baselines: d
     lines += [f"| {name} | `{' '.join(setting.overrides)}`"
               + (f" ({setting.epoch_share:g} of the epochs)" if setting.epoch_share != 1.0 else "")
               + f" | {setting.reason} |" for name, setting in profile.per_method.items()]
-    lines += ["", f"Every figure is a top-1 on the {queries} test images (bank and probe training set: the train "
+    lines += ["", f"Every figure is a top-1 on the {test_images} (bank and probe training set: the train "
               "split), ± the half-width of its 95% interval; *vs* columns: the method's linear top-1 minus the "
               "baseline's, ± the paired 95% margin over the same queries (random init: as built or after precise "
               "BN, whichever has the higher val linear top-1). *val*: the val split's figures, the only ones used "
