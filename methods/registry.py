@@ -14,7 +14,7 @@ from typing import Callable
 
 from selfsup.methods import (
     barlow_twins, byol, colorization, deepcluster_v2, dino, inpainting, jigsaw, mae, moco_v2, moco_v3,
-    nnclr, npid, relative_location, rotation, simclr, simmim, simsiam, swav, vicreg,
+    nnclr, npid, relative_location, rotation, simclr, simmim, simsiam, supervised, swav, vicreg,
 )
 from selfsup.methods.protocol import Method
 
@@ -94,6 +94,10 @@ METHODS: dict[str, MethodEntry] = {
     "inpainting": MethodEntry(inpainting.InpaintingOptions, inpainting.build_inpainting,
                               "inpainting", "pretext: context encoder reconstructs a removed "
                               "region, masked L2 (Pathak et al. 2016)"),
+    # with labels: the ceiling the self-supervised methods are measured against
+    "supervised": MethodEntry(supervised.SupervisedOptions, supervised.build_supervised, "supervised",
+                              "supervised: cross-entropy of a linear classifier on the class labels, "
+                              "SimCLR's views (needs a labeled dataset)"),
 }
 
 

@@ -15,6 +15,7 @@ which the trainer's config reads `data.recipe` into:
 | recipe | for | keys |
 |---|---|---|
 | simclr, two_views | SimCLR, MoCo, NNCLR, SimSiam | view_0, view_1 (B, 3, S, S) |
+| supervised | cross-entropy on the class labels | SimCLR's view_0, view_1 (B, 3, S, S), label (B,) |
 | byol, barlow_twins, vicreg | BYOL-style asymmetric pair | view_0, view_1 (B, 3, S, S) |
 | dino, swav, multicrop | multi-crop | view_0, view_1 (B, 3, S, S) globals, view_2.. (B, 3, s, s) locals |
 | rotation | RotNet | view_0 (B, 4, 3, S, S) or (B, 3, S, S), rotation_label (B, 4) or (B,) |
@@ -329,6 +330,7 @@ def inpainting_recipe(image_size: int = 128, region: Literal["center", "random"]
 RECIPES = {
     "simclr": simclr_recipe,
     "two_views": two_views_recipe,
+    "supervised": simclr_recipe,  # the same views; the loader adds `label` for a labeled dataset
     "byol": byol_recipe,
     "barlow_twins": byol_recipe,
     "vicreg": byol_recipe,

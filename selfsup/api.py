@@ -102,10 +102,12 @@ def check_config_before_launch(config):
     model, the memory bank (sized to the data in the config returned)."""
     from selfsup.pipeline.dataset import load_dataset_info
     from selfsup.pipeline.staging import is_uri
-    from selfsup.trainer.model import check_buildable, size_memory_bank
+    from selfsup.trainer.model import check_buildable, check_labels, size_memory_bank
 
     if not is_uri(str(config.data.path)):  # a URI is checked, and its bank sized, by each node as it stages it
-        config = size_memory_bank(config, load_dataset_info(config.data.path).split("train").count)
+        dataset = load_dataset_info(config.data.path)
+        check_labels(config, dataset)
+        config = size_memory_bank(config, dataset.split("train").count)
     check_buildable(config)
     return config
 

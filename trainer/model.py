@@ -5,7 +5,8 @@ and hands it to the method's builder from the registry; `recipe_for(config)` bui
 view recipe from `data.recipe` and the options the model section sets (MAE's patch size: every
 caller that builds a recipe from a config goes through it, so the two cannot disagree);
 `check_buildable(config)` builds both, the model on the meta device, to refuse a config before
-anything is launched.
+anything is launched; `size_memory_bank` and `check_labels` hold the config
+against the dataset.
 `prepare_model` applies the options that change how the model runs rather than what it is:
 SyncBatchNorm across ranks and channels-last memory layout.
 """
@@ -21,9 +22,10 @@ import torch
 
 from selfsup.methods.backbones import build_backbone
 from selfsup.methods.registry import method_entry
+from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.pipeline.recipes import Recipe, build_recipe
 from selfsup.trainer.config import RECIPE_OPTIONS_FROM_MODEL, Config
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DatasetError
 
 
 def backbone_options(config: Config) -> dict:
@@ -89,6 +91,22 @@ def size_memory_bank(config: Config, train_samples: int) -> Config:
                           f"has {train_samples} samples; set method.memory_bank_size={train_samples}, or 0 "
                           "to size the bank from the data")
     return config
+
+
+def check_labels(config: Config, dataset: DatasetInfo) -> None:
+    """A method that trains on the class labels (its options have `num_classes`: `supervised`)
+    needs a labeled dataset with exactly that many classes: without labels the batch has no
+    `label`, with more classes a label falls outside the classifier, with fewer some outputs
+    are never trained."""
+    num_classes = getattr(config.method, "num_classes", None)
+    if num_classes is None:
+        return
+    if not dataset.labeled:
+        raise DatasetError(f"{dataset.root}: method {config.method.name} trains on class labels, but this dataset "
+                           "has none (converted from a flat folder); convert a folder of class folders")
+    if num_classes != len(dataset.classes):
+        raise ConfigError(f"method.num_classes={num_classes}, but {dataset.root} has {len(dataset.classes)} "
+                          f"classes; set method.num_classes={len(dataset.classes)}")
 
 
 def seed_everything(seed: int) -> None:

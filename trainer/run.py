@@ -30,7 +30,9 @@ from selfsup.trainer.checkpoint import restore_rng_state, save_checkpoint
 from selfsup.trainer.config import Config, config_to_dict
 from selfsup.trainer.data import DataStream, tensor_to_bytes
 from selfsup.trainer.distributed import DistributedContext, barrier, wrap_model
-from selfsup.trainer.model import build_model, prepare_model, recipe_for, seed_everything, size_memory_bank
+from selfsup.trainer.model import (
+    build_model, check_labels, prepare_model, recipe_for, seed_everything, size_memory_bank,
+)
 from selfsup.trainer.optimizers import build_optimizer, scale_learning_rate
 from selfsup.trainer.progress import LossLog, RunLogger
 from selfsup.trainer.resume import (
@@ -163,6 +165,7 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
     seed_everything(config.seed)
     dataset = load_dataset_info(config.data.path)
     config = size_memory_bank(config, dataset.split("train").count)  # before the resume check compares configs
+    check_labels(config, dataset)
     recipe = recipe_for(config)
     model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
                           channels_last=trainer.channels_last, world_size=context.world_size, device=context.device)

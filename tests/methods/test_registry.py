@@ -62,6 +62,7 @@ OVERRIDES: dict[str, list[str]] = {
     "inpainting": RESNET + ["method.decoder_width=32"],
     "npid": RESNET + ["method.projection_dim=32", "method.num_negatives=16",
                       f"method.memory_bank_size={TRAIN_SAMPLES}"],
+    "supervised": RESNET + ["method.num_classes=10"],  # the demo shards' 10 shape classes
 }
 
 # State that must travel in checkpoints (prefixes of state_dict keys), per method.
@@ -94,7 +95,8 @@ NEEDS_KEYS = {"mae": ["mask"], "simmim": ["mask"], "rotation": ["rotation_label"
               "jigsaw": ["jigsaw_tiles", "jigsaw_label"],
               "relative_location": ["patch_a", "patch_b", "relative_label"],
               "colorization": ["lab_l", "ab_bins"],
-              "inpainting": ["inpaint_input", "inpaint_target", "inpaint_mask"]}
+              "inpainting": ["inpaint_input", "inpaint_target", "inpaint_mask"],
+              "supervised": ["view_0", "view_1", "label"]}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -114,6 +114,16 @@ def test_a_memory_bank_is_sized_from_the_training_split(method, demo_shards, tmp
     assert not (tmp_path / "other" / "checkpoints").exists() or not any((tmp_path / "other" / "checkpoints").iterdir())
 
 
+def test_supervised_must_have_the_dataset_s_classes(demo_shards, tmp_path):
+    """The trainer itself refuses it (not only the command line), before the first step."""
+    from selfsup.trainer.loop import train
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "supervised.yaml", [f"data.path={demo_shards}"])
+    with pytest.raises(ConfigError, match=r"method.num_classes=1000, but .* has 10 classes; set method.num_classes=10"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
 def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ folder here
     assert set(shipped_configs()) >= {"simclr", "dino", "mae"}
