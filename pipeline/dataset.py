@@ -88,6 +88,7 @@ class DatasetInfo:
     classes: tuple[str, ...]
     splits: dict[str, SplitInfo]
     format_version: int
+    manifest_labels: bool = False  # labels read from manifest.parquet by position (`selfsup index`), not .cls
 
     def split(self, name: str) -> SplitInfo:
         """The split called `name`; a DatasetError naming the available splits otherwise."""
@@ -146,7 +147,8 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
         splits[name] = SplitInfo(name, count, shards, indexes, class_counts)
     return DatasetInfo(root=root, labeled=description["labeled"],
                        classes=tuple(str(name) for name in description["classes"]),
-                       splits=splits, format_version=description["format_version"])
+                       splits=splits, format_version=description["format_version"],
+                       manifest_labels=description.get("label_source") == "manifest")
 
 
 def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: int = 65536) -> None:
