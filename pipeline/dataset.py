@@ -185,12 +185,13 @@ def read_manifest(path: str | Path) -> list[dict]:
 
 
 def write_dataset_files(output: Path, *, source: Path, fingerprint: str, options: dict, labeled: bool,
-                        classes: list[str], splits: list[str], rows: Iterable[dict], errors: list[dict]) -> None:
+                        classes: list[str], splits: list[str], rows: Iterable[dict], errors: list[dict],
+                        extra: dict | None = None) -> None:
     """Write OUT's manifest.parquet, errors.jsonl and, last, dataset.json (each atomically).
 
     `rows` streams every manifest row, split by split in shard order; `splits` names the splits
     to describe, in that order (one left without samples is left out); `errors` holds the {"path", "reason"} objects
-    of the skipped files.
+    of the skipped files; `extra` adds keys to dataset.json (`selfsup index`: origin, label_source).
     """
     described = {split: {"count": 0, "shards": [], "class_counts": [0] * len(classes)} for split in splits}
 
@@ -212,5 +213,5 @@ def write_dataset_files(output: Path, *, source: Path, fingerprint: str, options
                    "classes": list(classes), "fingerprint": fingerprint, "options": options,
                    "skipped": len(errors),
                    "splits": {name: split for name, split in described.items() if split["count"]},
-                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
     write_atomically(output / DATASET_FILE, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
