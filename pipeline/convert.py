@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfsup.pipeline.convert_plan import (KEY_DIGITS, SPLITS, PlanItem, build_plan, is_hidden, scan_source,
-                                   source_fingerprint)
+from selfsup.pipeline.compact_plan import CompactPlan
+from selfsup.pipeline.convert_plan import KEY_DIGITS, SPLITS, PlanItem, is_hidden, scan_source, source_fingerprint
 from selfsup.files import write_atomically
 from selfsup.pipeline.dataset import (
     DATASET_FILE, ERRORS_FILE, FORMAT_VERSION, is_dataset_file, shard_name, write_dataset_files,
@@ -267,8 +267,8 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
     if status == "complete":
         return _summary_from_description(output, started)
 
-    plan = build_plan(files, classes, val_fraction, seed)
-    by_split = {split: [item for item in plan if item.split == split] for split in SPLITS}
+    plan = CompactPlan.build(files, classes, val_fraction, seed)  # no object per image (pipeline/compact_plan.py)
+    counts = {split: plan.count(split) for split in SPLITS}
     state = output / STATE_FOLDER
     if status == "fresh":
         shutil.rmtree(state, ignore_errors=True)
@@ -277,11 +277,11 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         write_atomically(state / PLAN_FILE, json.dumps({
             "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": str(source),
             "options": options, "labeled": labeled, "classes": classes,
-            "counts": {split: len(items) for split, items in by_split.items()}}).encode("utf-8"))
+            "counts": counts}).encode("utf-8"))
     for folder in (output, state):
         for partial in folder.glob("*.partial"):
             partial.unlink()
-    records = _load_records(state, {split: len(items) for split, items in by_split.items()})
+    records = _load_records(state, counts)
     recorded_shards = {record["shard"] for items in records.values() for record in items if record["shard"]}
     for entry in output.iterdir():  # final shards written after the last record: rewritten below
         if is_dataset_file(entry.name) and entry.suffix in (".tar", ".idx") \
@@ -289,24 +289,24 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
             entry.unlink()
 
     writers = {split: _SplitWriter(output, split, shard_bytes, records[split]) for split in SPLITS}
-    remaining = [(split, index, item) for split in SPLITS
-                 for index, item in enumerate(by_split[split]) if index >= writers[split].start]
-    tasks = [(str(source), item.relative, max_side) for _, _, item in remaining]
+    starts = {split: writers[split].start for split in SPLITS}
+    remaining = plan.remaining(starts)
+    tasks = plan.tasks(str(source), max_side, starts)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(plan), initial=len(plan) - len(remaining), unit="img", desc="convert",
+    bar = tqdm(total=len(plan), initial=len(plan) - len(tasks), unit="img", desc="convert",
                disable=not progress, dynamic_ncols=True)
     results = map_in_order(tasks) if map_in_order is not None else _prepared_in_order(tasks, workers)
     try:
         current = None
         for (split, index, item), result in zip(remaining, results):
             if current is not None and split != current:
-                writers[current].close_shard(len(by_split[current]))
+                writers[current].close_shard(counts[current])
             current = split
             writers[split].add(index, item, result)
             bar.update(1)
         for split in SPLITS:
-            writers[split].close_shard(len(by_split[split]))
+            writers[split].close_shard(counts[split])
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -315,7 +315,7 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         if hasattr(results, "close"):
             results.close()  # stops the worker pool (or the cluster's tasks)
         bar.close()
-    records = _load_records(state, {split: len(items) for split, items in by_split.items()})
+    records = _load_records(state, counts)
     present = [split for split in ("train", "val") if records[split]]
     write_dataset_files(
         output, source=source, fingerprint=fingerprint, options=options, labeled=labeled, classes=classes,
@@ -323,8 +323,8 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         errors=[error for split in SPLITS for record in records[split] for error in record["errors"]])
     shutil.rmtree(state, ignore_errors=True)
     summary = _summary_from_description(output, started)
-    summary.already_complete, summary.resumed, summary.processed = False, status == "resume", len(remaining)
-    summary.images_per_second = len(remaining) / summary.seconds if summary.seconds > 0 else 0.0
+    summary.already_complete, summary.resumed, summary.processed = False, status == "resume", len(tasks)
+    summary.images_per_second = len(tasks) / summary.seconds if summary.seconds > 0 else 0.0
     return summary
 
 

@@ -151,8 +151,11 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
                        manifest_labels=description.get("label_source") == "manifest")
 
 
-def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: int = 65536) -> None:
-    """Stream manifest rows (dicts with the keys of MANIFEST_COLUMNS) into a parquet file, atomically."""
+def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: int = 8192) -> None:
+    """Stream manifest rows (dicts with the keys of MANIFEST_COLUMNS) into a parquet file, atomically.
+
+    Rows are buffered as columns, `rows_per_group` at a time (one parquet row group each): the
+    memory is a few MiB whatever the number of rows, not a list of dicts of a whole group."""
     import pyarrow
     import pyarrow.parquet as parquet
 
@@ -160,14 +163,15 @@ def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: in
     path = Path(path)
     temporary = path.with_name(path.name + ".partial")
     with parquet.ParquetWriter(temporary, schema) as writer:
-        group: list[dict] = []
+        columns: dict[str, list] = {name: [] for name in MANIFEST_COLUMNS}
         for row in rows:
-            group.append(row)
-            if len(group) == rows_per_group:
-                writer.write_table(pyarrow.Table.from_pylist(group, schema=schema))
-                group = []
-        if group:
-            writer.write_table(pyarrow.Table.from_pylist(group, schema=schema))
+            for name, values in columns.items():
+                values.append(row[name])
+            if len(columns["key"]) == rows_per_group:
+                writer.write_table(pyarrow.Table.from_pydict(columns, schema=schema))
+                columns = {name: [] for name in MANIFEST_COLUMNS}
+        if columns["key"]:
+            writer.write_table(pyarrow.Table.from_pydict(columns, schema=schema))
     with open(temporary, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
