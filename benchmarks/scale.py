@@ -8,7 +8,9 @@
 
 For each size it makes a folder of small JPEGs (64-96 px, 10 class folders; the sizes share files
 through hard links) and measures, each stage in a fresh process whose peak RSS is read with
-`os.wait4` (the process and the workers it waited for): `convert`, `verify`, `index` (the same
+`os.wait4` (the process and the workers it waited for): the listing `convert` starts with (the
+candidates and a stat of each, against a bare `os.walk` and `os.walk` + `os.stat`), `convert`,
+`verify`, `index` (the same
 shards, hard-linked into another folder and adopted as shards made elsewhere), the loader
 (SimCLR views at 32 px, batch 256: time to the first batch, then the rest of one epoch; once as
 users run it, once with `MALLOC_MMAP_THRESHOLD_=131072`, which keeps glibc's heap from growing
@@ -41,7 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES_FILE = Path(__file__).resolve().parent / "scale_stages.py"
-STAGES = ("convert", "verify", "index", "loader", "loader_fixed_heap", "features", "knn", "kmeans")
+STAGES = ("listing", "convert", "verify", "index", "loader", "loader_fixed_heap", "features", "knn", "kmeans")
 # The loader once more with glibc's mmap threshold fixed (RESULTS.md, pipeline section): glibc's
 # heap otherwise grows with the number of batches read, whatever the dataset's size.
 STAGE_ENVIRONMENT = {"loader_fixed_heap": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
@@ -158,7 +160,6 @@ def measure_size(size: int, work: Path, pool: Path, queries: Path, stages: list[
         if stage in stages:
             measurements.append({**result, "size": size})
             log(f"  {stage:9s} {size:>8d} images: {result['seconds']:8.2f} s, peak RSS {result['rss_mib']:7.1f} MiB")
-    (folder / "features.pt").unlink(missing_ok=True)
     return measurements, file_sizes(shards)
 
 

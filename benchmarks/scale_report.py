@@ -9,6 +9,7 @@ from __future__ import annotations
 
 # stage -> (cost growth target, peak RSS growth target or None where memory is O(N * D) by design)
 TARGETS = {
+    "listing": (1.15, 1.2),
     "convert": (1.15, 1.2),
     "verify": (1.15, 1.2),
     "index": (1.15, 1.2),
@@ -19,6 +20,7 @@ TARGETS = {
     "kmeans": (1.15, None),
 }
 WHAT = {
+    "listing": "listing + stat (convert's scan)",
     "convert": "convert (2 workers)",
     "verify": "verify",
     "index": "index (same shards, adopted)",
@@ -91,6 +93,9 @@ def format_table(measurements: list[dict]) -> str:
     for stage, runs in by_stage(measurements).items():
         for run in runs:
             notes = []
+            if "walk_seconds" in run:
+                notes.append(f"os.walk {run['walk_seconds']:.2f} s, os.walk + os.stat {run['walk_stat_seconds']:.2f} s: "
+                             f"{run['seconds'] / run['walk_stat_seconds']:.1f}x the latter")
             if "first_batch_seconds" in run:
                 notes.append(f"first batch {run['first_batch_seconds']:.2f} s, epoch "
                              f"{run['epoch_images_per_second']:.0f} img/s; RSS {run['rss_first_batch_mib']:.0f} MiB "

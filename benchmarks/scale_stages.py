@@ -20,6 +20,27 @@ LOADER_BATCH = 256
 KMEANS_DIM, KMEANS_CLUSTERS, KMEANS_ITERATIONS = 128, 3000, 10  # DeepCluster-v2's bank and k, one head
 
 
+def stage_listing(arguments: dict) -> dict:
+    """What `convert` does before reading any image (list the candidates, stat each for the
+    fingerprint), against a bare `os.walk` and `os.walk` + `os.stat` of the same folder."""
+    import os
+
+    from selfsup.pipeline.convert_plan import scan_source, source_fingerprint
+
+    images = Path(arguments["images"])
+    started = time.perf_counter()
+    names = [os.path.join(folder, name) for folder, _, files in os.walk(images) for name in files]
+    walk = time.perf_counter() - started
+    for name in names:
+        os.stat(name)
+    walk_stat = time.perf_counter() - started
+    started = time.perf_counter()
+    files, _, _ = scan_source(images)
+    source_fingerprint(images, files, {})
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "samples": len(files), "walk_seconds": walk, "walk_stat_seconds": walk_stat}
+
+
 def stage_convert(arguments: dict) -> dict:
     from selfsup.pipeline.convert import convert
 
@@ -145,7 +166,7 @@ def stage_kmeans(arguments: dict) -> dict:
             "bank_bytes": points.numel() * points.element_size()}
 
 
-STAGES = {"convert": stage_convert, "verify": stage_verify, "index": stage_index, "loader": stage_loader,
+STAGES = {"listing": stage_listing, "convert": stage_convert, "verify": stage_verify, "index": stage_index, "loader": stage_loader,
           "loader_fixed_heap": stage_loader, "features": stage_features, "knn": stage_knn, "kmeans": stage_kmeans}
 
 

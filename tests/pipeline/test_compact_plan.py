@@ -35,3 +35,23 @@ def test_tasks_after_a_resume_are_the_remaining_items_and_slice_like_a_list():
     assert [item.key for _, _, item in remaining][:2] == ["000000004", "000000005"]
     with pytest.raises(IndexError):
         tasks[len(tasks)]
+
+
+def test_the_fingerprint_hashes_the_same_bytes_as_json_dumps_of_each_file(tmp_path):
+    """A conversion interrupted by an older selfsup must still be recognised: same fingerprint."""
+    import hashlib
+    import json
+
+    from selfsup.pipeline.convert_plan import source_fingerprint
+    from selfsup.pipeline.dataset import FORMAT_VERSION
+
+    files = ["a/plain.jpg", "b/ünïcode \"quoted\".png", "c/deep/x.webp"]
+    for relative in files:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x" * len(relative))
+    options = {"shard_size": 100, "seed": 0}
+    digest = hashlib.sha256(json.dumps([str(tmp_path), options, FORMAT_VERSION]).encode())
+    for relative in files:
+        stat = (tmp_path / relative).stat()
+        digest.update(json.dumps([relative, stat.st_size, stat.st_mtime_ns]).encode())
+    assert source_fingerprint(tmp_path, files, options) == digest.hexdigest()
