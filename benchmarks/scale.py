@@ -21,9 +21,11 @@ query images against the full bank, and the bank's effective rank) and DeepClust
 shards, indexes, `manifest.parquet` and `dataset.json`.
 
 Growth lines: the cost per image at the largest size over that at the smallest (target <= 1.15:
-linear) and the peak RSS at the largest over the smallest (target <= 1.2 for convert, verify,
-index and the loader; the feature bank, kNN and k-means hold O(N * D) by design, and their bank
-size is printed beside it). Seconds are the work inside the stage process (imports excluded).
+linear) and the peak RSS at the largest over the smallest (target <= 1.2 for the listing,
+convert, verify, index and the loader; the feature bank, kNN and k-means hold O(N * D) by
+design, and their bank size is printed beside it). The cost is CPU seconds of the stage's work
+(its worker processes included, imports excluded: `scale_stages.CLOCK`), which other jobs on a
+shared machine disturb far less than wall time; the wall-time growth is printed beside it.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ def run_stage(stage: str, arguments: dict, code: Path, threads: int) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"stage {stage} failed (exit {process.returncode}):\n{text[-3000:]}")
     result = json.loads(text.strip().splitlines()[-1])
-    return {**result, "stage": stage, "rss_mib": usage.ru_maxrss / 1024, "wall_seconds": wall}
+    cpu = usage.ru_utime + usage.ru_stime - result.pop("cpu_before_work") - result.pop("cpu_after_work")
+    return {**result, "stage": stage, "rss_mib": usage.ru_maxrss / 1024, "wall_seconds": wall, "cpu_seconds": cpu}
 
 
 def file_sizes(shards: Path) -> dict[str, int]:
@@ -159,7 +162,8 @@ def measure_size(size: int, work: Path, pool: Path, queries: Path, stages: list[
         result = run_stage(stage, arguments, code, threads)
         if stage in stages:
             measurements.append({**result, "size": size})
-            log(f"  {stage:9s} {size:>8d} images: {result['seconds']:8.2f} s, peak RSS {result['rss_mib']:7.1f} MiB")
+            log(f"  {stage:9s} {size:>8d} images: {result['seconds']:8.2f} s ({result['cpu_seconds']:8.2f} CPU s, "
+                f"load {result['load_average']:.1f}), peak RSS {result['rss_mib']:7.1f} MiB")
     return measurements, file_sizes(shards)
 
 

@@ -25,8 +25,10 @@ Splits: a shard set made elsewhere has none, so every shard is `train` unless
 `val_fraction` (the last round(fraction * shards) shards in sorted order, whole shards, since a
 tar has one index) says otherwise.
 
-Interrupted, the same call goes on: each scanned shard is recorded in `SHARDS/.selfsup-index/`
-(with the tar's size and mtime) and not read again.
+Indexing a folder again (other options, shards added) replaces what an earlier `index` wrote;
+its dataset.json goes first, so a folder is never described by files that disagree. Interrupted,
+the same call goes on: each scanned shard is recorded in `SHARDS/.selfsup-index/` (with the tar's
+size and mtime) and not read again.
 """
 
 from __future__ import annotations
@@ -111,16 +113,20 @@ def assign_splits(shards: list[str], split_patterns: dict[str, str], val_fractio
 
 
 def _check_root(root: Path) -> None:
+    """SHARDS must be a folder, and may hold a dataset.json only if an earlier `index` wrote it."""
     if not root.is_dir():
         raise DatasetError(f"{root}: {'not a folder' if root.exists() else 'no such folder'} "
                            "(expected a folder of WebDataset .tar shards)")
     description = root / DATASET_FILE
     if description.is_file():
         try:
-            origin = json.loads(description.read_text(encoding="utf-8")).get("origin")
-        except (OSError, ValueError, AttributeError):
-            origin = None
-        if origin != ORIGIN:
+            found = json.loads(description.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            found = None
+        if not isinstance(found, dict) or "format_version" not in found:
+            raise DatasetError(f"{description}: a file that selfsup did not write; `index` writes its "
+                               "dataset.json there, so move this one away first")
+        if found.get("origin") != ORIGIN:
             raise DatasetError(f"{description}: {root} already holds a dataset that `index` did not write "
                                "(a `selfsup convert` output is ready to use as it is)")
 

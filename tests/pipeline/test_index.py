@@ -179,9 +179,14 @@ def test_an_interrupted_index_goes_on_from_the_recorded_shards(written, tmp_path
     assert not (folder / index_module.STATE_FOLDER).exists()
 
 
-def test_refusals_name_the_folder(demo_shards, tmp_path):
+def test_refusals_name_the_folder(demo_shards, written, tmp_path):
     with pytest.raises(DatasetError, match="already holds a dataset that `index` did not write"):
         index(demo_shards, progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(written.folder, other)
+    (other / "dataset.json").write_text('{"name": "made by another tool"}')
+    with pytest.raises(DatasetError, match="dataset.json: a file that selfsup did not write"):
+        index(other, progress=False)
     with pytest.raises(DatasetError, match="no .tar files found"):
         index(tmp_path, progress=False)
     with pytest.raises(DatasetError, match="no such folder"):
