@@ -187,7 +187,8 @@ def test_refusals_name_the_folder(demo_shards, written, tmp_path):
     (other / "dataset.json").write_text('{"name": "made by another tool"}')
     with pytest.raises(DatasetError, match="dataset.json: a file that selfsup did not write"):
         index(other, progress=False)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no .tar files found"):
-        index(tmp_path, progress=False)
+        index(tmp_path / "empty", progress=False)
     with pytest.raises(DatasetError, match="no such folder"):
         index(tmp_path / "missing", progress=False)
