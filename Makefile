@@ -8,7 +8,7 @@ STAMP := $(VENV)/.selfsup-installed
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= demo
 
-.PHONY: venv demo test test-fast clean-demo
+.PHONY: venv demo test test-fast clean-demo gpu-check
 
 venv: $(STAMP)
 
@@ -30,3 +30,8 @@ test-fast: venv
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# Everything the README promises for GPUs, on a GPU node, in one go (benchmarks/gpu.py). No venv
+# step: it installs nothing and uses the environment as it is.
+gpu-check:
+	$(PY) -m benchmarks.gpu

@@ -66,12 +66,13 @@ def batch_indices(batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def spherical_kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Generator,
-                     chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+                     similarity_budget: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means on the unit sphere: points (n, D) L2-normalized -> centroids (k, D), labels (n,).
 
     Centroids start at k distinct random points (drawn with replacement when n < k); each
     iteration assigns every point to the centroid of highest cosine similarity, then moves each
-    centroid to the normalized mean of its points (an empty cluster keeps its centroid).
+    centroid to the normalized mean of its points (an empty cluster keeps its centroid). The
+    assignment runs over blocks of at most `similarity_budget` similarities (64 MiB in float32).
     """
     count = points.shape[0]
     if count >= k:
@@ -80,6 +81,7 @@ def spherical_kmeans(points: torch.Tensor, k: int, iterations: int, generator: t
         start = torch.randint(0, count, (k,), generator=generator)
     centroids = points[start.to(points.device)].clone()
     labels = torch.empty(count, dtype=torch.long, device=points.device)
+    chunk = max(1, similarity_budget // k)
     for iteration in range(iterations + 1):
         for begin in range(0, count, chunk):
             labels[begin:begin + chunk] = (points[begin:begin + chunk] @ centroids.T).argmax(dim=1)

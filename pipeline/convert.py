@@ -24,7 +24,8 @@ from selfsup.locks import hold_folder_lock
 from selfsup.pipeline.convert_output import (PLAN_FILE, STATE_FOLDER, SplitWriter, check_output,
                                              describe_write_failure, load_records, record_rows,
                                              remove_leftovers)
-from selfsup.pipeline.convert_plan import SPLITS, PlanItem, build_plan, source_fingerprint
+from selfsup.pipeline.compact_plan import CompactPlan
+from selfsup.pipeline.convert_plan import SPLITS, PlanItem, source_fingerprint
 from selfsup.pipeline.convert_workers import Task, prepared_in_order
 from selfsup.pipeline.dataset import ERRORS_FILE, FORMAT_VERSION, read_description, write_dataset_files
 from selfsup.pipeline.segmentation_masks import attach_masks, check_masks_folder, segmentation_info
@@ -168,9 +169,8 @@ def _write_conversion(source: Path, output: Path, scan: SourceScan, fingerprint:
                       resume: bool, workers: int, progress: bool, map_in_order: MapInOrder | None,
                       started: float) -> ConvertSummary:
     """Write (or, with `resume`, finish writing) the conversion into OUT, whose lock is held."""
-    plan = build_plan(scan.files, scan.classes, options["val_fraction"], options["seed"])
-    by_split = {split: [item for item in plan if item.split == split] for split in SPLITS}
-    counts = {split: len(items) for split, items in by_split.items()}
+    plan = CompactPlan.build(scan.files, scan.classes, options["val_fraction"], options["seed"])  # no object per image
+    counts = {split: plan.count(split) for split in SPLITS}
     state = output / STATE_FOLDER
     if not resume:
         shutil.rmtree(state, ignore_errors=True)
@@ -182,14 +182,13 @@ def _write_conversion(source: Path, output: Path, scan: SourceScan, fingerprint:
     records = load_records(state, counts)
     remove_leftovers(output, records)
     writers = {split: SplitWriter(output, split, options["shard_size"], records[split]) for split in SPLITS}
-    remaining = [(split, index, item) for split in SPLITS
-                 for index, item in enumerate(by_split[split]) if index >= writers[split].start]
-    tasks = [(str(source), item.relative, options["max_side"]) for _, _, item in remaining]
+    starts = {split: writers[split].start for split in SPLITS}
+    tasks = plan.tasks(str(source), options["max_side"], starts)
     results = map_in_order(tasks) if map_in_order is not None else prepared_in_order(tasks, workers)
     masks = Path(options["masks"]) if "masks" in options else None
     if masks is not None:
-        results = attach_masks(results, [item.relative for _, _, item in remaining], masks)
-    _write_shards(remaining, results, writers, counts, progress)
+        results = attach_masks(results, [relative for _, relative, _ in tasks], masks)
+    _write_shards(plan.remaining(starts), len(tasks), results, writers, counts, progress)
     records = load_records(state, counts)
     present = [split for split in ("train", "val") if records[split]]
     done = [record for split in present for record in records[split]]
@@ -201,19 +200,19 @@ def _write_conversion(source: Path, output: Path, scan: SourceScan, fingerprint:
         extra=segmentation_info(record_rows(done), masks) if masks is not None else None)
     shutil.rmtree(state, ignore_errors=True)
     summary = _summary_from_description(output, started)
-    summary.already_complete, summary.resumed, summary.processed = False, resume, len(remaining)
-    summary.images_per_second = len(remaining) / summary.seconds if summary.seconds > 0 else 0.0
+    summary.already_complete, summary.resumed, summary.processed = False, resume, len(tasks)
+    summary.images_per_second = len(tasks) / summary.seconds if summary.seconds > 0 else 0.0
     return summary
 
 
-def _write_shards(remaining: list[tuple[str, int, PlanItem]], results: Iterator[dict],
+def _write_shards(remaining: Iterator[tuple[str, int, PlanItem]], remaining_count: int, results: Iterator[dict],
                   writers: dict[str, SplitWriter], counts: dict[str, int], progress: bool) -> None:
     """Store each remaining plan item's result, split by split, closing each split's last shard;
     on any exception (Ctrl-C included) remove the open shards' partial files and stop the readers."""
     from tqdm import tqdm
 
     total = sum(counts.values())
-    bar = tqdm(total=total, initial=total - len(remaining), unit="img", desc="convert",
+    bar = tqdm(total=total, initial=total - remaining_count, unit="img", desc="convert",
                disable=not progress, dynamic_ncols=True)
     try:
         current = None

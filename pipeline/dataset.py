@@ -94,6 +94,7 @@ class DatasetInfo:
     classes: tuple[str, ...]
     splits: dict[str, SplitInfo]
     format_version: int
+    manifest_labels: bool = False  # labels read from manifest.parquet by position (`selfsup index`), not .cls
 
     def split(self, name: str) -> SplitInfo:
         """The split called `name`; a DatasetError naming the available splits otherwise."""
@@ -193,11 +194,15 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
                                    f"is incomplete, run `selfsup verify {root}` or convert again")
         splits[name] = SplitInfo(name, split["count"], shards, indexes, tuple(split.get("class_counts", [])))
     return DatasetInfo(root=root, labeled=description["labeled"], classes=tuple(description["classes"]),
-                       splits=splits, format_version=description["format_version"])
+                       splits=splits, format_version=description["format_version"],
+                       manifest_labels=description.get("label_source") == "manifest")
 
 
-def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: int = 65536) -> None:
-    """Stream manifest rows (dicts with the keys of MANIFEST_COLUMNS) into a parquet file, atomically."""
+def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: int = 8192) -> None:
+    """Stream manifest rows (dicts with the keys of MANIFEST_COLUMNS) into a parquet file, atomically.
+
+    Rows are buffered as columns, `rows_per_group` at a time (one parquet row group each): the
+    memory is a few MiB whatever the number of rows, not a list of dicts of a whole group."""
     import pyarrow
     import pyarrow.parquet as parquet
 
@@ -205,14 +210,15 @@ def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: in
     path = Path(path)
     temporary = path.with_name(path.name + ".partial")
     with parquet.ParquetWriter(temporary, schema) as writer:
-        group: list[dict] = []
+        columns: dict[str, list] = {name: [] for name in MANIFEST_COLUMNS}
         for row in rows:
-            group.append(row)
-            if len(group) == rows_per_group:
-                writer.write_table(pyarrow.Table.from_pylist(group, schema=schema))
-                group = []
-        if group:
-            writer.write_table(pyarrow.Table.from_pylist(group, schema=schema))
+            for name, values in columns.items():
+                values.append(row[name])
+            if len(columns["key"]) == rows_per_group:
+                writer.write_table(pyarrow.Table.from_pydict(columns, schema=schema))
+                columns = {name: [] for name in MANIFEST_COLUMNS}
+        if columns["key"]:
+            writer.write_table(pyarrow.Table.from_pydict(columns, schema=schema))
     with open(temporary, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -236,7 +242,8 @@ def write_dataset_files(output: Path, *, source: Path, fingerprint: str, options
 
     `rows` streams every manifest row, split by split in shard order; `splits` names the splits
     to describe, in that order (one left without samples is left out); `errors` holds the {"path", "reason"} objects
-    of the skipped files; `extra` holds further dataset.json entries (e.g. "segmentation").
+    of the skipped files; `extra` holds further dataset.json entries ("segmentation"; `selfsup index`:
+    origin, label_source).
     """
     described = {split: {"count": 0, "shards": [], "class_counts": [0] * len(classes)} for split in splits}
 

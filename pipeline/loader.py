@@ -14,12 +14,13 @@ runs in DALI's CPU mode (`device_id=None`) and the tensors arrive on the CPU.
 Batch keys: `view_0`, `view_1`, ... (float32, B x 3 x S x S, normalized), the recipe's pretext
 keys (listed in `pipeline.recipes`), for labeled datasets `label` (int64, B) and, from the train
 loader, `index` (int64, B): each sample's position in its split (the rows of NPID's and
-DeepCluster's memory banks), read from the sample's `source_info` in the graph.
+DeepCluster's memory banks), found from the sample's `source_info` in the graph
+(`pipeline.positions`). A dataset adopted with `selfsup index` keeps its labels in the manifest:
+its `label` is looked up by position too, and DALI reads the image members alone.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,41 +36,13 @@ from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.errors import DatasetError
 from selfsup.pipeline.graph import finish_batch, recipe_outputs
 from selfsup.pipeline.node_staging import NodeStaging, placeholders
+from selfsup.pipeline.positions import SplitPositions, split_positions
 from selfsup.pipeline.recipes import EvalRecipe, Recipe, validate_recipe
-from selfsup.pipeline.shards import IMAGE_EXTENSIONS as IMAGE_EXTENSION_LIST, read_index_entries, split_member_name
+from selfsup.pipeline.shards import IMAGE_EXTENSIONS as IMAGE_EXTENSION_LIST
 
 IMAGE_EXTENSIONS = ";".join(IMAGE_EXTENSION_LIST)  # DALI's webdataset `ext` form
 READER_NAME = "reader"
-SOURCE_INFO = "source_info"  # graph output turned into `index` by DaliLoader
-
-
-@functools.lru_cache(maxsize=4)
-def split_sample_keys(index_paths: tuple[str, ...]) -> np.ndarray:
-    """The sorted numeric sample keys of a split's shards, from their `.idx` files: (N,) int64.
-
-    `selfsup convert` names each sample by its zero-padded position in the conversion plan, so a
-    sample's place in this array is its position in the split."""
-    keys = []
-    for path in index_paths:
-        for key, _ in read_index_entries(path):
-            if not key.isdigit():
-                raise DatasetError(f"{path}: sample key {key!r} is not numeric; sample indices need "
-                                   "shards written by `selfsup convert`")
-            keys.append(int(key))
-    return np.sort(np.asarray(keys, dtype=np.int64))
-
-
-def sample_positions(source_info: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
-    """(B, L) uint8 zero-padded 'SHARD:OFFSET:MEMBER' strings -> (B,) int64 positions in `keys`."""
-    rows = source_info.cpu().numpy()
-    members = [bytes(row).rstrip(b"\0").decode().rsplit(":", 1)[-1] for row in rows]
-    values = np.asarray([int(split_member_name(member)[0]) for member in members], dtype=np.int64)
-    positions = np.searchsorted(keys, values)
-    found = (positions < len(keys)) & (keys[np.minimum(positions, len(keys) - 1)] == values)
-    if not found.all():
-        missing = members[int(np.argmin(found))]
-        raise DatasetError(f"sample {missing!r} is not listed in the split's .idx files")
-    return torch.from_numpy(positions)
+SOURCE_INFO = "source_info"  # graph output turned into `index` (and manifest labels) by DaliLoader
 
 
 def parse_label_digits(digits: torch.Tensor) -> torch.Tensor:
@@ -125,7 +98,9 @@ class DaliLoader:
     steps_per_epoch: int
     samples: int
     recipe: Recipe | None = None  # finishes pretext outputs (masks, ...) when set
-    sample_keys: np.ndarray | None = None  # the split's sorted keys: SOURCE_INFO -> `index`
+    positions: SplitPositions | None = None  # SOURCE_INFO -> positions in the split
+    with_index: bool = True  # hand out the positions as `index` (the train loader)
+    manifest_labels: bool = False  # `label` from the manifest by position (datasets adopted by `index`)
 
     def __iter__(self):
         for outputs in self.iterator:
@@ -133,7 +108,11 @@ class DaliLoader:
             if "label" in batch:
                 batch["label"] = parse_label_digits(batch["label"])
             if SOURCE_INFO in batch:
-                batch["index"] = sample_positions(batch.pop(SOURCE_INFO), self.sample_keys)
+                positions = self.positions.positions(batch.pop(SOURCE_INFO))
+                if self.with_index:
+                    batch["index"] = positions
+                if self.manifest_labels:
+                    batch["label"] = torch.from_numpy(self.positions.labels[positions.numpy()].astype(np.int64))
             yield finish_batch(batch, self.recipe) if self.recipe is not None else batch
 
     def checkpoint(self) -> bytes:
@@ -223,6 +202,7 @@ def build_train_loader(
         )
     decoder_device, device_id = dali_device(device)
     with_label = recipe.with_label and dataset.labeled
+    read_label = with_label and not dataset.manifest_labels  # else looked up by position
     names: list[str] = []  # filled while the graph is defined
     part_paths, part_indexes, shard_id, num_shards = _reader_part(
         dataset, split, paths, index_paths, rank=rank, world_size=world_size, epoch=epoch, staging=staging)
@@ -230,14 +210,14 @@ def build_train_loader(
     @pipeline_def(enable_conditionals=True, enable_checkpointing=resumable)
     def views_pipeline():
         components = read_shards(
-            part_paths, part_indexes, with_label,
+            part_paths, part_indexes, read_label,
             shard_id=shard_id,
             num_shards=num_shards,
             random_shuffle=True,
             initial_fill=max(2, min(shuffle_buffer, info.count // world_size)),
         )
         outputs = recipe_outputs(components[0], recipe, decoder_device)
-        if with_label:
+        if read_label:
             label = label_digits(components[1])
             outputs["label"] = label.gpu() if decoder_device == "mixed" else label
         outputs[SOURCE_INFO] = fn.pad(fn.get_property(components[0], key="source_info"), fill_value=0)
@@ -254,9 +234,10 @@ def build_train_loader(
     )
     pipeline.build()
     iterator = DALIGenericIterator([pipeline], list(names), auto_reset=False)  # no reader_name: endless
-    names = [name for name in names if name != SOURCE_INFO] + ["index"]
+    manifest_labels = with_label and not read_label
+    names = [name for name in names if name != SOURCE_INFO] + ["index"] + (["label"] if manifest_labels else [])
     return DaliLoader(iterator, tuple(names), batch_size, steps_per_epoch, info.count, recipe,
-                      split_sample_keys(tuple(index_paths)))
+                      split_positions(dataset, split, with_labels=manifest_labels), manifest_labels=manifest_labels)
 
 
 def build_eval_loader(
@@ -272,18 +253,24 @@ def build_eval_loader(
     info, paths, index_paths = _split_files(dataset, split)
     _check_on_disk(dataset, split, paths)
     decoder_device, device_id = dali_device(device)
-    labeled = dataset.labeled
+    labeled, manifest_labels = dataset.labeled, dataset.labeled and dataset.manifest_labels
 
     @pipeline_def
     def eval_pipeline():
-        components = read_shards(paths, index_paths, labeled, random_shuffle=False, pad_last_batch=True)
+        components = read_shards(paths, index_paths, labeled and not manifest_labels,
+                                 random_shuffle=False, pad_last_batch=True)
         images = eval_view(components[0], recipe, decoder_device)
+        if manifest_labels:
+            return images, fn.pad(fn.get_property(components[0], key="source_info"), fill_value=0)
         return (images, label_digits(components[1])) if labeled else (images,)
 
     pipeline = eval_pipeline(batch_size=batch_size, num_threads=num_threads or default_threads(),
                              device_id=device_id, seed=0)
     pipeline.build()
     names = ("image", "label") if labeled else ("image",)
-    iterator = DALIGenericIterator([pipeline], list(names), reader_name=READER_NAME,
-                                   last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
-    return DaliLoader(iterator, names, batch_size, -(-info.count // batch_size), info.count)
+    iterator = DALIGenericIterator([pipeline], ["image", SOURCE_INFO] if manifest_labels else list(names),
+                                   reader_name=READER_NAME, last_batch_policy=LastBatchPolicy.PARTIAL,
+                                   auto_reset=False)
+    positions = split_positions(dataset, split, with_labels=True) if manifest_labels else None
+    return DaliLoader(iterator, names, batch_size, -(-info.count // batch_size), info.count,
+                      positions=positions, with_index=False, manifest_labels=manifest_labels)

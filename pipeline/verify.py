@@ -7,7 +7,13 @@ manifest rows (same keys, image offset, size, checksum, label); every sample has
 `.json` and (when labeled) a `.cls` holding a class index in range; every image decodes fully
 with PIL to the manifest's size; in a dataset converted with masks, every sample's `.seg.png`
 decodes to a label map of its image's size (`segmentation_masks.mask_problem`); and the counts
-match `dataset.json`.
+match `dataset.json`. A dataset adopted with
+`selfsup index` is checked against its own contract: its `.idx` lists a subset of each tar's
+samples (the excluded ones are in the tar, never read), only the image members, exactly the
+manifest's rows (`check_adopted_shard`).
+
+The manifest is read as columns and sorted by shard; only the shard being checked has its rows
+as Python objects, so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from selfsup.pipeline.dataset import MANIFEST_FILE, read_description, read_manifest
+from selfsup.pipeline.dataset import MANIFEST_FILE, read_description
 
 from selfsup.errors import DatasetError
 from selfsup.pipeline.segmentation_masks import MASK_MEMBER, mask_problem
@@ -146,29 +152,38 @@ def _check_sample(handle, shard: str, key: str, components: dict, row: dict | No
                 report.add(shard, key, f".cls is {text!r}, expected a class index in 0..{class_count - 1}")
             elif row is not None and int(text) != row["label"]:
                 report.add(shard, key, f".cls is {text}, the manifest says label {row['label']}")
-    data = read(image_ext)
+    decoded = _check_image(handle, shard, key, image_ext, components[image_ext], row, report)
+    if mask_classes is not None and decoded is not None:
+        problem = mask_problem(read(MASK_MEMBER) if MASK_MEMBER in components else None, decoded, mask_classes)
+        if problem is not None:
+            report.add(shard, key, problem)
+
+
+def _check_image(handle, shard: str, key: str, ext: str, place: tuple[int, int], row: dict | None,
+                 report: VerifyReport) -> tuple[int, int] | None:
+    """The image member at `place` (data offset, size) against its manifest row; it must decode fully.
+    Returns the decoded (width, height), None when it does not decode."""
+    offset, size = place
+    handle.seek(offset)
+    data = handle.read(size)
     if row is not None:
-        offset, size = components[image_ext]
         if (row["offset"], row["bytes"]) != (offset, size):
-            report.add(shard, key, f"image {key}.{image_ext} is at offset {offset} with {size} bytes, the "
+            report.add(shard, key, f"image {key}.{ext} is at offset {offset} with {size} bytes, the "
                                    f"manifest says offset {row['offset']} with {row['bytes']} bytes")
         elif row.get("crc32") is not None and zlib.crc32(data) != row["crc32"]:
-            report.add(shard, key, f"image {key}.{image_ext} bytes differ from the manifest checksum "
+            report.add(shard, key, f"image {key}.{ext} bytes differ from the manifest checksum "
                                    "(the shard was modified or corrupted)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            size = image.size
+            decoded = image.size
     except Exception as error:  # PIL raises many types for corrupt data
-        report.add(shard, key, f"image {key}.{image_ext} does not decode ({type(error).__name__}: {error})")
-        return
-    if row is not None and size != (row["width"], row["height"]):
-        report.add(shard, key, f"image decodes to {size[0]}x{size[1]}, the manifest says "
+        report.add(shard, key, f"image {key}.{ext} does not decode ({type(error).__name__}: {error})")
+        return None
+    if row is not None and decoded != (row["width"], row["height"]):
+        report.add(shard, key, f"image decodes to {decoded[0]}x{decoded[1]}, the manifest says "
                                f"{row['width']}x{row['height']}")
-    if mask_classes is not None:
-        problem = mask_problem(read(MASK_MEMBER) if MASK_MEMBER in components else None, size, mask_classes)
-        if problem is not None:
-            report.add(shard, key, problem)
+    return decoded
 
 
 def _check_shard(path: Path, rows: dict[str, dict] | None, labeled: bool, class_count: int,
@@ -198,8 +213,55 @@ def _check_shard(path: Path, rows: dict[str, dict] | None, labeled: bool, class_
     return len(samples)
 
 
+MANIFEST_CHECKED = ["key", "split", "shard", "offset", "bytes", "label", "width", "height", "crc32"]
+
+
+def _manifest_by_shard(path: Path):
+    """(the manifest's checked columns sorted by shard, {shard: (first row, row count)}); the rows
+    of one shard become Python dicts only while that shard is checked, so memory stays columnar."""
+    import numpy as np
+    import pyarrow.compute as compute
+    import pyarrow.parquet as parquet
+
+    try:
+        table = parquet.read_table(path, columns=MANIFEST_CHECKED)
+    except (OSError, ValueError, KeyError) as error:
+        raise DatasetError(f"{path}: cannot read the manifest ({error})") from error
+    table = table.take(compute.sort_indices(table, sort_keys=[("shard", "ascending")]))
+    encoded = table.column("shard").combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.diff(codes, prepend=-1)) if len(codes) else np.array([], dtype=np.int64)
+    stops = np.append(starts[1:], len(codes))
+    names = encoded.dictionary.to_pylist()
+    return table, {names[codes[start]]: (int(start), int(stop - start)) for start, stop in zip(starts, stops)}
+
+
+def _check_counts(description: dict, table, found: Counter, report: VerifyReport) -> None:
+    """Each split's sample count in its shards and its manifest rows, and its class counts, against dataset.json."""
+    import numpy as np
+    import pyarrow.compute as compute
+
+    class_count = len(description["classes"])
+    for name, split in description["splits"].items():
+        if found[name] != split.get("count"):
+            report.add("dataset.json", None, f"split {name!r}: dataset.json says {split.get('count')} samples, "
+                                             f"its shards hold {found[name]}")
+        if table is None:
+            continue
+        labels = table.column("label").filter(compute.equal(table.column("split"), name)).to_numpy()
+        if len(labels) != split.get("count"):
+            report.add(MANIFEST_FILE, None, f"split {name!r}: {len(labels)} manifest rows, "
+                                            f"dataset.json says {split.get('count')}")
+        in_range = labels[(labels >= 0) & (labels < class_count)]
+        counts = np.bincount(in_range, minlength=class_count).tolist() if class_count else []
+        if description["labeled"] and counts != list(split.get("class_counts", [])):
+            report.add("dataset.json", None, f"split {name!r}: class_counts {split.get('class_counts')} "
+                                             f"differ from the manifest's {counts}")
+
+
 def verify(output: str | Path, *, progress: bool = False) -> VerifyReport:
-    """Check a converted dataset folder; never raises on corrupt data (see the module docstring).
+    """Check a converted (or `selfsup index`-adopted) dataset folder; never raises on corrupt data
+    (see the module docstring).
 
     Raises DatasetError only when OUT itself is unusable (no folder, no readable dataset.json).
     """
@@ -207,42 +269,70 @@ def verify(output: str | Path, *, progress: bool = False) -> VerifyReport:
     description = read_description(root)
     report = VerifyReport(root=root)
     labeled, class_count = description["labeled"], len(description["classes"])
+    adopted = description.get("origin") == "index"
     mask_classes = (description.get("segmentation") or {}).get("classes")
-    manifest: list[dict] | None = None
+    table, ranges = None, {}
     try:
-        manifest = read_manifest(root / MANIFEST_FILE)
+        table, ranges = _manifest_by_shard(root / MANIFEST_FILE)
     except DatasetError as error:
         report.add(MANIFEST_FILE, None, str(error))
-    by_shard: dict[str, dict[str, dict]] = {}
-    for row in manifest or []:
-        by_shard.setdefault(row["shard"], {})[row["key"]] = row
     listed = {shard for split in description["splits"].values() for shard in split.get("shards", [])}
-    for shard in sorted(by_shard.keys() - listed):
-        report.add(shard, None, f"{len(by_shard[shard])} manifest rows name this shard, dataset.json does not")
-    work = [(name, split, shard) for name, split in description["splits"].items() for shard in split.get("shards", [])]
+    for shard in sorted(ranges.keys() - listed):
+        report.add(shard, None, f"{ranges[shard][1]} manifest rows name this shard, dataset.json does not")
+    work = [(name, shard) for name, split in description["splits"].items() for shard in split.get("shards", [])]
     from tqdm import tqdm
 
     found = Counter()
-    for name, split, shard in tqdm(work, desc="verify", unit="shard", disable=not progress):
-        rows = by_shard.get(shard, {}) if manifest is not None else None
-        found[name] += _check_shard(root / shard, rows, labeled, class_count, report, mask_classes)
-    for name, split in description["splits"].items():
-        if found[name] != split.get("count"):
-            report.add("dataset.json", None, f"split {name!r}: dataset.json says {split.get('count')} samples, "
-                                             f"its shards hold {found[name]}")
-        if manifest is not None:
-            split_rows = [row for row in manifest if row["split"] == name]
-            if len(split_rows) != split.get("count"):
-                report.add(MANIFEST_FILE, None, f"split {name!r}: {len(split_rows)} manifest rows, "
-                                                f"dataset.json says {split.get('count')}")
-            counts = [0] * class_count
-            for row in split_rows:
-                if 0 <= row["label"] < class_count:
-                    counts[row["label"]] += 1
-            if labeled and counts != list(split.get("class_counts", [])):
-                report.add("dataset.json", None, f"split {name!r}: class_counts {split.get('class_counts')} "
-                                                 f"differ from the manifest's {counts}")
+    for name, shard in tqdm(work, desc="verify", unit="shard", disable=not progress):
+        rows = None
+        if table is not None:
+            start, length = ranges.get(shard, (0, 0))
+            rows = {row["key"]: row for row in table.slice(start, length).to_pylist()}
+        if adopted:
+            found[name] += check_adopted_shard(root / shard, rows, labeled, class_count, report)
+        else:
+            found[name] += _check_shard(root / shard, rows, labeled, class_count, report, mask_classes)
+    _check_counts(description, table, found, report)
     return report
+
+
+def check_adopted_shard(path: Path, rows: dict[str, dict] | None, labeled: bool, class_count: int,
+                        report: VerifyReport) -> int:
+    """Check one shard adopted by `selfsup index`: its `.idx` lists a subset of the tar's samples (the
+    others were excluded), each at the place the tar holds it, exactly the manifest's rows; each
+    listed image decodes. Returns how many samples the index lists."""
+    shard = path.relative_to(report.root).as_posix()
+    if not path.is_file():
+        report.add(shard, None, "shard file is missing")
+        return 0
+    tar_problems = VerifyReport(root=report.root)  # a tar's unreadable tail was excluded by `index`, and listed then
+    members = {f"{key}.{ext}": place for key, components in _tar_samples(path, tar_problems)
+               for ext, place in components.items()}
+    report.shards_checked += 1
+    index_path = path.with_suffix(".idx")
+    try:
+        entries = read_index_entries(index_path)
+    except DatasetError as error:
+        report.add(shard, None, f"index {index_path.name}: {error}")
+        return 0
+    if rows is not None:
+        for key in sorted(rows.keys() - {key for key, _ in entries}):
+            report.add(shard, key, f"sample is in the manifest but not in {index_path.name}")
+    with open(path, "rb") as handle:
+        for key, components in entries:
+            ext, (offset, size) = next(iter(components.items()))
+            if members.get(f"{key}.{ext}") != (offset, size):
+                report.add(shard, key, f"{index_path.name} says {key}.{ext} is at offset {offset} with {size} "
+                                       f"bytes, the tar holds {members.get(f'{key}.{ext}', 'no such member')}")
+                continue
+            row = rows.get(key) if rows is not None else None
+            if rows is not None and row is None:
+                report.add(shard, key, "sample is in the index but not in the manifest")
+            elif row is not None and labeled and not 0 <= row["label"] < class_count:
+                report.add(shard, key, f"manifest label {row['label']}, expected a class index in 0..{class_count - 1}")
+            _check_image(handle, shard, key, ext, (offset, size), row, report)
+            report.samples_checked += 1
+    return len(entries)
 
 
 def format_report(report: VerifyReport) -> str:

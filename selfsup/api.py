@@ -1,5 +1,5 @@
-"""The public Python API: `selfsup.convert`, `selfsup.verify`, `selfsup.train`, `selfsup.load_backbone`,
-`selfsup.embed`.
+"""The public Python API: `selfsup.convert`, `selfsup.index`, `selfsup.verify`, `selfsup.train`,
+`selfsup.load_backbone`, `selfsup.embed`.
 
 Each turns plain arguments into calls of the packages below; the command line calls these same
 functions. Nothing here imports Ray unless `train` is asked for workers.
@@ -48,6 +48,24 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         map_in_order = ray_map_in_order
     return convert_folder(source, output, shard_size=shard_size, max_side=max_side, val_fraction=val_fraction,
                           workers=workers, seed=seed, progress=progress, map_in_order=map_in_order, masks=masks)
+
+
+def index(shards: str | Path, *, label_field: str | None = None, unlabeled: bool = False,
+          split_patterns: dict[str, str] | None = None, val_fraction: float = 0.0, workers: int | None = None,
+          progress: bool = True):
+    """Adopt the WebDataset shards under the folder `shards` (made elsewhere: img2dataset, the Hub) in
+    place: writes each tar's `.idx`, `manifest.parquet`, `errors.jsonl` and `dataset.json` beside
+    them and leaves the tars untouched; returns the `IndexSummary` (`format_index_summary` in
+    `selfsup.pipeline.index` prints it). Every image is decoded; those that do not decode are
+    listed and left out of the index, so the loader never reads them.
+
+    Labels come from the `.cls` members, or from `label_field` of each `.json` member;
+    `unlabeled` ignores them. Every shard is `train` unless `split_patterns` ({"val": "*val*"},
+    globs on the shard paths) or `val_fraction` (the last shards, whole) say otherwise."""
+    from selfsup.pipeline.index import index as index_shards
+
+    return index_shards(shards, label_field=label_field, unlabeled=unlabeled, split_patterns=split_patterns,
+                        val_fraction=val_fraction, workers=workers, progress=progress)
 
 
 def verify(dataset: str | Path, *, progress: bool = False):

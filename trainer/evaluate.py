@@ -58,23 +58,35 @@ def extract_features(backbone: torch.nn.Module, dataset: DatasetInfo, split: str
                      batch_size: int, device: torch.device,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) float32 features and (N,) labels of every sample of `split`, on the CPU; `progress`
-    shows a bar of the images done."""
+    shows a bar of the images done.
+
+    The (N, D) tensor is allocated once, at the first batch, and filled in place: the peak memory
+    is the bank itself, not the bank plus a list of its batches."""
     from tqdm import tqdm
 
     loader = build_eval_loader(dataset, EvalRecipe(size=image_size), batch_size=batch_size,
                                split=split, device=device)
     backbone.eval().to(device)
-    features, labels = [], []
+    features = labels = None
+    filled = 0
     bar = tqdm(total=loader.samples, desc=f"features {split}", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         for batch in loader:
-            features.append(backbone(batch["image"].to(device)).float().cpu())
-            labels.append(batch["label"].cpu())
-            bar.update(len(features[-1]))
+            output = backbone(batch["image"].to(device)).float().cpu()
+            if features is None:
+                features = torch.empty(loader.samples, output.shape[1], dtype=torch.float32)
+                labels = torch.empty(loader.samples, dtype=torch.int64)
+            features[filled:filled + len(output)] = output
+            labels[filled:filled + len(output)] = batch["label"].cpu()
+            filled += len(output)
+            bar.update(len(output))
     finally:
         bar.close()
         loader.close()
-    return torch.cat(features), torch.cat(labels)
+    if filled != loader.samples:
+        raise DatasetError(f"{dataset.root}: split {split!r} yielded {filled} samples, dataset.json says "
+                           f"{loader.samples}")
+    return features, labels
 
 
 def held_out_test_set(dataset: DatasetInfo, test_data: str | Path | None) -> DatasetInfo | None:
@@ -190,13 +202,22 @@ def recalibrate_batch_norm(backbone: torch.nn.Module, data: str | Path, *, image
     return seen
 
 
-def effective_rank(features: torch.Tensor, epsilon: float = 1e-7) -> float:
+def effective_rank(features: torch.Tensor, epsilon: float = 1e-7, chunk: int = 65536) -> float:
     """RankMe: the effective rank of a feature matrix (Garrido, Balestriero, Najman & LeCun,
     "RankMe: Assessing the Downstream Performance of Pretrained Self-Supervised Representations
     by Their Rank", ICML 2023, Eq. 1): ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum(s) + eps``
     over the singular values s of `features` (N, D). Between 1 (every sample on one line: a
-    collapsed representation) and min(N, D). Needs no labels."""
-    singular_values = torch.linalg.svdvals(features.double())
+    collapsed representation) and min(N, D). Needs no labels.
+
+    The singular values are the square roots of the eigenvalues of the (D, D) Gram matrix
+    ``F^T F``, summed in float64 over blocks of `chunk` rows: memory O(D^2), not a float64 copy of
+    the whole (N, D) bank."""
+    gram = torch.zeros(features.shape[1], features.shape[1], dtype=torch.float64)
+    for start in range(0, features.shape[0], chunk):
+        block = features[start:start + chunk].double()
+        gram += block.T @ block
+    eigenvalues = torch.linalg.eigvalsh(gram).clamp_min(0).flip(0)[:min(features.shape)]
+    singular_values = eigenvalues.sqrt()
     shares = singular_values / singular_values.sum() + epsilon
     return float(torch.exp(-(shares * shares.log()).sum()))
 

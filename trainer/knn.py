@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 __all__ = ["knn_accuracy", "weighted_knn_predict"]
 
+SIMILARITY_BUDGET = 2**24  # similarities per block of queries: 64 MiB in float32
+
 
 def _check_inputs(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
                   num_classes: int, k: int, temperature: float, exclude_self: bool) -> None:
@@ -46,7 +48,7 @@ def _check_inputs(train_features: torch.Tensor, train_labels: torch.Tensor, quer
 @torch.no_grad()
 def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
                          num_classes: int, k: int = 20, temperature: float = 0.07, exclude_self: bool = False,
-                         chunk_size: int = 1024) -> torch.Tensor:
+                         chunk_size: int = 1024, similarity_budget: int = SIMILARITY_BUDGET) -> torch.Tensor:
     """(M, num_classes) class scores of each query from its k nearest train features.
 
     Args:
@@ -58,7 +60,10 @@ def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tenso
         temperature: T in the weights exp(cos_sim / T).
         exclude_self: query i is train i (leave-one-out on the bank): never pick index i for query i.
             Identical features at other indices still count.
-        chunk_size: queries per similarity block; memory is O(chunk_size * N).
+        chunk_size: at most this many queries per similarity block.
+        similarity_budget: at most this many similarities (float32) per block: a block has
+            min(chunk_size, similarity_budget // N) queries, so its memory stays bounded
+            (64 MiB by default) however large the bank is.
 
     Returns:
         (M, C) float32 scores on the bank's device: the weights exp(s / T) of the neighbours summed
@@ -72,8 +77,9 @@ def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tenso
     labels = train_labels.to(device).long()                                 # (N,)
     neighbours = min(k, train.shape[0] - (1 if exclude_self else 0))
     scores = torch.zeros(queries.shape[0], num_classes, device=device)
-    for start in range(0, queries.shape[0], chunk_size):
-        block = queries[start:start + chunk_size]                           # (c, D)
+    block_rows = max(1, min(chunk_size, similarity_budget // max(1, train.shape[0])))
+    for start in range(0, queries.shape[0], block_rows):
+        block = queries[start:start + block_rows]                           # (c, D)
         similarity = block @ train.T                                        # (c, N)
         if exclude_self:
             rows = torch.arange(block.shape[0], device=device)

@@ -11,7 +11,9 @@ import argparse
 import sys
 
 from selfsup import __version__
-from selfsup.cli import cluster_commands, data_commands, embed_commands, evaluate_commands, train_commands
+from selfsup.cli import (
+    cluster_commands, data_commands, embed_commands, evaluate_commands, index_commands, train_commands,
+)
 from selfsup.errors import USER_ERRORS, NonFiniteLossError
 
 
@@ -20,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     data_commands.add_commands(commands)  # convert, verify, preview
+    index_commands.add_commands(commands)  # index
     train_commands.add_commands(commands)  # train, methods, configs
     evaluate_commands.add_commands(commands)  # eval, export
     embed_commands.add_commands(commands)  # embed

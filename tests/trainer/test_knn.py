@@ -24,6 +24,12 @@ def test_clustered_points_are_classified_perfectly():
     full = weighted_knn_predict(train, train_labels, queries, 6, k=10)
     chunked = weighted_knn_predict(train, train_labels, queries, 6, k=10, chunk_size=7)
     torch.testing.assert_close(full, chunked)
+    # a similarity budget smaller than two bank rows: one query per block, the same answer
+    budgeted = weighted_knn_predict(train, train_labels, queries, 6, k=10, similarity_budget=len(train) + 1)
+    torch.testing.assert_close(full, budgeted)
+    leave_one_out = weighted_knn_predict(train, train_labels, train, 6, k=10, exclude_self=True)
+    torch.testing.assert_close(leave_one_out, weighted_knn_predict(train, train_labels, train, 6, k=10,
+                                                                   exclude_self=True, similarity_budget=1))
 
 
 def _unit(angle_degrees):
@@ -105,6 +111,17 @@ def test_effective_rank_is_one_for_collapsed_features_and_the_dimension_for_isot
     assert effective_rank(torch.eye(16) * 3.0) == pytest.approx(16.0, rel=1e-4)
     two_directions = torch.cat([torch.eye(2).repeat(50, 1), torch.zeros(100, 14)], dim=1)
     assert effective_rank(two_directions) == pytest.approx(2.0, rel=1e-4)
+
+
+def test_effective_rank_from_blocks_of_the_gram_matrix_equals_the_svd_of_the_whole_bank():
+    from selfsup.trainer.evaluate import effective_rank
+
+    features = torch.randn(300, 24, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 3.0, 24)
+    shares = torch.linalg.svdvals(features.double())
+    shares = shares / shares.sum() + 1e-7
+    expected = float(torch.exp(-(shares * shares.log()).sum()))
+    assert effective_rank(features, chunk=7) == pytest.approx(expected, rel=1e-9)
+    assert effective_rank(features[:10]) == pytest.approx(effective_rank(features[:10], chunk=3), rel=1e-12)
 
 
 def test_per_query_outcomes_are_the_top1_hits_in_query_order():
