@@ -213,7 +213,7 @@ def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: in
         columns: dict[str, list] = {name: [] for name in MANIFEST_COLUMNS}
         for row in rows:
             for name, values in columns.items():
-                values.append(row[name])
+                values.append(row.get(name))  # a column a row lacks (source_hex) is null, as from_pylist made it
             if len(columns["key"]) == rows_per_group:
                 writer.write_table(pyarrow.Table.from_pydict(columns, schema=schema))
                 columns = {name: [] for name in MANIFEST_COLUMNS}

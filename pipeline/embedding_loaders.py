@@ -2,7 +2,8 @@
 
 * `build_indexed_eval_loader(dataset, recipe, ...)`: every sample of a split once, in shard
   order, with "image", "label" (labeled datasets) and "index": the sample's position in the
-  split's sorted keys (`loader.split_sample_keys`), read from DALI's `source_info` of each sample.
+  split (`pipeline.positions`, the manifest's shard and offset order; for a converted dataset the
+  order of its sorted keys), read from DALI's `source_info` of each sample.
 * `build_folder_loader(root, files, recipe, ...)`: the image files `files` (paths relative to
   `root`) of a folder that was never converted, each read and checked as `selfsup convert` does
   (an unreadable file is skipped and listed, not handed to DALI, whose CPU decoder can crash on
@@ -26,8 +27,8 @@ from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.pipeline.images import prepare_image
 from selfsup.pipeline.loader import (
     READER_NAME, SOURCE_INFO, DaliLoader, _check_on_disk, _split_files, dali_device, default_threads, read_shards,
-    split_sample_keys,
 )
+from selfsup.pipeline.positions import split_positions
 from selfsup.pipeline.recipes import EvalRecipe
 
 
@@ -38,23 +39,26 @@ def build_indexed_eval_loader(dataset: DatasetInfo, recipe: EvalRecipe, *, batch
     _check_on_disk(dataset, split, paths)
     decoder_device, device_id = dali_device(device)
     labeled = dataset.labeled
+    manifest_labels = labeled and dataset.manifest_labels  # `selfsup index`: labels in the manifest, not .cls
+    from_members = labeled and not manifest_labels
 
     @pipeline_def
     def indexed_pipeline():
-        components = read_shards(paths, index_paths, labeled, random_shuffle=False, pad_last_batch=True)
+        components = read_shards(paths, index_paths, from_members, random_shuffle=False, pad_last_batch=True)
         images = eval_view(components[0], recipe, decoder_device)
         where = fn.pad(fn.get_property(components[0], key="source_info"), fill_value=0)
-        return (images, label_digits(components[1]), where) if labeled else (images, where)
+        return (images, label_digits(components[1]), where) if from_members else (images, where)
 
     pipeline = indexed_pipeline(batch_size=batch_size, num_threads=num_threads or default_threads(),
                                 device_id=device_id, seed=0)
     pipeline.build()
-    names = ["image", "label", SOURCE_INFO] if labeled else ["image", SOURCE_INFO]
+    names = ["image", "label", SOURCE_INFO] if from_members else ["image", SOURCE_INFO]
     iterator = DALIGenericIterator([pipeline], names, reader_name=READER_NAME,
                                    last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
-    output_names = tuple(name for name in names if name != SOURCE_INFO) + ("index",)
+    output_names = ("image", "label", "index") if labeled else ("image", "index")
     return DaliLoader(iterator, output_names, batch_size, -(-info.count // batch_size), info.count,
-                      sample_keys=split_sample_keys(tuple(index_paths)))
+                      positions=split_positions(dataset, split, with_labels=manifest_labels),
+                      manifest_labels=manifest_labels)
 
 
 def prepared_images(root: Path, files: list[str], skipped: list[dict], workers: int):

@@ -1,7 +1,8 @@
 """A subset of a split's samples as a dataset the loaders read: the labels of a split in reading
 order, and trimmed DALI indexes that list only the chosen samples.
 
-A split's samples are numbered by their place in the split's sorted keys (`loader.split_sample_keys`),
+A split's samples are numbered by their place in the split's sorted keys (as `pipeline.positions` numbers
+the samples of a converted dataset),
 which is also their order in the shards, the `.idx` files and the manifest. `split_labels` gives
 the class of every position; `subset_dataset` writes, for each shard holding a chosen sample, a
 copy of its `.idx` with only those samples' lines (their tar offsets unchanged), into a folder of

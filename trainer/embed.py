@@ -131,10 +131,11 @@ def _embed_split(backbone, dataset: DatasetInfo, split: str, recipe: EvalRecipe,
 
 def _embed_folder(backbone, folder: Path, recipe: EvalRecipe, writer: EmbeddingWriter, batch_size: int,
                   device: torch.device, bar, skipped: list[dict]) -> None:
-    from selfsup.pipeline.convert_plan import scan_source
+    from selfsup.pipeline.source_scan import scan_source
     from selfsup.pipeline.embedding_loaders import build_folder_loader
 
-    files, labeled, classes = scan_source(folder)
+    scan = scan_source(Path(folder))
+    files, labeled, classes = scan.files, scan.labeled, scan.classes
     loader = build_folder_loader(folder, files, recipe, batch_size=batch_size, device=device, skipped=skipped)
     try:
         for batch in loader:
@@ -151,9 +152,9 @@ def _embed_folder(backbone, folder: Path, recipe: EvalRecipe, writer: EmbeddingW
 
 
 def count_folder_images(folder: Path) -> int:
-    from selfsup.pipeline.convert_plan import scan_source
+    from selfsup.pipeline.source_scan import scan_source
 
-    return len(scan_source(folder)[0])
+    return len(scan_source(Path(folder)).files)
 
 
 @torch.no_grad()

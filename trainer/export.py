@@ -78,9 +78,11 @@ def plain_backbone(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return weights, extra
 
 
-def export_backbone(checkpoint: str | Path, output: str | Path, weights: str = "student") -> dict:
-    """Write the backbone of `checkpoint` to `output` (+ `.json` sidecar); returns the sidecar's content."""
-    checkpoint, output = Path(checkpoint), Path(output)
+def load_plain_backbone(checkpoint: str | Path, weights: str = "student"):
+    """(the plain backbone of `checkpoint`, strictly loaded, in eval mode; its feature dimension;
+    the run's config; the backbone's kwargs; the checkpoint's state): what every export format
+    writes (wrappers and pretraining-only parameters removed)."""
+    checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
     try:
@@ -94,6 +96,13 @@ def export_backbone(checkpoint: str | Path, output: str | Path, weights: str = "
         backbone.load_state_dict(plain_weights, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{checkpoint}: the backbone weights do not fit {config.model.backbone}: {error}") from None
+    return backbone.eval(), feature_dim, config, kwargs, state
+
+
+def export_backbone(checkpoint: str | Path, output: str | Path, weights: str = "student") -> dict:
+    """Write the backbone of `checkpoint` to `output` (+ `.json` sidecar); returns the sidecar's content."""
+    checkpoint, output = Path(checkpoint), Path(output)
+    backbone, feature_dim, config, kwargs, state = load_plain_backbone(checkpoint, weights)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")
     torch.save({key: value.detach().cpu().clone() for key, value in backbone.state_dict().items()}, temporary)

@@ -29,14 +29,11 @@ from pathlib import Path
 
 import torch
 
-from selfsup.errors import CheckpointError, ConfigError
+from selfsup.errors import ConfigError
 from selfsup.files import write_atomically
-from selfsup.methods.backbones import build_backbone
 from selfsup.pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD
-from selfsup.trainer.checkpoint import load_checkpoint
-from selfsup.trainer.config import Config, config_from_dict
-from selfsup.trainer.export import backbone_weights, plain_backbone
-from selfsup.trainer.model import backbone_options
+from selfsup.trainer.config import Config
+from selfsup.trainer.export import load_plain_backbone
 
 TIMM_ARCHITECTURES = {"resnet18": "resnet18", "resnet50": "resnet50", "vit_tiny": "vit_tiny_patch16_224",
                       "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
@@ -47,16 +44,8 @@ ONNX_TOLERANCE = 1e-3  # largest absolute difference to PyTorch's features accep
 def exported_backbone(checkpoint: str | Path, weights: str = "student") -> tuple[torch.nn.Module, Config, dict]:
     """(the plain backbone of `checkpoint` in eval mode, the run's config, the backbone's kwargs),
     as `trainer.export.export_backbone` builds it (wrappers and pretraining-only parameters removed)."""
-    state = load_checkpoint(Path(checkpoint))
-    config = config_from_dict(state["config"])
-    plain_weights, extra = plain_backbone(backbone_weights(state["model"], weights))
-    kwargs = backbone_options(config) | extra
-    backbone, _ = build_backbone(config.model.backbone, **kwargs)
-    try:
-        backbone.load_state_dict(plain_weights, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{checkpoint}: the backbone weights do not fit {config.model.backbone}: {error}") from None
-    return backbone.eval(), config, kwargs
+    backbone, _, config, kwargs, _ = load_plain_backbone(checkpoint, weights)
+    return backbone, config, kwargs
 
 
 def input_statistics(config: Config, channels: int) -> tuple[list[float], list[float]]:

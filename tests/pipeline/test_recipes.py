@@ -24,7 +24,7 @@ from tests.pipeline.pattern_shards import first_batch
 
 B = 4
 SMALL = {  # name -> (image_size, options) small enough for a quick CPU run
-    "simclr": (24, {}), "two_views": (24, {"view_1": {"blur_probability": 0.0}}), "byol": (24, {}),
+    "simclr": (24, {}), "supervised": (24, {}), "two_views": (24, {"view_1": {"blur_probability": 0.0}}), "byol": (24, {}),
     "barlow_twins": (24, {}), "vicreg": (24, {}),
     "multicrop": (32, {"local_size": 16, "local_crops": 2}), "dino": (32, {"local_size": 16, "local_crops": 3}),
     "swav": (32, {"local_size": 16, "local_crops": 2}),
