@@ -16,10 +16,11 @@ import torch
 from selfsup.errors import CheckpointError
 from selfsup.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.trainer.distributed import current_context
+from selfsup.trainer.export import export_backbone
 from selfsup.trainer.loop import train, train_step
 from selfsup.trainer.preemption import StopRequest
 from selfsup.trainer.run import build_run
-from tests.trainer.training_run import OneTorchThread, tiny_config
+from tests.trainer.training_run import OneTorchThread, read_losses, tiny_config
 
 ADVERSARIAL = ["method.decoder_width=16", "method.adversarial_weight=0.001", "method.discriminator_width=8",
                "method.discriminator_lr_multiplier=0.5", "optim.lr_scaling=none", "optim.lr=1.0e-3",
@@ -139,3 +140,18 @@ def test_a_checkpoint_with_other_optimizers_is_refused_by_name(demo_shards, tmp_
     with pytest.raises(CheckpointError, match=r"it has the optimizers \[generator\], this run's Inpainting steps "
                                               r"\[discriminator, generator\]"):
         train(adversarial_config(demo_shards, "trainer.max_steps=2"), tmp_path / "run")
+
+
+def test_super_resolution_trains_with_a_content_loss_in_an_exported_backbone(demo_shards, tmp_path):
+    """SRGAN with all three terms: the content network is a backbone exported from another run."""
+    train(tiny_config(demo_shards, "trainer.max_steps=1"), tmp_path / "simclr")
+    export_backbone(latest_checkpoint(tmp_path / "simclr" / "checkpoints"), tmp_path / "backbone.pt")
+    config = tiny_config(demo_shards, "trainer.max_steps=2", "method.decoder_width=16",
+                         "method.discriminator_width=8", f"method.content_network={tmp_path / 'backbone.pt'}",
+                         method="super_resolution")
+    summary = train(config, tmp_path / "sr")
+    assert summary["step"] == 2
+    line = loss_lines(tmp_path / "sr")[-1]
+    assert {"loss", "pixel", "content", "adversarial", "discriminator_loss"} <= set(line)
+    assert line["loss"] == pytest.approx(line["pixel"] + line["content"] + 1e-3 * line["adversarial"], rel=1e-5)
+    assert read_losses(tmp_path / "sr")[2] == line["loss"]
