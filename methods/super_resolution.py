@@ -87,7 +87,9 @@ class SuperResolution(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.decoder = pixel_decoder(feature_dim, output_stride(backbone), decoder_width)
-        self.pixel_weight, self.content_weight, self.adversarial_weight = pixel_weight, content_weight, adversarial_weight
+        self.pixel_weight = pixel_weight
+        self.content_weight = content_weight
+        self.adversarial_weight = adversarial_weight
         self.content_network = content_network
         self.discriminator = SRGANDiscriminator(discriminator_width) if adversarial_weight > 0 else None
         self.discriminator_lr_multiplier = discriminator_lr_multiplier

@@ -69,4 +69,5 @@ def test_two_optimizers_under_ddp_keep_the_ranks_in_step(demo_shards, tmp_path):
     checkpoint = torch.load(tmp_path / "train" / "checkpoints" / f"step-{STEPS:08d}" / "state.pt")
     assert list(checkpoint["optimizers"]) == ["discriminator", "generator"]
     # 120 images / (8 x 2 ranks) = 7 batches, 6 of them in 3 steps of 2 micro-batches: the epoch is done
-    assert [(entry["data"]["epoch"], entry["data"]["batches"]) for entry in checkpoint["ranks"]] == [(1, 0)] * WORLD_SIZE
+    positions = [(entry["data"]["epoch"], entry["data"]["batches"]) for entry in checkpoint["ranks"]]
+    assert positions == [(1, 0)] * WORLD_SIZE
