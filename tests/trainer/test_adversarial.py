@@ -7,6 +7,7 @@ single-optimizer checkpoints still load."""
 from __future__ import annotations
 
 import copy
+import math
 import json
 from pathlib import Path
 
@@ -155,3 +156,22 @@ def test_super_resolution_trains_with_a_content_loss_in_an_exported_backbone(dem
     assert {"loss", "pixel", "content", "adversarial", "discriminator_loss"} <= set(line)
     assert line["loss"] == pytest.approx(line["pixel"] + line["content"] + 1e-3 * line["adversarial"], rel=1e-5)
     assert read_losses(tmp_path / "sr")[2] == line["loss"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_keeps_one_grad_scaler_per_optimizer_and_resumes_them(demo_shards, tmp_path):
+    config = adversarial_config(demo_shards, "trainer.max_steps=4", "trainer.precision=fp16")
+    stop = StopRequest()
+
+    def report(metrics):
+        if metrics["step"] == 2:
+            stop.request("test")
+
+    train(config, tmp_path / "run", report=report, stop=stop)
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert list(state["grad_scalers"]) == ["discriminator", "generator"]
+    assert all(scaler["scale"] > 0 for scaler in state["grad_scalers"].values())
+    assert train(config, tmp_path / "run")["step"] == 4
+    assert all(math.isfinite(value) for line in loss_lines(tmp_path / "run") for key, value in line.items()
+               if key != "step")
