@@ -153,13 +153,16 @@ PER_METHOD: dict[str, list[str]] = {
     "relative_location": ["method.head_hidden_dim=512", "data.recipe.scale=[0.8, 1.0]"],
     "colorization": ["method.head_hidden_dim=128", "data.recipe.bin_downsample=4"],
     "inpainting": ["method.decoder_width=128", "method.overlap_pixels=2"],
+    # the decoders as inpainting's; SRGAN's 10^-3 adversarial term against a discriminator of 32 channels
+    "super_resolution": ["method.decoder_width=128", "method.discriminator_width=32"],
+    "denoising_autoencoder": ["method.decoder_width=128"],
 }
 # Methods measured on their momentum teacher rather than the online network, as their authors
 # evaluate them (DINO's eval_knn.py / eval_linear.py default to the teacher's weights).
 EVALUATED_WEIGHTS = {"dino": "teacher"}
 # Methods that do not take colour-augmented views keep their own recipe options.
 OWN_RECIPE = {"mae", "simmim", "rotation", "jigsaw", "relative_location", "colorization",
-              "inpainting"}
+              "inpainting", "super_resolution", "denoising_autoencoder"}
 
 
 def evaluated_weights(name: str) -> str:

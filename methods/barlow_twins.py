@@ -17,6 +17,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import barlow_twins
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -52,6 +53,10 @@ class BarlowTwins(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

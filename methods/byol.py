@@ -21,6 +21,7 @@ from torch import nn
 from selfsup.methods.heads import PredictionHead, ProjectionHead
 from selfsup.methods.losses import negative_cosine
 from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -73,6 +74,10 @@ class BYOL(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from selfsup.methods import distributed
 from selfsup.methods.dense import adapt_input_channels, feature_map
 from selfsup.methods.losses import colorization_loss, rebalancing_weights
+from selfsup.methods.protocol import OptimizerStep
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,6 +125,10 @@ class Colorization(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

@@ -35,6 +35,7 @@ from torch import nn
 from selfsup.methods import distributed
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.multicrop import batch_views, same_size_runs
+from selfsup.methods.protocol import OptimizerStep
 
 CROPS_FOR_ASSIGN = (0, 1)
 
@@ -173,6 +174,10 @@ class DeepClusterV2(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

@@ -7,11 +7,17 @@
   by each dilated stage; the ViT patch size).
 * ``adapt_input_channels(backbone, channels)``: replace the first layer (ResNet ``conv1``, ViT
   patch projection) by a freshly initialized one reading ``channels`` input channels.
+* ``pixel_decoder(feature_dim, stride, width)``: the up-convolution decoder that turns such a
+  map back into an image (inpainting, super-resolution, the denoising autoencoder), and
+  ``decode_image(decoder, features, size)`` its output at exactly the target's size.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -50,3 +56,30 @@ def adapt_input_channels(backbone: nn.Module, channels: int) -> nn.Module:
     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
     backbone.conv1 = new
     return backbone
+
+
+def pixel_decoder(feature_dim: int, stride: int, width: int, out_channels: int = 3) -> nn.Sequential:
+    """Up-convolutions from a (B, feature_dim, H / stride, W / stride) map to (B, out_channels, H, W).
+
+    log2(stride) stages (at least one) of upsample x2 (nearest), 3x3 conv, BatchNorm, ReLU, the
+    first with `width` channels, halved per stage down to 32; then a 3x3 conv to `out_channels`
+    (the context encoder's decoder, Pathak et al. 2016, with up-convolutions as upsample + conv).
+    """
+    stages = max(1, round(math.log2(stride)))
+    layers: list[nn.Module] = []
+    width_in = feature_dim
+    for _ in range(stages):
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                   nn.Conv2d(width_in, width, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        width_in, width = width, max(32, width // 2)
+    layers.append(nn.Conv2d(width_in, out_channels, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+def decode_image(decoder: nn.Module, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`decoder(features)` resized (bilinearly) to `size` = (H, W) where the strides do not land on it."""
+    image = decoder(features)
+    if tuple(image.shape[-2:]) != tuple(size):
+        image = F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False)
+    return image

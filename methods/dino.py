@@ -36,6 +36,7 @@ from selfsup.methods.heads import DINOHead
 from selfsup.methods.losses import dino_sinkhorn_targets, dino_targets, dino_update_center, distillation_cross_entropy
 from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
 from selfsup.methods.multicrop import batch_views, same_size_runs
+from selfsup.methods.protocol import OptimizerStep
 
 
 CENTERING = ("mean", "sinkhorn")
@@ -137,6 +138,10 @@ class DINO(nn.Module):
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """The head's weight-normalized last layer, frozen by the trainer at first (Caron et al. 2021)."""
         return list(self.head.last_layer.parameters())
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_dino(options: DINOOptions, backbone: nn.Module, feature_dim: int) -> DINO:

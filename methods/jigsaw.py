@@ -21,6 +21,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import classification_loss
+from selfsup.methods.protocol import OptimizerStep
 
 NUM_TILES = 9
 
@@ -65,6 +66,10 @@ class Jigsaw(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

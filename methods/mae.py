@@ -26,6 +26,7 @@ from torch import nn
 
 from selfsup.methods.vision_transformer import Block
 from selfsup.methods.losses import mae_loss
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -136,6 +137,10 @@ class MAE(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

@@ -30,6 +30,7 @@ from selfsup.methods import distributed
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import infonce
 from selfsup.methods.momentum import cosine_momentum, ema_update_, enqueue_, frozen_copy
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -115,6 +116,10 @@ class MoCoV2(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

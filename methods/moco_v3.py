@@ -22,6 +22,7 @@ from torch import nn
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import moco_v3_loss
 from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -80,6 +81,10 @@ class MoCoV3(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

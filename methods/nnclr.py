@@ -23,6 +23,7 @@ from selfsup.methods import distributed
 from selfsup.methods.heads import PredictionHead, ProjectionHead
 from selfsup.methods.losses import nnclr_loss
 from selfsup.methods.momentum import enqueue_
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -80,6 +81,10 @@ class NNCLR(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

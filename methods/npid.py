@@ -29,6 +29,7 @@ from torch import nn
 
 from selfsup.methods import distributed
 from selfsup.methods.losses import npid_nce_loss
+from selfsup.methods.protocol import OptimizerStep
 
 LOSSES = ("nce", "softmax")
 
@@ -122,6 +123,10 @@ class NPID(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

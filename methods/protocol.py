@@ -16,6 +16,17 @@ will call on it:
 * ``last_layer_parameters()``: parameters the trainer keeps frozen (no update at all) for the
   first ``trainer.freeze_last_layer_epochs`` epochs (DINO's last layer, SwAV's prototypes);
   ``[]`` where none.
+* ``optimizer_steps()``: the optimizers the method is trained with, in update order, each an
+  ``OptimizerStep``: its name, the parameters it updates and the output key of the loss it
+  minimises. ``[]``, what every non-adversarial method returns, means one optimizer over every
+  trainable parameter minimising ``"loss"``, the method called as ``forward(batch)``. An
+  adversarial method returns its discriminator and generator steps (``"discriminator_loss"``,
+  ``"loss"``): their parameters split its trainable ones (each in exactly one step), and the trainer
+  calls ``forward(batch, step=NAME)`` once per step, in that order, after the steps before it have
+  updated their parameters, and backpropagates only that step's loss into only that step's
+  optimizer. A step's forward computes what its loss needs and no more (the discriminator's sees
+  the generator's outputs detached), so that under DDP each forward's graph reaches only the
+  parameters its backward will give gradients. Plain ``forward(batch)`` is the generator's step.
 
 Backbones carry ``kind``: ``"resnet"`` or ``"vit"`` (``BackboneKind``), for the methods that need
 one of them (MAE, SimMIM) or treat them differently (MoCo v3, the dense pretexts).
@@ -23,12 +34,28 @@ one of them (MAE, SimMIM) or treat them differently (MoCo v3, the dense pretexts
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 BackboneKind = Literal["resnet", "vit"]
+
+
+@dataclass(frozen=True)
+class OptimizerStep:
+    """One optimizer of a method trained with several (generator and discriminator).
+
+    ``name`` is what the trainer passes as ``forward(batch, step=name)`` and what the optimizer's
+    state is kept under in checkpoints; ``loss`` the key of the forward's outputs it minimises;
+    ``lr_multiplier`` scales the configured (scheduled) learning rate for this optimizer only.
+    """
+
+    name: str
+    parameters: list[nn.Parameter] = field(repr=False)
+    loss: str
+    lr_multiplier: float = 1.0
 
 
 @runtime_checkable
@@ -44,4 +71,6 @@ class Method(Protocol):
     def fixed_lr_parameters(self) -> list[nn.Parameter]: ...
 
     def last_layer_parameters(self) -> list[nn.Parameter]: ...
+
+    def optimizer_steps(self) -> list[OptimizerStep]: ...
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from selfsup.methods import (
-    barlow_twins, byol, colorization, deepcluster_v2, dino, inpainting, jigsaw, mae, moco_v2, moco_v3,
-    nnclr, npid, relative_location, rotation, simclr, simmim, simsiam, supervised, swav, vicreg,
+    barlow_twins, byol, colorization, deepcluster_v2, denoising_autoencoder, dino, inpainting, jigsaw, mae,
+    moco_v2, moco_v3, nnclr, npid, relative_location, rotation, simclr, simmim, simsiam, super_resolution,
+    supervised, swav, vicreg,
 )
 from selfsup.methods.protocol import Method
 
@@ -93,7 +94,17 @@ METHODS: dict[str, MethodEntry] = {
                                 "class-rebalanced (Zhang et al. 2016)"),
     "inpainting": MethodEntry(inpainting.InpaintingOptions, inpainting.build_inpainting,
                               "inpainting", "pretext: context encoder reconstructs a removed "
-                              "region, masked L2 (Pathak et al. 2016)"),
+                              "region, masked L2; with method.adversarial_weight (0.001) also a "
+                              "discriminator on the filled region (Pathak et al. 2016)"),
+    # generative
+    "super_resolution": MethodEntry(super_resolution.SuperResolutionOptions,
+                                    super_resolution.build_super_resolution, "super_resolution",
+                                    "generative: the encoder of a x4 super-resolution generator, pixel "
+                                    "MSE + adversarial (+ content) loss (SRGAN, Ledig et al. 2017)"),
+    "denoising_autoencoder": MethodEntry(denoising_autoencoder.DenoisingAutoencoderOptions,
+                                         denoising_autoencoder.build_denoising_autoencoder, "denoising",
+                                         "generative: reconstruct the clean view from one with dropped "
+                                         "pixels or Gaussian noise (Vincent et al. 2008)"),
     # with labels: the ceiling the self-supervised methods are measured against
     "supervised": MethodEntry(supervised.SupervisedOptions, supervised.build_supervised, "supervised",
                               "supervised: cross-entropy of a linear classifier on the class labels, "

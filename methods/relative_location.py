@@ -20,6 +20,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import classification_loss
+from selfsup.methods.protocol import OptimizerStep
 
 NUM_POSITIONS = 8
 
@@ -59,6 +60,10 @@ class RelativeLocation(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

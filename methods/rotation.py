@@ -19,6 +19,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import classification_loss
+from selfsup.methods.protocol import OptimizerStep
 
 NUM_ROTATIONS = 4
 
@@ -58,6 +59,10 @@ class Rotation(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

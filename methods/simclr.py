@@ -16,6 +16,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import nt_xent
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -51,6 +52,10 @@ class SimCLR(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

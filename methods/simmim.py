@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from selfsup.methods.losses import normalize_locally, simmim_loss, unpatchify
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -104,6 +105,10 @@ class SimMIM(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from selfsup.methods.heads import PredictionHead, ProjectionHead
 from selfsup.methods.losses import negative_cosine
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -66,6 +67,10 @@ class SimSiam(nn.Module):
         return None
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

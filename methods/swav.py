@@ -32,6 +32,7 @@ from selfsup.methods import distributed
 from selfsup.methods.heads import PrototypesHead, ProjectionHead
 from selfsup.methods.losses import sinkhorn_knopp, swav_swapped_prediction
 from selfsup.methods.multicrop import batch_views, same_size_runs
+from selfsup.methods.protocol import OptimizerStep
 
 CROPS_FOR_ASSIGN = (0, 1)
 
@@ -116,6 +117,10 @@ class SwAV(nn.Module):
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """The prototypes, frozen by the trainer at first (Caron et al. 2020, official code)."""
         return [self.prototypes.prototypes.weight]
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_swav(options: SwAVOptions, backbone: nn.Module, feature_dim: int) -> SwAV:

@@ -19,6 +19,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import vicreg_terms
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -57,6 +58,10 @@ class VICReg(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

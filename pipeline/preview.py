@@ -5,8 +5,9 @@
 draws one row per sample: the original image, then the views as the network gets them
 (de-normalized) with the labels spelled out: rotation angles, the jigsaw permutation index and
 the tiles put back in order, the relative position of the second patch, the mask over the
-view, L and ab (and the quantized ab bins) for colorization, input/target/mask for inpainting.
-A dataset converted with masks shows each sample's label map beside its original. PIL only.
+view, L and ab (and the quantized ab bins) for colorization, input/target/mask for inpainting,
+input/target for super-resolution and denoising. A dataset converted with masks shows each
+sample's label map beside its original. PIL only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from selfsup.pipeline.graph import finish_batch, patch_grid, recipe_outputs, rec
 from selfsup.pipeline.lab import in_gamut_bins, lab_to_srgb
 from selfsup.pipeline.loader import read_shards
 from selfsup.pipeline.pretext import (
-    ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
+    ColorizationSpec, DenoisingSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
+    SuperResolutionSpec,
 )
 from selfsup.pipeline.recipes import RECIPES, Recipe, build_recipe
 from selfsup.pipeline.segmentation_masks import colour_mask, dataset_segmentation, first_masks
@@ -177,6 +179,12 @@ def _panels(batch: dict, index: int, recipe: Recipe) -> list[tuple[Image.Image, 
         return [(_scaled(_pixels(batch["inpaint_input"][index], recipe), ROW), "input"),
                 (_scaled(_pixels(batch["inpaint_target"][index], recipe), ROW), "target"),
                 (_scaled(Image.fromarray(mask).convert("RGB"), ROW), "mask")]
+    if isinstance(pretext, SuperResolutionSpec):
+        return [(_scaled(_pixels(batch["sr_input"][index], recipe), ROW), f"input (x{pretext.scale_factor} down, up)"),
+                (_scaled(_pixels(batch["sr_target"][index], recipe), ROW), "target")]
+    if isinstance(pretext, DenoisingSpec):
+        return [(_scaled(_pixels(batch["denoise_input"][index], recipe), ROW), f"input ({pretext.corruption})"),
+                (_scaled(_pixels(batch["denoise_target"][index], recipe), ROW), "target")]
     raise TypeError(f"no preview for pretext {type(pretext).__name__}")
 
 

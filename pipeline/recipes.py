@@ -24,6 +24,8 @@ which the trainer's config reads `data.recipe` into:
 | mae, simmim, beit | masked image modeling | view_0 (B, 3, S, S), mask (B, N) bool |
 | colorization | Zhang et al. | lab_l (B, 1, S, S), ab_target (B, 2, S, S), ab_bins (B, S/4, S/4) |
 | inpainting | context encoders | inpaint_input, inpaint_target (B, 3, S, S), inpaint_mask (B, 1, S, S) |
+| super_resolution | SRGAN | sr_input (bicubic x4 down and up again), sr_target (B, 3, S, S) |
+| denoising | denoising autoencoders | denoise_input (corrupted), denoise_target (B, 3, S, S) |
 
 Defaults follow the SimCLR paper (Chen et al. 2020, appendix A): random resized crop with scale
 0.08-1 and aspect 3/4-4/3, horizontal flip, colour jitter (0.4, 0.4, 0.2, 0.1) applied with
@@ -40,8 +42,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from selfsup.pipeline.pretext import (
-    ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, PretextSpec, RelativeLocationSpec,
-    RotationSpec, pretext_problems,
+    ColorizationSpec, DenoisingSpec, InpaintingSpec, JigsawSpec, MaskSpec, PretextSpec, RelativeLocationSpec,
+    RotationSpec, SuperResolutionSpec, pretext_problems,
 )
 from selfsup.errors import RecipeError
 
@@ -327,6 +329,23 @@ def inpainting_recipe(image_size: int = 128, region: Literal["center", "random"]
     return validate_recipe(Recipe(name="inpainting", views=(view,), pretext=spec))
 
 
+def super_resolution_recipe(image_size: int = 96, scale_factor: int = 4, **view_options) -> Recipe:
+    """SRGAN (Ledig et al. 2017): a 96 px high-resolution crop + flip and its x4 bicubic downscale,
+    upscaled back for the network (SuperResolutionSpec)."""
+    view = _view("super_resolution", image_size, {**PLAIN_VIEW, "scale": (0.3, 1.0)}, view_options)
+    return validate_recipe(Recipe(name="super_resolution", views=(view,),
+                                  pretext=SuperResolutionSpec(scale_factor=scale_factor)))
+
+
+def denoising_recipe(image_size: int = 128, corruption: Literal["gaussian", "masking"] = "masking",
+                     noise_std: float = 0.2, drop_probability: float = 0.25, **view_options) -> Recipe:
+    """Denoising autoencoders (Vincent et al. 2008): crop + flip, then 25% of the pixels dropped
+    (masking noise) or Gaussian noise added (DenoisingSpec)."""
+    view = _view("denoising", image_size, {**PLAIN_VIEW, "scale": (0.3, 1.0)}, view_options)
+    spec = DenoisingSpec(corruption=corruption, noise_std=noise_std, drop_probability=drop_probability)
+    return validate_recipe(Recipe(name="denoising", views=(view,), pretext=spec))
+
+
 RECIPES = {
     "simclr": simclr_recipe,
     "two_views": two_views_recipe,
@@ -345,6 +364,8 @@ RECIPES = {
     "beit": beit_recipe,
     "colorization": colorization_recipe,
     "inpainting": inpainting_recipe,
+    "super_resolution": super_resolution_recipe,
+    "denoising": denoising_recipe,
 }
 
 
@@ -395,5 +416,5 @@ __all__ = [
     "recipe_options_type", "simclr_recipe", "two_views_recipe", "byol_recipe", "multicrop_recipe",
     "dino_recipe", "swav_recipe", "rotation_recipe", "jigsaw_recipe", "relative_location_recipe",
     "mae_recipe", "simmim_recipe", "beit_recipe", "colorization_recipe", "inpainting_recipe",
-    "validate_recipe",
+    "super_resolution_recipe", "denoising_recipe", "validate_recipe",
 ]

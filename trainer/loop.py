@@ -3,6 +3,8 @@
 `train(config, output_dir)` reads the converted dataset with the DALI loader (rebuilt each epoch
 so that every epoch's batches are a function of seed, epoch and rank), builds the method from
 the registry, and runs the loop: per-step lr / weight-decay schedules, gradient accumulation,
+the method's optimizers in its update order (one for most; an adversarial method's discriminator
+and generator in turn, each with its own grad scaler, on the same micro-batches),
 bf16 autocast on GPU (fp16 with a grad scaler on request), gradient clipping, frozen last layer
 epochs, DDP when the world is larger than one, TensorBoard, `losses.jsonl` and progress,
 checkpoints every `trainer.checkpoint_every` steps, at the end and when stopped (SIGTERM/SIGINT),
@@ -38,6 +40,7 @@ What a caller may pass besides the config (the cluster layer passes Ray's report
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -56,7 +59,7 @@ from selfsup.trainer.evaluate import online_knn
 from selfsup.trainer.model import backbone_options, build_model, seed_everything, to_channels_last
 from selfsup.trainer.preemption import StopRequest, handle_stop_signals
 from selfsup.trainer.resume import CHECKPOINT_FORMAT, RESUME_KEYS
-from selfsup.trainer.run import Run, build_run, check_resume_fits, optimizer_for
+from selfsup.trainer.run import Run, StepOptimizer, build_run, check_resume_fits, optimizer_for
 from selfsup.trainer.step import accumulate_gradients, apply_update
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "NonFiniteLossError", "StopRequest", "backbone_options",
@@ -97,18 +100,21 @@ class StepResult:
 
 
 def _set_schedules(run: Run, step: int) -> None:
-    for group in run.optimizer.param_groups:
-        # a method's fixed-lr parameters (SimSiam's predictor) keep the base learning rate
-        group["lr"] = run.base_lr if group.get("fixed_lr") else float(run.lr_schedule[step])
-        if group.get("apply_weight_decay", True):
-            group["weight_decay"] = float(run.wd_schedule[step])
+    for entry in run.optimizers:
+        for group in entry.optimizer.param_groups:
+            # a method's fixed-lr parameters (SimSiam's predictor) keep the base learning rate
+            lr = run.base_lr if group.get("fixed_lr") else float(run.lr_schedule[step])
+            group["lr"] = lr * entry.step.lr_multiplier
+            if group.get("apply_weight_decay", True):
+                group["weight_decay"] = float(run.wd_schedule[step])
 
 
-def _agreed_terms(terms: dict[str, torch.Tensor], stop_requested: bool,
+def _agreed_terms(terms: dict[str, torch.Tensor], loss_key: str, stop_requested: bool,
                   context: DistributedContext) -> tuple[dict[str, float], bool, bool]:
-    """(the terms on the host, any rank non-finite, any rank asked to stop): one transfer, one all-reduce."""
-    flags = torch.stack([(~torch.isfinite(terms["loss"])).float(),
-                         torch.tensor(float(stop_requested), device=terms["loss"].device)])
+    """(the terms on the host, any rank's `loss_key` non-finite, any rank asked to stop): one
+    transfer, one all-reduce."""
+    flags = torch.stack([(~torch.isfinite(terms[loss_key])).float(),
+                         torch.tensor(float(stop_requested), device=terms[loss_key].device)])
     if context.world_size > 1:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
     names = sorted(terms)
@@ -126,32 +132,64 @@ def _restore_buffers(model: torch.nn.Module, saved: list[torch.Tensor]) -> None:
             buffer.copy_(value)
 
 
+def _batch_sources(run: Run, batches: Batches) -> list[Callable[[], dict]]:
+    """Per optimizer step, where its micro-batches come from: the stream itself for a method with one
+    optimizer; for several, the step's `trainer.accumulate_steps` batches drawn once and replayed to
+    each optimizer step, so that the generator and the discriminator see the same images."""
+    if len(run.optimizers) == 1:
+        return [batches]
+    drawn = [batches() for _ in range(run.config.trainer.accumulate_steps)]
+    return [iter(drawn).__next__ for _ in run.optimizers]
+
+
+def _optimizer_step(run: Run, entry: StepOptimizer, step: int, next_batch: Callable[[], dict],
+                    stop: StopRequest) -> tuple[dict[str, float], bool, bool]:
+    """One optimizer's part of step `step`: every optimizer's gradients cleared (so that none carries
+    another step's into this one), its micro-batches forward (`forward(batch, step=name)` for a method
+    that declares its steps) and backward of its loss, then its update unless that loss is non-finite
+    on a rank. Returns (its terms on the host, non-finite, stop requested), agreed by every rank."""
+    trainer = run.config.trainer
+    for each in run.optimizers:
+        each.optimizer.zero_grad(set_to_none=True)
+    forward = functools.partial(run.forward, **entry.forward_arguments) if entry.forward_arguments else run.forward
+    terms = accumulate_gradients(forward, run.parallel_model, next_batch, trainer.accumulate_steps,
+                                 autocast_precision=trainer.precision, device=run.context.device,
+                                 scaler=entry.scaler, loss_key=entry.step.loss)
+    host_terms, nonfinite, stopping = _agreed_terms(terms, entry.step.loss, stop.requested, run.context)
+    if not nonfinite:
+        apply_update(entry.optimizer, entry.step.parameters, grad_clip=trainer.grad_clip,
+                     frozen=run.frozen if step < run.frozen_steps else (), scaler=entry.scaler)
+    return host_terms, nonfinite, stopping
+
+
 def train_step(run: Run, step: int, stop: StopRequest, batches: Batches) -> StepResult:
-    """Optimizer step `step` (0-based): the scheduled lr and weight decay, `trainer.accumulate_steps`
-    micro-batches forward and backward, then the update, or, on a non-finite loss on any rank,
-    NonFiniteLossError (naming the step and terms) or, with `trainer.skip_nonfinite`, no update and
-    the model's buffers as they were; then the method's end-of-step update."""
+    """Optimizer step `step` (0-based): the scheduled lr and weight decay, then for each of the
+    method's optimizers in its update order (one for most methods) `trainer.accumulate_steps`
+    micro-batches forward and backward and its update, or, on a non-finite loss on any rank,
+    NonFiniteLossError (naming the step and terms) or, with `trainer.skip_nonfinite`, no update (nor
+    any by the optimizers after it) and the model's buffers as they were before it; then the
+    method's end-of-step update."""
     trainer = run.config.trainer
     _set_schedules(run, step)
-    buffers = _snapshot_buffers(run.model) if trainer.skip_nonfinite else None
-    run.optimizer.zero_grad(set_to_none=True)
     batches.waited = 0.0
-    terms = accumulate_gradients(run.forward, run.parallel_model, batches, trainer.accumulate_steps,
-                                 autocast_precision=trainer.precision, device=run.context.device, scaler=run.scaler)
-    host_terms, nonfinite, stopping = _agreed_terms(terms, stop.requested, run.context)
-    if nonfinite and not trainer.skip_nonfinite:
-        last_good = latest_checkpoint(run.checkpoints)
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step + 1}: "
-            + ", ".join(f"{name}={value:.6g}" for name, value in host_terms.items())
-            + f"; the last good checkpoint ({last_good or 'none yet'}) is intact. Lower optim.lr, "
-            "set trainer.grad_clip, or set trainer.skip_nonfinite=true to skip such steps")
-    if nonfinite:
-        run.optimizer.zero_grad(set_to_none=True)
-        _restore_buffers(run.model, buffers)
-    else:
-        apply_update(run.optimizer, run.model.parameters(), grad_clip=trainer.grad_clip,
-                     frozen=run.frozen if step < run.frozen_steps else (), scaler=run.scaler)
+    host_terms: dict[str, float] = {}
+    nonfinite = stopping = False
+    for entry, next_batch in zip(run.optimizers, _batch_sources(run, batches)):
+        buffers = _snapshot_buffers(run.model) if trainer.skip_nonfinite else None
+        terms, nonfinite, stop_asked = _optimizer_step(run, entry, step, next_batch, stop)
+        host_terms.update(terms)
+        stopping = stopping or stop_asked
+        if nonfinite and not trainer.skip_nonfinite:
+            last_good = latest_checkpoint(run.checkpoints)
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step + 1}: "
+                + ", ".join(f"{name}={value:.6g}" for name, value in host_terms.items())
+                + f"; the last good checkpoint ({last_good or 'none yet'}) is intact. Lower optim.lr, "
+                "set trainer.grad_clip, or set trainer.skip_nonfinite=true to skip such steps")
+        if nonfinite:
+            entry.optimizer.zero_grad(set_to_none=True)
+            _restore_buffers(run.model, buffers)
+            break
     run.model.on_step_end(step, run.total_steps)
     return StepResult(host_terms, nonfinite, stopping, batches.waited)
 

@@ -1,15 +1,20 @@
 """The built pieces of one training run, made by `build_run`: what `trainer.loop.train` steps.
 
 `build_run(config, output_dir, context)` turns a config into a `Run`: the method (prepared for
-the device, DDP-wrapped and optionally compiled for the forward), its optimizer and grad scaler,
-the per-step learning-rate and weight-decay schedules, the frozen last layer, the data stream,
+the device, DDP-wrapped and optionally compiled for the forward), its optimizers and grad scalers
+(one per optimizer step the method declares, `StepOptimizer`; one for most methods), the per-step
+learning-rate and weight-decay schedules, the frozen last layer, the data stream,
 the view recipe, the step counts, and rank 0's loggers; a checkpoint the run continues from
 (its own latest, or `trainer.resume`) is put back into all of them. The order of the building is
 part of exact resume: the random generators are restored last, so nothing drawn while building
 shifts the first step's numbers.
 
-The method is used through its protocol (`methods/protocol.py`): `fixed_lr_parameters()` for
-the optimizer, `last_layer_parameters()` for the frozen last layer, `on_step_end` after each step.
+The method is used through its protocol (`methods/protocol.py`): `optimizer_steps()` for which
+optimizers over which parameters, `fixed_lr_parameters()` for their groups,
+`last_layer_parameters()` for the frozen last layer, `on_step_end` after each step. A method with
+several optimizer steps (an adversarial one) is wrapped by DDP with `find_unused_parameters`: each
+step's forward reaches only the parameters that step's loss needs (the discriminator's step leaves
+the generator out), and DDP has to be told which ones it will not see gradients for.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Callable
 import torch
 import yaml
 
+from selfsup.methods.protocol import OptimizerStep
 from selfsup.pipeline.dataset import DatasetInfo, load_dataset_info
 from selfsup.pipeline.loader import build_train_loader, default_threads
 from selfsup.pipeline.node_staging import NodeStaging
@@ -33,7 +39,7 @@ from selfsup.trainer.distributed import DistributedContext, barrier, wrap_model
 from selfsup.trainer.model import (
     build_model, check_labels, prepare_model, recipe_for, seed_everything, size_memory_bank,
 )
-from selfsup.trainer.optimizers import build_optimizer, scale_learning_rate
+from selfsup.trainer.optimizers import DEFAULT_STEP, build_optimizer, resolved_optimizer_steps, scale_learning_rate
 from selfsup.trainer.progress import LossLog, RunLogger
 from selfsup.trainer.resume import (
     checkpoint_state, gather_rank_states, load_resume_state, rank_entry, restore_training_state, saved_loss_terms,
@@ -42,14 +48,51 @@ from selfsup.trainer.schedules import cosine_schedule
 from selfsup.trainer.step import grad_scaler_for
 
 
-def optimizer_for(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of `config.optim` over `model`'s parameter groups (a method's fixed-lr ones apart)."""
+def optimizer_for(config: Config, model: torch.nn.Module, step: OptimizerStep | None = None) -> torch.optim.Optimizer:
+    """The optimizer of `config.optim` over the parameter groups of `step`'s parameters (all of
+    `model`'s when None), a method's fixed-lr ones apart."""
+    parameters = None if step is None else step.parameters
+    chosen = None if parameters is None else {id(parameter) for parameter in parameters}
+    fixed = [p for p in model.fixed_lr_parameters() if chosen is None or id(p) in chosen]
     return build_optimizer(
         config.optim.name, model, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
         momentum=config.optim.momentum, betas=config.optim.betas,
         exclude_bias_and_norm=config.optim.exclude_bias_and_norm,
-        fixed_lr_parameters=model.fixed_lr_parameters(),
+        fixed_lr_parameters=fixed, parameters=parameters,
     )
+
+
+@dataclass
+class StepOptimizer:
+    """One optimizer step of the method: what it updates and minimises (`OptimizerStep`), its
+    optimizer, its fp16 grad scaler (None otherwise), and the keyword arguments of its forward
+    (`{"step": name}` for a method that declares its steps, `{}` for the default one)."""
+
+    step: OptimizerStep
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    forward_arguments: dict
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+
+def step_optimizers(config: Config, model: torch.nn.Module, device: torch.device | None) -> list[StepOptimizer]:
+    """One `StepOptimizer` per optimizer step of `model`, in update order; grad scalers on `device`
+    (None: no scalers, for checking a checkpoint)."""
+    steps = resolved_optimizer_steps(model)
+    declared = steps[0].name != DEFAULT_STEP
+    return [StepOptimizer(step, optimizer_for(config, model, step),
+                          None if device is None else grad_scaler_for(config.trainer.precision, device),
+                          {"step": step.name} if declared else {})
+            for step in steps]
+
+
+def by_name(optimizers: list[StepOptimizer]) -> tuple[dict, dict]:
+    """({step name: optimizer}, {step name: grad scaler or None}), in update order."""
+    return ({entry.name: entry.optimizer for entry in optimizers},
+            {entry.name: entry.scaler for entry in optimizers})
 
 
 def check_resume_fits(config: Config, output_dir: str | Path) -> None:
@@ -63,7 +106,8 @@ def check_resume_fits(config: Config, output_dir: str | Path) -> None:
     resume = load_resume_state(Path(output_dir) / "checkpoints", config.trainer.resume, config)
     if resume.state is not None:
         model = build_model(config)
-        restore_training_state(resume.state, resume.path, model, optimizer_for(config, model), scaler=None)
+        optimizers, _ = by_name(step_optimizers(config, model, device=None))
+        restore_training_state(resume.state, resume.path, model, optimizers)
 
 
 def schedules(config: Config, total_steps: int, steps_per_epoch: int, global_batch: int):
@@ -93,8 +137,7 @@ class Run:
     model: torch.nn.Module  # the method itself: state, buffers, backbone
     parallel_model: torch.nn.Module  # DDP around it when the world is larger than one
     forward: Callable  # the parallel model, compiled with trainer.compile
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
+    optimizers: list[StepOptimizer]  # in update order; one unless the method declares several steps
     data: DataStream
     lr_schedule: torch.Tensor
     wd_schedule: torch.Tensor
@@ -122,8 +165,9 @@ class Run:
         ranks = gather_rank_states(self.data.state(), self.context)
         path = None
         if self.context.is_main:
-            state = checkpoint_state(step, self.epoch_of(step), self.config, self.model, self.optimizer,
-                                     self.scaler, ranks, loss_terms=loss_terms)
+            optimizers, scalers = by_name(self.optimizers)
+            state = checkpoint_state(step, self.epoch_of(step), self.config, self.model, optimizers, scalers,
+                                     ranks, loss_terms=loss_terms)
             path = save_checkpoint(self.checkpoints, step, state, keep_last=self.config.trainer.keep_checkpoints)
         self.loss_log.flush()
         barrier(self.context)
@@ -169,13 +213,12 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
     recipe = recipe_for(config)
     model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
                           channels_last=trainer.channels_last, world_size=context.world_size, device=context.device)
-    optimizer = optimizer_for(config, model)
-    scaler = grad_scaler_for(trainer.precision, context.device)
+    optimizers = step_optimizers(config, model, context.device)
     resume = load_resume_state(checkpoints, trainer.resume, config)
     state, state_path = resume.state, resume.path
     rng, position = None, {"epoch": 0, "batches": 0, "dali": None}
     if state is not None:
-        restore_training_state(state, state_path, model, optimizer, scaler)
+        restore_training_state(state, state_path, model, *by_name(optimizers))
         rng, position = rank_entry(state, context, batches_per_epoch(dataset.split("train").count, config,
                                                                      context.world_size))
     start_step = int(state["step"]) if state is not None else 0
@@ -186,7 +229,7 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
         global_batch = config.data.batch_size * context.world_size * trainer.accumulate_steps
         lr_schedule, wd_schedule, base_lr = schedules(config, total_steps, steps_per_epoch, global_batch)
         frozen = list(model.last_layer_parameters())
-        parallel_model = wrap_model(model, context)
+        parallel_model = wrap_model(model, context, find_unused_parameters=len(optimizers) > 1)
         forward = torch.compile(parallel_model) if trainer.compile else parallel_model
         if rng is not None:
             restore_rng_state(rng)  # last: nothing after this draws from the generators before the first step
@@ -205,7 +248,7 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
         logger.hyperparameters(config_dict)
     return Run(
         config=config, context=context, checkpoints=checkpoints, recipe=recipe, model=model,
-        parallel_model=parallel_model, forward=forward, optimizer=optimizer, scaler=scaler,
+        parallel_model=parallel_model, forward=forward, optimizers=optimizers,
         data=data, lr_schedule=lr_schedule, wd_schedule=wd_schedule, base_lr=base_lr, frozen=frozen,
         frozen_steps=round(trainer.freeze_last_layer_epochs * steps_per_epoch), start_step=start_step,
         total_steps=total_steps, steps_per_epoch=steps_per_epoch, epochs=math.ceil(total_steps / steps_per_epoch),

@@ -10,6 +10,8 @@ clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV)
 masked       patchify, unpatchify, mae_loss (MAE), simmim_loss, normalize_locally (SimMIM)
 pretext      classification_loss (rotation, jigsaw, relative location), colorization_loss,
              rebalancing_weights (colorization), inpainting_loss (context encoder)
+generative   discriminator_loss, generator_adversarial_loss (GANs: context encoder, SRGAN),
+             pixel_loss, content_loss (SRGAN), denoising_loss (denoising autoencoder)
 """
 
 from selfsup.methods.losses.bootstrap import (
@@ -23,6 +25,13 @@ from selfsup.methods.losses.bootstrap import (
 )
 from selfsup.methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
 from selfsup.methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, npid_nce_loss, nt_xent
+from selfsup.methods.losses.generative import (
+    content_loss,
+    denoising_loss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    pixel_loss,
+)
 from selfsup.methods.losses.masked import mae_loss, normalize_locally, patchify, simmim_loss, unpatchify
 from selfsup.methods.losses.pretext import (
     classification_loss,
@@ -36,6 +45,10 @@ __all__ = [
     "barlow_twins",
     "classification_loss",
     "colorization_loss",
+    "content_loss",
+    "denoising_loss",
+    "discriminator_loss",
+    "generator_adversarial_loss",
     "dino_loss",
     "dino_sinkhorn_loss",
     "dino_sinkhorn_targets",
@@ -51,6 +64,7 @@ __all__ = [
     "npid_nce_loss",
     "nt_xent",
     "patchify",
+    "pixel_loss",
     "rebalancing_weights",
     "simmim_loss",
     "normalize_locally",

@@ -2,7 +2,9 @@
 method protocol (`methods.protocol.Method`: the members, defined by the method's own class, and
 what the hooks return), train a few steps on a fixed batch from its own recipe (real DALI CPU
 graph over real shards), check the loss falls and the method's state (teachers, queues, centers,
-prototypes, memory banks) is in `state_dict`."""
+prototypes, memory banks) is in `state_dict`. Adversarial methods (and inpainting's adversarial
+option, the case "inpainting+adversarial") train with one optimizer per declared step, in their
+update order, as the trainer does."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from selfsup.methods.protocol import Method
+from selfsup.methods.protocol import Method, OptimizerStep
 from selfsup.methods.registry import METHODS, method_entry
 from selfsup.pipeline.dataset import load_dataset_info
 from selfsup.pipeline.loader import build_train_loader
 from selfsup.trainer.config import load_config
 from selfsup.trainer.model import build_model, recipe_for
+from selfsup.trainer.optimizers import resolved_optimizer_steps
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BATCH = 8
@@ -60,10 +63,26 @@ OVERRIDES: dict[str, list[str]] = {
     "relative_location": RESNET + ["data.image_size=33", "method.head_hidden_dim=64"],
     "colorization": RESNET + ["method.head_hidden_dim=32"],
     "inpainting": RESNET + ["method.decoder_width=32"],
+    "super_resolution": RESNET + ["method.decoder_width=32", "method.discriminator_width=8"],
+    "denoising_autoencoder": RESNET + ["method.decoder_width=32"],
     "npid": RESNET + ["method.projection_dim=32", "method.num_negatives=16",
                       f"method.memory_bank_size={TRAIN_SAMPLES}"],
     "supervised": RESNET + ["method.num_classes=10"],  # the demo shards' 10 shape classes
 }
+
+# Variants of a method trained as their own cases: (method, overrides).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "inpainting+adversarial": ("inpainting", OVERRIDES["inpainting"] + ["method.adversarial_weight=0.001",
+                                                                        "method.discriminator_width=8"]),
+}
+CASES = sorted(METHODS) + sorted(VARIANTS)
+
+
+def case_config(case: str):
+    """The config of a registry test case: a method's shipped config with its small overrides."""
+    name, overrides = VARIANTS.get(case, (case, OVERRIDES.get(case, RESNET)))
+    return name, load_config(CONFIGS / f"{name}.yaml", overrides)
+
 
 # State that must travel in checkpoints (prefixes of state_dict keys), per method.
 STATE: dict[str, list[str]] = {
@@ -80,12 +99,16 @@ STATE: dict[str, list[str]] = {
     "simmim": ["backbone.mask_token", "decoder."],
     "colorization": ["bin_counts", "backbone.net.conv1.", "head."],
     "inpainting": ["decoder."],
+    "inpainting+adversarial": ["decoder.", "discriminator."],
+    "super_resolution": ["decoder.", "discriminator."],
+    "denoising_autoencoder": ["decoder."],
 }
 
 STEPS = 8
 LR = 0.05
 # Smaller steps where SGD at 0.05 overshoots on one fixed batch (BN + a 4-way head; a decoder).
-METHOD_LR = {"rotation": 0.01, "inpainting": 0.01}
+METHOD_LR = {"rotation": 0.01, "inpainting": 0.01, "inpainting+adversarial": 0.01, "super_resolution": 0.01,
+             "denoising_autoencoder": 0.01}
 # Methods whose loss only starts after a first phase: (steps of that phase, then STEPS more).
 # DeepCluster-v2's first epoch (TRAIN_SAMPLES / BATCH steps) fills the bank; k-means follows.
 WARMUP = {"deepcluster_v2": TRAIN_SAMPLES // BATCH}
@@ -96,7 +119,9 @@ NEEDS_KEYS = {"mae": ["mask"], "simmim": ["mask"], "rotation": ["rotation_label"
               "relative_location": ["patch_a", "patch_b", "relative_label"],
               "colorization": ["lab_l", "ab_bins"],
               "inpainting": ["inpaint_input", "inpaint_target", "inpaint_mask"],
-              "supervised": ["view_0", "view_1", "label"]}
+              "supervised": ["view_0", "view_1", "label"],
+              "super_resolution": ["sr_input", "sr_target"],
+              "denoising_autoencoder": ["denoise_input", "denoise_target"]}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -128,11 +153,15 @@ def test_unknown_method_lists_known_ones():
 
 
 # The protocol's members besides `backbone`, each defined by the method's own class (no base class).
-HOOKS = ("forward", "on_step_end", "teacher_backbone", "fixed_lr_parameters", "last_layer_parameters")
+HOOKS = ("forward", "on_step_end", "teacher_backbone", "fixed_lr_parameters", "last_layer_parameters",
+         "optimizer_steps")
 # What the hooks name, per method: a momentum teacher, fixed-lr parameters, a frozen-at-first last layer.
 TEACHERS = {"moco_v2", "moco_v3", "byol", "dino"}
 FIXED_LR = {"simsiam"}
 LAST_LAYER = {"dino", "swav"}
+# Cases trained by a discriminator's and a generator's optimizer in turn; every other returns [] (one
+# default optimizer over every trainable parameter, minimising "loss").
+ADVERSARIAL = {"super_resolution", "inpainting+adversarial"}
 
 
 def test_a_module_without_the_hooks_is_not_a_method():
@@ -141,10 +170,11 @@ def test_a_module_without_the_hooks_is_not_a_method():
     assert not isinstance(plain, Method)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_satisfies_the_method_protocol(name):
+@pytest.mark.parametrize("case", CASES)
+def test_every_method_satisfies_the_method_protocol(case):
     torch.manual_seed(0)
-    model = build_model(load_config(CONFIGS / f"{name}.yaml", OVERRIDES[name]))
+    name, config = case_config(case)
+    model = build_model(config)
     assert isinstance(model, Method)
     assert [hook for hook in HOOKS if hook not in vars(type(model))] == []
     assert model.backbone.kind in ("resnet", "vit")
@@ -164,17 +194,38 @@ def test_every_method_satisfies_the_method_protocol(name):
         assert all(isinstance(p, nn.Parameter) and id(p) in own for p in parameters), hook
     assert model.on_step_end(0, 10) is None
 
+    steps = model.optimizer_steps()
+    assert isinstance(steps, list) and bool(steps) == (case in ADVERSARIAL)
+    if steps:  # discriminator first, then the generator with the backbone; together every trainable parameter once
+        assert [(step.name, step.loss) for step in steps] == [("discriminator", "discriminator_loss"),
+                                                               ("generator", "loss")]
+        assert all(isinstance(step, OptimizerStep) for step in steps)
+        generator = {id(p) for p in steps[1].parameters}
+        assert {id(p) for p in model.backbone.parameters()} <= generator
+        assert not generator & {id(p) for p in steps[0].parameters}
+        assert resolved_optimizer_steps(model) == steps  # the trainer's check that they split the parameters
+
 
 def test_every_method_has_a_config_and_test_overrides():
+    assert all(name in METHODS for name, _ in VARIANTS.values())
     for name in METHODS:
         assert (CONFIGS / f"{name}.yaml").is_file(), f"configs/{name}.yaml is missing"
         assert name in OVERRIDES, f"add small overrides for {name} to OVERRIDES"
         assert load_config(CONFIGS / f"{name}.yaml").method.name == name
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_trains_on_its_recipe(name, demo_shards):
-    config = load_config(CONFIGS / f"{name}.yaml", OVERRIDES.get(name, RESNET))
+def optimizers_for(model: nn.Module, lr: float) -> list[tuple[dict, str, torch.optim.Optimizer]]:
+    """(forward arguments, loss key, SGD) per optimizer step of `model`, as the trainer steps them."""
+    steps = model.optimizer_steps()
+    if not steps:
+        return [({}, "loss", torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9))]
+    return [({"step": step.name}, step.loss, torch.optim.SGD(step.parameters, lr=lr * step.lr_multiplier, momentum=0.9))
+            for step in steps]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_method_trains_on_its_recipe(case, demo_shards):
+    name, config = case_config(case)
     entry = method_entry(name)
     recipe = recipe_for(config)
     batch = first_batch(demo_shards, recipe)
@@ -186,24 +237,25 @@ def test_every_method_trains_on_its_recipe(name, demo_shards):
     torch.manual_seed(0)
     model = build_model(config)
     model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
-                                lr=METHOD_LR.get(name, LR), momentum=0.9)
-    losses = []
-    warmup = WARMUP.get(name, 0)
+    optimizers = optimizers_for(model, METHOD_LR.get(case, LR))
+    losses, other_losses = [], []
+    warmup = WARMUP.get(case, 0)
     total = warmup + STEPS
     for step in range(total):
-        outputs = model(batch)
-        assert "loss" in outputs and outputs["loss"].ndim == 0
-        assert torch.isfinite(outputs["loss"]), f"{name}: non-finite loss at step {step}"
-        assert all(not value.requires_grad for key, value in outputs.items() if key != "loss")
-        optimizer.zero_grad()
-        outputs["loss"].backward()
-        optimizer.step()
+        for arguments, loss_key, optimizer in optimizers:
+            outputs = model(batch, **arguments)
+            assert loss_key in outputs and outputs[loss_key].ndim == 0
+            assert torch.isfinite(outputs[loss_key]), f"{case}: non-finite {loss_key} at step {step}"
+            assert all(not value.requires_grad for key, value in outputs.items() if key != loss_key)
+            optimizer.zero_grad()
+            outputs[loss_key].backward()
+            optimizer.step()
+            (losses if loss_key == "loss" else other_losses).append(float(outputs[loss_key].detach()))
         model.on_step_end(step, total)
-        losses.append(float(outputs["loss"].detach()))
     losses = losses[warmup:]
-    assert min(losses[-3:]) < losses[0], f"{name}: loss did not fall on a fixed batch: {losses}"
+    assert min(losses[-3:]) < losses[0], f"{case}: loss did not fall on a fixed batch: {losses}"
+    assert len(other_losses) == (total if case in ADVERSARIAL else 0)
     state = model.state_dict()
     assert any(key.startswith("backbone.") for key in state)
-    for prefix in STATE.get(name, []):
-        assert any(key.startswith(prefix) for key in state), f"{name}: {prefix!r} not in state_dict"
+    for prefix in STATE.get(case, []):
+        assert any(key.startswith(prefix) for key in state), f"{case}: {prefix!r} not in state_dict"

@@ -30,7 +30,8 @@ SMALL = {  # name -> (image_size, options) small enough for a quick CPU run
     "swav": (32, {"local_size": 16, "local_crops": 2}),
     "rotation": (24, {}), "jigsaw": (48, {}), "relative_location": (48, {}),
     "mae": (32, {"patch_size": 8}), "simmim": (32, {"patch_size": 8}), "beit": (32, {"patch_size": 8}),
-    "colorization": (32, {}), "inpainting": (32, {}),
+    "colorization": (32, {}), "inpainting": (32, {}), "super_resolution": (32, {}),
+    "denoising": (32, {"corruption": "gaussian"}),
 }
 
 
@@ -52,6 +53,10 @@ def expected_shapes(name: str, size: int, options: dict) -> dict[str, tuple]:
         return {"view_0": (B, 3, size, size), "mask": (B, (size // options["patch_size"]) ** 2)}
     if name == "colorization":
         return {"lab_l": (B, 1, size, size), "ab_target": (B, 2, size, size), "ab_bins": (B, size // 4, size // 4)}
+    if name == "super_resolution":
+        return {"sr_input": (B, 3, size, size), "sr_target": (B, 3, size, size)}
+    if name == "denoising":
+        return {"denoise_input": (B, 3, size, size), "denoise_target": (B, 3, size, size)}
     return {"inpaint_input": (B, 3, size, size), "inpaint_target": (B, 3, size, size),
             "inpaint_mask": (B, 1, size, size)}
 
@@ -111,6 +116,11 @@ def test_multicrop_groups_globals_first_with_dino_augmentation():
     ("beit", 32, {"mask_kind": "blocks"}, r"kind='blocks' must be one of"),
     ("colorization", 30, {}, r"bin_downsample=4 must divide image_size=30"),
     ("inpainting", 32, {"region": "corner"}, r"region='corner' must be one of"),
+    ("super_resolution", 30, {}, r"scale_factor=4 must be an integer >= 2 that divides image_size=30"),
+    ("super_resolution", 32, {"scale_factor": 1}, r"scale_factor=1 must be an integer >= 2"),
+    ("denoising", 32, {"corruption": "blur"}, r"corruption='blur' must be one of \('gaussian', 'masking'\)"),
+    ("denoising", 32, {"drop_probability": 1.0}, r"drop_probability=1.0 must be in \(0, 1\)"),
+    ("denoising", 32, {"noise_std": 0.0}, r"noise_std=0.0 must be > 0"),
     ("two_views", 32, {"view_0": {"blurr": 0.1}}, r"unknown view option\(s\) \['blurr'\]"),
     ("byol", 32, {"blur_probability": 2.0}, r"blur_probability=2.0 must be a probability"),
     ("dino", 32, {"scale": (0.2, 1.0)}, r"unknown option\(s\) \['scale'\]; valid options: .*'global_scale'"),
