@@ -94,6 +94,8 @@ PER_METHOD: dict[str, list[str]] = {
     # AdamW 2e-3 collapses MoCo v2's BatchNorm-free head (the loss climbs back to ln(K + 1))
     "moco_v2": ["method.projection_hidden_dim=512", "method.queue_size=256",
                 "method.momentum=0.99", "method.final_momentum=0.99", "optim.lr=5.0e-4"],
+    # MoCo v1 as MoCo v2 here (a queue shorter than the data, momentum 0.99, AdamW 5e-4)
+    "moco_v1": ["method.queue_size=256", "method.momentum=0.99", "optim.lr=5.0e-4"],
     # the momentum encoder averages over ~100 steps: at AdamW 2e-3 the student changes faster than
     # that average can follow (21.3% vs 23.3% random at 40 epochs); at 5e-4, as MoCo v2, 29.6%
     "moco_v3": ["method.projection_hidden_dim=512", "method.prediction_hidden_dim=512",
@@ -130,6 +132,10 @@ PER_METHOD: dict[str, list[str]] = {
     # student outruns them (22.1% vs 23.3% random at 40 epochs); 5e-4 as SwAV and the MoCos
     "deepcluster_v2": ["method.projection_hidden_dim=512", "method.num_prototypes=50",
                        f"method.memory_bank_size={TRAIN_SAMPLES}", "optim.lr=5.0e-4"],
+    # 10 clusters per class as the paper's 10,000 for ImageNet's 1,000 classes; ODC's minimum cluster
+    # size scaled from 20 of ~128 samples per cluster to ~10 here
+    "deepcluster": ["method.num_clusters=100", f"method.memory_bank_size={TRAIN_SAMPLES}"],
+    "odc": ["method.num_clusters=100", "method.min_cluster_size=3", f"method.memory_bank_size={TRAIN_SAMPLES}"],
     # the exact softmax over the whole 960-row bank (the paper's Eq. 2, which NCE approximates
     # for large n): NCE fixes Z from the first batch, when the bank is still random, and with 960
     # rows the bank fills with (similar) features within 15 steps, so exp(s/tau)/Z explodes (loss

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from selfsup.methods import (
-    barlow_twins, byol, colorization, deepcluster_v2, denoising_autoencoder, dino, inpainting, jigsaw, mae,
-    moco_v2, moco_v3, nnclr, npid, relative_location, rotation, simclr, simmim, simsiam, super_resolution,
-    supervised, swav, vicreg,
+    barlow_twins, byol, colorization, deepcluster, deepcluster_v2, denoising_autoencoder, dino, inpainting,
+    jigsaw, mae, moco_v1, moco_v2, moco_v3, nnclr, npid, odc, relative_location, rotation, simclr, simmim, simsiam,
+    super_resolution, supervised, swav, vicreg,
 )
 from selfsup.methods.protocol import Method
 
@@ -32,6 +32,9 @@ METHODS: dict[str, MethodEntry] = {
     # contrastive
     "simclr": MethodEntry(simclr.SimCLROptions, simclr.build_simclr, "simclr",
                           "contrastive: two views, NT-Xent over the global batch (Chen et al. 2020)"),
+    "moco_v1": MethodEntry(moco_v1.MoCoV1Options, moco_v1.build_moco_v1, "simclr",
+                           "contrastive: momentum key encoder, linear head, InfoNCE (tau 0.07) against a "
+                           "queue of 65536 keys, shuffling BN (He et al. 2020)"),
     "moco_v2": MethodEntry(moco_v2.MoCoV2Options, moco_v2.build_moco_v2, "simclr",
                            "contrastive: momentum key encoder, InfoNCE against a queue of 65536 keys "
                            "(He et al. 2020; Chen et al. 2020)"),
@@ -66,6 +69,12 @@ METHODS: dict[str, MethodEntry] = {
                                   deepcluster_v2.build_deepcluster_v2, "swav",
                                   "clustering: k-means on a memory bank every epoch, crops classify "
                                   "their image's cluster (Caron et al. 2020)"),
+    "deepcluster": MethodEntry(deepcluster.DeepClusterOptions, deepcluster.build_deepcluster,
+                               "deepcluster", "clustering: k-means of PCA-whitened features every epoch, "
+                               "a re-initialized classifier learns the pseudo-labels (Caron et al. 2018)"),
+    "odc": MethodEntry(odc.ODCOptions, odc.build_odc, "deepcluster",
+                       "clustering: pseudo-labels and centroids updated online from a memory bank, "
+                       "small clusters split and merged (Zhan et al. 2020)"),
     "npid": MethodEntry(npid.NPIDOptions, npid.build_npid, "simclr",
                         "instance discrimination: memory bank of per-image features, NCE or "
                         "softmax over the bank (Wu et al. 2018)"),

@@ -16,6 +16,7 @@ which the trainer's config reads `data.recipe` into:
 |---|---|---|
 | simclr, two_views | SimCLR, MoCo, NNCLR, SimSiam | view_0, view_1 (B, 3, S, S) |
 | supervised | cross-entropy on the class labels | SimCLR's view_0, view_1 (B, 3, S, S), label (B,) |
+| deepcluster | DeepCluster, ODC: one view | view_0 (B, 3, S, S) |
 | byol, barlow_twins, vicreg | BYOL-style asymmetric pair | view_0, view_1 (B, 3, S, S) |
 | dino, swav, multicrop | multi-crop | view_0, view_1 (B, 3, S, S) globals, view_2.. (B, 3, s, s) locals |
 | rotation | RotNet | view_0 (B, 4, 3, S, S) or (B, 3, S, S), rotation_label (B, 4) or (B,) |
@@ -171,6 +172,14 @@ def simclr_recipe(image_size: int = 224, solarize_probability: float = 0.0, **vi
     """SimCLR's two identically distributed views (Chen et al. 2020)."""
     view = _view("simclr", image_size, {"solarize_probability": solarize_probability}, view_options)
     return validate_recipe(Recipe(name="simclr", views=(view, view)))
+
+
+def deepcluster_recipe(image_size: int = 224, **view_options) -> Recipe:
+    """One view (DeepCluster, ODC as OpenSelfSup trains them; Caron et al. 2018, Zhan et al. 2020):
+    crop 0.08-1, flip, colour jitter (0.4, 0.4, 0.9, 0.5) on every image, grayscale p=0.2, no blur."""
+    defaults = {"jitter_probability": 1.0, "saturation": 0.9, "hue": 0.5, "blur_probability": 0.0}
+    view = _view("deepcluster", image_size, defaults, view_options)
+    return validate_recipe(Recipe(name="deepcluster", views=(view,)))
 
 
 def _pair(name: str, image_size: int, defaults: tuple[dict, dict], view_0: dict | None,
@@ -356,6 +365,7 @@ RECIPES = {
     "multicrop": multicrop_recipe,
     "dino": dino_recipe,
     "swav": swav_recipe,
+    "deepcluster": deepcluster_recipe,
     "rotation": rotation_recipe,
     "jigsaw": jigsaw_recipe,
     "relative_location": relative_location_recipe,
@@ -416,5 +426,5 @@ __all__ = [
     "recipe_options_type", "simclr_recipe", "two_views_recipe", "byol_recipe", "multicrop_recipe",
     "dino_recipe", "swav_recipe", "rotation_recipe", "jigsaw_recipe", "relative_location_recipe",
     "mae_recipe", "simmim_recipe", "beit_recipe", "colorization_recipe", "inpainting_recipe",
-    "super_resolution_recipe", "denoising_recipe", "validate_recipe",
+    "super_resolution_recipe", "denoising_recipe", "deepcluster_recipe", "validate_recipe",
 ]

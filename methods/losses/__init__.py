@@ -6,7 +6,8 @@ bootstrap    negative_cosine (BYOL, SimSiam), dino_loss, dino_update_center,
              dino_sinkhorn_loss (DINOv2's Sinkhorn-Knopp centering), and their parts
              dino_targets, dino_sinkhorn_targets, distillation_cross_entropy
 redundancy   barlow_twins, vicreg, vicreg_terms
-clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV)
+clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV), cluster_size_weights,
+             weighted_cluster_cross_entropy (DeepCluster, ODC)
 masked       patchify, unpatchify, mae_loss (MAE), simmim_loss, normalize_locally (SimMIM)
 pretext      classification_loss (rotation, jigsaw, relative location), colorization_loss,
              rebalancing_weights (colorization), inpainting_loss (context encoder)
@@ -23,7 +24,13 @@ from selfsup.methods.losses.bootstrap import (
     distillation_cross_entropy,
     negative_cosine,
 )
-from selfsup.methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
+from selfsup.methods.losses.clustering import (
+    cluster_size_weights,
+    sinkhorn_knopp,
+    swav_loss,
+    swav_swapped_prediction,
+    weighted_cluster_cross_entropy,
+)
 from selfsup.methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, npid_nce_loss, nt_xent
 from selfsup.methods.losses.generative import (
     content_loss,
@@ -44,6 +51,7 @@ from selfsup.methods.losses.redundancy import barlow_twins, vicreg, vicreg_terms
 __all__ = [
     "barlow_twins",
     "classification_loss",
+    "cluster_size_weights",
     "colorization_loss",
     "content_loss",
     "denoising_loss",
@@ -74,4 +82,5 @@ __all__ = [
     "unpatchify",
     "vicreg",
     "vicreg_terms",
+    "weighted_cluster_cross_entropy",
 ]

@@ -34,6 +34,7 @@ OVERRIDES: dict[str, list[str]] = {
     "simclr": RESNET + ["method.projection_hidden_dim=64", "method.projection_dim=32"],
     "moco_v2": RESNET + ["method.projection_hidden_dim=64", "method.projection_dim=32",
                          "method.queue_size=4096"],
+    "moco_v1": RESNET + ["method.projection_dim=32", "method.queue_size=4096"],
     "moco_v3": VIT + ["method.projection_hidden_dim=64", "method.projection_dim=32",
                       "method.prediction_hidden_dim=64"],
     "nnclr": RESNET + ["method.projection_hidden_dim=64", "method.projection_dim=32",
@@ -54,6 +55,11 @@ OVERRIDES: dict[str, list[str]] = {
                                 "method.num_prototypes=4", "method.num_heads=2",
                                 f"method.memory_bank_size={TRAIN_SAMPLES}",
                                 "data.recipe.local_crops=2", "data.recipe.local_size=16"],
+    "deepcluster": RESNET + ["method.num_clusters=4", "method.pca_dim=16",
+                             f"method.memory_bank_size={TRAIN_SAMPLES}"],
+    "odc": RESNET + ["method.neck_hidden_dim=64", "method.embedding_dim=32", "method.num_clusters=4",
+                     "method.min_cluster_size=2", "method.centroid_update_interval=2",
+                     f"method.memory_bank_size={TRAIN_SAMPLES}"],
     "mae": VIT + ["method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2"],
     "simmim": VIT + ["data.recipe.patch_size=16"],
     "rotation": RESNET + ["method.head_hidden_dim=0"],
@@ -86,6 +92,7 @@ def case_config(case: str):
 
 # State that must travel in checkpoints (prefixes of state_dict keys), per method.
 STATE: dict[str, list[str]] = {
+    "moco_v1": ["queue", "queue_pointer", "key_backbone.", "key_projector.", "iteration"],
     "moco_v2": ["queue", "queue_pointer", "key_backbone.", "key_projector.", "momentum"],
     "moco_v3": ["momentum_backbone.", "momentum_projector.", "momentum"],
     "nnclr": ["support_set", "support_pointer"],
@@ -94,6 +101,11 @@ STATE: dict[str, list[str]] = {
     "swav": ["prototypes.", "queue", "queue_filled", "queue_active"],
     "deepcluster_v2": ["memory", "memory_filled", "centroids", "assignments", "samples_seen",
                        "next_kmeans_at", "kmeans_runs"],
+    "deepcluster": ["head.", "memory", "memory_filled", "assignments", "cluster_weights", "projection",
+                    "projection_mean", "feature_sum", "feature_outer", "feature_count", "epoch_samples",
+                    "step_samples", "kmeans_runs"],
+    "odc": ["neck.", "head.", "memory", "memory_filled", "assignments", "centroids", "cluster_weights",
+            "epoch_samples", "step_samples", "initialized"],
     "npid": ["memory", "normalizer"],
     "mae": ["mask_token", "decoder_embed.", "decoder_pred."],
     "simmim": ["backbone.mask_token", "decoder."],
@@ -108,10 +120,12 @@ STEPS = 8
 LR = 0.05
 # Smaller steps where SGD at 0.05 overshoots on one fixed batch (BN + a 4-way head; a decoder).
 METHOD_LR = {"rotation": 0.01, "inpainting": 0.01, "inpainting+adversarial": 0.01, "super_resolution": 0.01,
-             "denoising_autoencoder": 0.01}
+             "denoising_autoencoder": 0.01, "deepcluster": 0.01}
 # Methods whose loss only starts after a first phase: (steps of that phase, then STEPS more).
-# DeepCluster-v2's first epoch (TRAIN_SAMPLES / BATCH steps) fills the bank; k-means follows.
-WARMUP = {"deepcluster_v2": TRAIN_SAMPLES // BATCH}
+# DeepCluster-v2's, DeepCluster's and ODC's first epoch (TRAIN_SAMPLES / BATCH steps) fills the bank;
+# k-means follows.
+WARMUP = {"deepcluster_v2": TRAIN_SAMPLES // BATCH, "deepcluster": TRAIN_SAMPLES // BATCH,
+          "odc": TRAIN_SAMPLES // BATCH}
 # Methods with a memory bank need each sample's index in the split (batch key `index`).
 # Batch keys a method's recipe must yield besides the views.
 NEEDS_KEYS = {"mae": ["mask"], "simmim": ["mask"], "rotation": ["rotation_label"],
@@ -156,7 +170,7 @@ def test_unknown_method_lists_known_ones():
 HOOKS = ("forward", "on_step_end", "teacher_backbone", "fixed_lr_parameters", "last_layer_parameters",
          "optimizer_steps")
 # What the hooks name, per method: a momentum teacher, fixed-lr parameters, a frozen-at-first last layer.
-TEACHERS = {"moco_v2", "moco_v3", "byol", "dino"}
+TEACHERS = {"moco_v1", "moco_v2", "moco_v3", "byol", "dino"}
 FIXED_LR = {"simsiam"}
 LAST_LAYER = {"dino", "swav"}
 # Cases trained by a discriminator's and a generator's optimizer in turn; every other returns [] (one
@@ -232,7 +246,7 @@ def test_every_method_trains_on_its_recipe(case, demo_shards):
     missing = [key for key in NEEDS_KEYS.get(name, []) if key not in batch]
     if missing:  # the recipe is declared, its DALI graph has not landed yet
         pytest.skip(f"recipe {entry.recipe!r} does not yield {missing} yet (pipeline)")
-    assert "index" in batch  # NPID's and DeepCluster's memory-bank rows come from the loader
+    assert "index" in batch  # the memory-bank rows of NPID, DeepCluster(-v2) and ODC come from the loader
 
     torch.manual_seed(0)
     model = build_model(config)

@@ -86,7 +86,7 @@ def test_round_trip_through_plain_dict_and_yaml(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["method"]["name"] == "simclr"
 
 
-@pytest.mark.parametrize("method", ["npid", "deepcluster_v2"])
+@pytest.mark.parametrize("method", ["npid", "deepcluster_v2", "deepcluster", "odc"])
 def test_a_memory_bank_is_sized_from_the_training_split(method, demo_shards, tmp_path):
     """The shipped configs say memory_bank_size 0: the bank gets one row per training image of the
     dataset at hand (the 120 of demo_shards), in the saved config too; an explicit size that differs
@@ -100,6 +100,8 @@ def test_a_memory_bank_is_sized_from_the_training_split(method, demo_shards, tmp
     if method == "deepcluster_v2":
         small += ["method.projection_hidden_dim=64", "method.num_prototypes=10", "method.num_heads=1",
                   "data.recipe={local_size: 16, local_crops: 2}"]
+    if method in ("deepcluster", "odc"):
+        small += ["method.num_clusters=10"]
     config = load_config(f"{method}", [f"data.path={demo_shards}", *small])
     assert config.method.memory_bank_size == 0
     assert check_before_launch(config, tmp_path / "run").method.memory_bank_size == train_samples
