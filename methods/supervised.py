@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from selfsup.methods.protocol import OptimizerStep
 from selfsup.methods.losses import classification_loss
 
 
@@ -61,6 +62,10 @@ class Supervised(nn.Module):
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
         return []
 
 

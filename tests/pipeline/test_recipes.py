@@ -24,7 +24,8 @@ from tests.pipeline.pattern_shards import first_batch
 
 B = 4
 SMALL = {  # name -> (image_size, options) small enough for a quick CPU run
-    "simclr": (24, {}), "supervised": (24, {}), "two_views": (24, {"view_1": {"blur_probability": 0.0}}), "byol": (24, {}),
+    "simclr": (24, {}), "supervised": (24, {}), "deepcluster": (24, {}),
+    "two_views": (24, {"view_1": {"blur_probability": 0.0}}), "byol": (24, {}),
     "barlow_twins": (24, {}), "vicreg": (24, {}),
     "multicrop": (32, {"local_size": 16, "local_crops": 2}), "dino": (32, {"local_size": 16, "local_crops": 3}),
     "swav": (32, {"local_size": 16, "local_crops": 2}),
@@ -37,12 +38,14 @@ SMALL = {  # name -> (image_size, options) small enough for a quick CPU run
 
 def expected_shapes(name: str, size: int, options: dict) -> dict[str, tuple]:
     """The batch keys and shapes `pipeline.recipes` documents."""
-    if name in ("simclr", "two_views", "byol", "barlow_twins", "vicreg"):
+    if name in ("simclr", "supervised", "two_views", "byol", "barlow_twins", "vicreg"):
         return {"view_0": (B, 3, size, size), "view_1": (B, 3, size, size)}
     if name in ("multicrop", "dino", "swav"):
         small = options["local_size"]
         views = {f"view_{i}": (B, 3, size, size) for i in range(2)}
         return views | {f"view_{i + 2}": (B, 3, small, small) for i in range(options["local_crops"])}
+    if name == "deepcluster":
+        return {"view_0": (B, 3, size, size)}
     if name == "rotation":
         return {"view_0": (B, 4, 3, size, size), "rotation_label": (B, 4)}
     if name == "jigsaw":
