@@ -95,6 +95,11 @@ class DatasetInfo:
     splits: dict[str, SplitInfo]
     format_version: int
     manifest_labels: bool = False  # labels read from manifest.parquet by position (`selfsup index`), not .cls
+    manifest: Path | None = None  # where its manifest is when not ROOT/manifest.parquet (a subset's)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.manifest if self.manifest is not None else self.root / MANIFEST_FILE
 
     def split(self, name: str) -> SplitInfo:
         """The split called `name`; a DatasetError naming the available splits otherwise."""

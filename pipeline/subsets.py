@@ -74,4 +74,27 @@ def subset_dataset(dataset: DatasetInfo, split: str, positions, folder: str | Pa
         shards.append(shard)
         indexes.append(target)
     subset = SplitInfo(split, len(chosen), tuple(shards), tuple(indexes), ())
-    return dataclasses.replace(dataset, splits={split: subset})
+    manifest = _write_subset_manifest(dataset, split, wanted, folder)
+    return dataclasses.replace(dataset, splits={split: subset}, manifest=manifest)
+
+
+def _write_subset_manifest(dataset: DatasetInfo, split: str, wanted: set[int], folder: Path) -> Path:
+    """The manifest rows of the chosen samples, written atomically into `folder`: the loader numbers
+    a split's samples by its manifest (`pipeline.positions`), which must list exactly the subset."""
+    import pyarrow
+    import pyarrow.compute as compute
+    import pyarrow.parquet as parquet
+
+    source = dataset.manifest_path
+    try:
+        table = parquet.read_table(source)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{source}: cannot read the manifest ({error})") from error
+    table = table.filter(compute.equal(table["split"], split))
+    keys = np.asarray([int(key) for key in table["key"].to_pylist()], dtype=np.int64)
+    table = table.filter(pyarrow.array(np.isin(keys, np.fromiter(wanted, dtype=np.int64))))
+    target = folder / MANIFEST_FILE
+    temporary = folder / f".{MANIFEST_FILE}.{uuid.uuid4().hex}.partial"
+    parquet.write_table(table, temporary)
+    os.replace(temporary, target)
+    return target
