@@ -16,6 +16,7 @@ the labels, segmentation when the dataset carries masks, and RankMe.
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +25,7 @@ import torch
 
 from selfsup.errors import ConfigError, DatasetError
 from selfsup.pipeline.dataset import DatasetInfo, load_dataset_info
-from selfsup.trainer.eval_store import EvalWriter, find_result, result_key, run_folder, save_result, save_table
+from selfsup.trainer.eval_store import EvalWriter, find_result, finite, result_key, run_folder, save_result, save_table
 from selfsup.trainer.eval_table import format_table, label, table_rows
 from selfsup.trainer.evaluate import cached_features, effective_rank, evaluation_samples, held_out_test_set
 
@@ -248,12 +249,16 @@ def run_protocol(session: EvaluationSession, name: str, options: dict, *, reuse:
             return stored["result"], True
     check_supported(session, name)
     result = {**PROTOCOLS[name].run(session, options), "weights": session.weights, "step": session.step}
-    entry = save_result(session.run, key, step=session.step, weights=session.weights, protocol=name,
-                        options=key_options, result=result)
-    prefix = "random_init/" if session.weights == "random-init" else (
-        "teacher/" if session.weights == "pretrained teacher" else "")
-    session.writer.scalars(session.step, prefix + label(name, options).replace(" ", "_"),
-                           {metric: entry["result"].get(metric) for metric in PROTOCOLS[name].metrics})
+    try:
+        entry = save_result(session.run, key, step=session.step, weights=session.weights, protocol=name,
+                            options=key_options, result=result)
+        prefix = "random_init/" if session.weights == "random-init" else (
+            "teacher/" if session.weights == "pretrained teacher" else "")
+        session.writer.scalars(session.step, prefix + label(name, options).replace(" ", "_"),
+                               {metric: entry["result"].get(metric) for metric in PROTOCOLS[name].metrics})
+    except OSError as error:  # a run folder this user may read but not write: the measurement still counts
+        print(f"selfsup: warning: {session.run}: result not stored ({error.strerror or error})", file=sys.stderr)
+        return finite(result), False
     return entry["result"], False
 
 

@@ -46,8 +46,10 @@ def normalized(features) -> np.ndarray:
 def _svm(cost: float):
     from sklearn.svm import LinearSVC
 
-    return LinearSVC(C=cost, class_weight=POSITIVE_WEIGHT, loss="squared_hinge", penalty="l2", dual=True,
-                     tol=1e-4, max_iter=10_000)
+    # The primal solver (liblinear's trust-region Newton method) reaches the same optimum of this
+    # strictly convex objective as Goyal et al.'s dual one, 10-100x faster at large costs here.
+    return LinearSVC(C=cost, class_weight=POSITIVE_WEIGHT, loss="squared_hinge", penalty="l2", dual=False,
+                     tol=1e-4, max_iter=1000)
 
 
 def _cross_validated_cost(features: np.ndarray, targets: np.ndarray, costs, folds: int, seed: int) -> tuple[float, float]:

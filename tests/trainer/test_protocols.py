@@ -99,3 +99,18 @@ def test_the_plan_follows_what_the_data_supports(trained_run, demo_shards, demo_
     assert [entry for entry in plain if entry[0] == "low-shot"] == [("low-shot", size, None) for size in (1, 2, 4, 8)]
     assert [entry for entry in plain if entry[0] == "finetune"] == [("finetune", None, 0.01), ("finetune", None, 0.1)]
     assert [entry[0] for entry in plain] == ["knn", "linear", "svm"] + ["low-shot"] * 4 + ["finetune"] * 2 + ["rankme"]
+
+
+def test_a_run_folder_that_cannot_be_written_still_gets_its_measurement(trained_run, demo_masked_shards,
+                                                                          monkeypatch, capsys):
+    import selfsup.trainer.protocols as protocols
+
+    def refuse(*arguments, **options):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(protocols, "save_result", refuse)
+    session = EvaluationSession(EvaluationTarget(trained_run, demo_masked_shards))
+    with OneTorchThread():
+        result, reused = protocols.run_protocol(session, "rankme", {})
+    assert not reused and result["effective_rank"] > 1.0 and result["samples"] == 120
+    assert capsys.readouterr().err.strip() == f"selfsup: warning: {trained_run}: result not stored (Permission denied)"
