@@ -157,7 +157,7 @@ FASHION_MNIST = DatasetProfile(
         "vicreg": MethodSetting(("method.projection_hidden_dim=512", "method.projection_dim=512"),
                                 "a 512-wide projector for a 2-core budget"),
         "dino": MethodSetting(("method.output_dim=1024", "method.hidden_dim=512", "method.head_batch_norm=true",
-                               "method.momentum=0.99", "method.freeze_last_layer_fraction=0.0",
+                               "method.momentum=0.99", "trainer.freeze_last_layer_epochs=0",
                                "method.teacher_temperature=0.04", "optim.name=sgd", "optim.lr=0.1",
                                "optim.momentum=0.9", "optim.weight_decay=5.0e-4"),
                               "the official ResNet settings (BN head, teacher T 0.04) and SGD 0.1, best on the demo"),
