@@ -17,8 +17,9 @@ will call on it:
   first ``trainer.freeze_last_layer_epochs`` epochs (DINO's last layer, SwAV's prototypes);
   ``[]`` where none.
 
-Backbones carry ``kind``: ``"resnet"`` or ``"vit"`` (``BackboneKind``), for the methods that need
-one of them (MAE, SimMIM) or treat them differently (MoCo v3, the dense pretexts).
+Backbones carry ``kind``: ``"resnet"``, ``"vit"`` or ``"conv"`` (the dvae's encoder: a feature map
+and an output stride, as a ResNet) (``BackboneKind``), for the methods that need one of them (MAE,
+SimMIM, BEiT, dvae) or treat them differently (MoCo v3, the dense pretexts).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-BackboneKind = Literal["resnet", "vit"]
+BackboneKind = Literal["resnet", "vit", "conv"]
 
 
 @runtime_checkable

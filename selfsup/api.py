@@ -75,16 +75,18 @@ def resolve_run_config(config, *, data: str | Path | None = None, overrides: Seq
 
 
 def check_before_launch(config, output: str | Path):
-    """Catch a bad dataset or recipe, a memory bank sized for another dataset, or a checkpoint in
-    `output` (or trainer.resume) that does not fit the run, now, with a one-line error, before any
-    worker starts. Returns `config` with its memory bank sized to the data (`size_memory_bank`)."""
+    """Catch a bad dataset or recipe, a memory bank sized for another dataset, a missing or unfit
+    tokenizer (BEiT's), or a checkpoint in `output` (or trainer.resume) that does not fit the run,
+    now, with a one-line error, before any worker starts. Returns `config` with its memory bank
+    sized to the data (`size_memory_bank`) and its tokenizer's sizes (`resolve_tokenizer`)."""
     from selfsup.pipeline.dataset import load_dataset_info
     from selfsup.pipeline.staging import is_uri
     from selfsup.trainer.loop import check_resume_fits
-    from selfsup.trainer.model import check_buildable, size_memory_bank
+    from selfsup.trainer.model import check_buildable, resolve_tokenizer, size_memory_bank
 
     if not is_uri(str(config.data.path)):  # a URI is checked, and its bank sized, by each node as it stages it
         config = size_memory_bank(config, load_dataset_info(config.data.path).split("train").count)
+    config = resolve_tokenizer(config)
     check_buildable(config)
     check_resume_fits(config, output)
     return config

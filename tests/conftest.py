@@ -21,3 +21,22 @@ def demo_shards(demo_folder, tmp_path_factory):
     output = tmp_path_factory.mktemp("shards") / "shapes"
     convert(demo_folder, output, shard_size="64KB", val_fraction=0.25, workers=1, seed=0, progress=False)
     return output
+
+
+# A tiny dvae tokenizer: 32 px views, 8 px cells (a 4 x 4 grid), 64 codes of width 32.
+TINY_DVAE = ["data.image_size=32", "data.batch_size=8", "model.patch_size=8", "method.codebook_size=64",
+             "method.hidden_dim=32"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_run(demo_shards, tmp_path_factory):
+    """A run folder of the tiny dvae trained for two steps on the demo shards (`selfsup.train`, in
+    this process): the tokenizer BEiT's tests name in method.tokenizer."""
+    from selfsup.api import train
+    from tests.trainer.training_run import OneTorchThread
+
+    output = tmp_path_factory.mktemp("tokenizer") / "dvae"
+    with OneTorchThread():
+        train("dvae", output, data=demo_shards,
+              overrides=TINY_DVAE + ["data.num_threads=1", "trainer.max_steps=2", "trainer.log_every=1"])
+    return output

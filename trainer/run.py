@@ -30,7 +30,9 @@ from selfsup.trainer.checkpoint import restore_rng_state, save_checkpoint
 from selfsup.trainer.config import Config, config_to_dict
 from selfsup.trainer.data import DataStream, tensor_to_bytes
 from selfsup.trainer.distributed import DistributedContext, barrier, wrap_model
-from selfsup.trainer.model import build_model, prepare_model, recipe_for, seed_everything, size_memory_bank
+from selfsup.trainer.model import (
+    build_model, prepare_model, recipe_for, resolve_tokenizer, seed_everything, size_memory_bank,
+)
 from selfsup.trainer.optimizers import build_optimizer, scale_learning_rate
 from selfsup.trainer.progress import LossLog, RunLogger
 from selfsup.trainer.resume import (
@@ -59,7 +61,7 @@ def check_resume_fits(config: Config, output_dir: str | Path) -> None:
     """
     state, state_path = load_resume_state(Path(output_dir) / "checkpoints", config.trainer.resume, config)
     if state is not None:
-        model = build_model(config)
+        model = build_model(config, load_tokenizer=False)  # the checkpoint holds a tokenizer's weights
         restore_training_state(state, state_path, model, optimizer_for(config, model), scaler=None)
 
 
@@ -161,6 +163,7 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
     seed_everything(config.seed)
     dataset = load_dataset_info(config.data.path)
     config = size_memory_bank(config, dataset.split("train").count)  # before the resume check compares configs
+    config = resolve_tokenizer(config)  # BEiT's tokenizer sizes, idem
     recipe = recipe_for(config)
     model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
                           channels_last=trainer.channels_last, world_size=context.world_size, device=context.device)

@@ -7,7 +7,9 @@ bootstrap    negative_cosine (BYOL, SimSiam), dino_loss, dino_update_center,
              dino_targets, dino_sinkhorn_targets, distillation_cross_entropy
 redundancy   barlow_twins, vicreg, vicreg_terms
 clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV)
-masked       patchify, unpatchify, mae_loss (MAE), simmim_loss, normalize_locally (SimMIM)
+masked       patchify, unpatchify, mae_loss (MAE), simmim_loss, normalize_locally (SimMIM),
+             beit_loss (BEiT)
+discrete     dvae_loss, kl_to_uniform (the dVAE of DALL-E), codebook_usage
 pretext      classification_loss (rotation, jigsaw, relative location), colorization_loss,
              rebalancing_weights (colorization), inpainting_loss (context encoder)
 """
@@ -23,7 +25,8 @@ from selfsup.methods.losses.bootstrap import (
 )
 from selfsup.methods.losses.clustering import sinkhorn_knopp, swav_loss, swav_swapped_prediction
 from selfsup.methods.losses.contrastive import infonce, moco_v3_loss, nnclr_loss, npid_nce_loss, nt_xent
-from selfsup.methods.losses.masked import mae_loss, normalize_locally, patchify, simmim_loss, unpatchify
+from selfsup.methods.losses.discrete import codebook_usage, dvae_loss, kl_to_uniform
+from selfsup.methods.losses.masked import beit_loss, mae_loss, normalize_locally, patchify, simmim_loss, unpatchify
 from selfsup.methods.losses.pretext import (
     classification_loss,
     colorization_loss,
@@ -34,7 +37,9 @@ from selfsup.methods.losses.redundancy import barlow_twins, vicreg, vicreg_terms
 
 __all__ = [
     "barlow_twins",
+    "beit_loss",
     "classification_loss",
+    "codebook_usage",
     "colorization_loss",
     "dino_loss",
     "dino_sinkhorn_loss",
@@ -42,8 +47,10 @@ __all__ = [
     "dino_targets",
     "dino_update_center",
     "distillation_cross_entropy",
+    "dvae_loss",
     "infonce",
     "inpainting_loss",
+    "kl_to_uniform",
     "mae_loss",
     "moco_v3_loss",
     "negative_cosine",

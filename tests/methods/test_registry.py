@@ -18,6 +18,7 @@ from selfsup.pipeline.dataset import load_dataset_info
 from selfsup.pipeline.loader import build_train_loader
 from selfsup.trainer.config import load_config
 from selfsup.trainer.model import build_model, recipe_for
+from tests.conftest import TINY_DVAE
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BATCH = 8
@@ -53,6 +54,8 @@ OVERRIDES: dict[str, list[str]] = {
                                 "data.recipe.local_crops=2", "data.recipe.local_size=16"],
     "mae": VIT + ["method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2"],
     "simmim": VIT + ["data.recipe.patch_size=16"],
+    "beit": VIT + ["model.patch_size=8"],  # + method.tokenizer: the `tokenizer_run` fixture's dvae
+    "dvae": TINY_DVAE,
     "rotation": RESNET + ["method.head_hidden_dim=0"],
     "jigsaw": RESNET + ["data.image_size=33", "method.num_permutations=10",
                         "data.recipe.permutation_count=10", "data.recipe.tile_size=9",
@@ -77,6 +80,8 @@ STATE: dict[str, list[str]] = {
     "npid": ["memory", "normalizer"],
     "mae": ["mask_token", "decoder_embed.", "decoder_pred."],
     "simmim": ["backbone.mask_token", "decoder."],
+    "beit": ["tokenizer.", "backbone.mask_token", "head."],
+    "dvae": ["decoder.codebook", "temperature", "kl_weight"],
     "colorization": ["bin_counts", "backbone.net.conv1.", "head."],
     "inpainting": ["decoder."],
 }
@@ -90,11 +95,22 @@ METHOD_LR = {"rotation": 0.01, "inpainting": 0.01}
 WARMUP = {"deepcluster_v2": TRAIN_SAMPLES // BATCH}
 # Methods with a memory bank need each sample's index in the split (batch key `index`).
 # Batch keys a method's recipe must yield besides the views.
-NEEDS_KEYS = {"mae": ["mask"], "simmim": ["mask"], "rotation": ["rotation_label"],
+NEEDS_KEYS = {"mae": ["mask"], "simmim": ["mask"], "beit": ["mask"], "rotation": ["rotation_label"],
               "jigsaw": ["jigsaw_tiles", "jigsaw_label"],
               "relative_location": ["patch_a", "patch_b", "relative_label"],
               "colorization": ["lab_l", "ab_bins"],
               "inpainting": ["inpaint_input", "inpaint_target", "inpaint_mask"]}
+
+
+# Methods that predict a tokenizer's codes: their test trains a tiny dvae first (`tokenizer_run`).
+NEEDS_TOKENIZER = {"beit"}
+
+
+def overrides(name: str, request) -> list[str]:
+    """OVERRIDES[name], pointing method.tokenizer at a freshly trained tiny dvae where one is needed."""
+    if name in NEEDS_TOKENIZER:
+        return OVERRIDES[name] + [f"method.tokenizer={request.getfixturevalue('tokenizer_run')}"]
+    return OVERRIDES[name]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -140,12 +156,12 @@ def test_a_module_without_the_hooks_is_not_a_method():
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_satisfies_the_method_protocol(name):
+def test_every_method_satisfies_the_method_protocol(name, request):
     torch.manual_seed(0)
-    model = build_model(load_config(CONFIGS / f"{name}.yaml", OVERRIDES[name]))
+    model = build_model(load_config(CONFIGS / f"{name}.yaml", overrides(name, request)))
     assert isinstance(model, Method)
     assert [hook for hook in HOOKS if hook not in vars(type(model))] == []
-    assert model.backbone.kind in ("resnet", "vit")
+    assert model.backbone.kind in ("resnet", "vit", "conv")
 
     teacher = model.teacher_backbone()
     assert (teacher is not None) == (name in TEACHERS)
@@ -171,8 +187,8 @@ def test_every_method_has_a_config_and_test_overrides():
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_trains_on_its_recipe(name, demo_shards):
-    config = load_config(CONFIGS / f"{name}.yaml", OVERRIDES.get(name, RESNET))
+def test_every_method_trains_on_its_recipe(name, demo_shards, request):
+    config = load_config(CONFIGS / f"{name}.yaml", overrides(name, request))
     entry = method_entry(name)
     recipe = recipe_for(config)
     batch = first_batch(demo_shards, recipe)
