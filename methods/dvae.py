@@ -45,8 +45,8 @@ class DVAEOptions:
     hidden_dim: int = 256  # channels of the encoder's last stage and the decoder's first
     temperature: float = 1.0  # Gumbel-softmax tau at the start (DALL-E: 1)
     final_temperature: float = 0.0625  # DALL-E: 1/16
-    temperature_anneal_fraction: float = 0.5  # of all steps, cosine (DALL-E: the first 150k updates)
-    kl_weight: float = 0.02  # beta after the warm-up, for mean (not summed) terms
+    temperature_anneal_fraction: float = 1.0  # of all steps, cosine (DALL-E: its first 150k updates)
+    kl_weight: float = 0.02  # beta after the warm-up, for mean terms: ~ 2 x 6.6 / 768 (16 px cells)
     kl_warmup_fraction: float = 0.05  # of all steps, linear from 0 (DALL-E: the first 5000 updates)
 
 

@@ -76,12 +76,12 @@ METHODS: dict[str, MethodEntry] = {
     "simmim": MethodEntry(simmim.SimMIMOptions, simmim.build_simmim, "simmim",
                           "masked: mask tokens in the ViT input, linear head, L1 on masked pixels "
                           "(Xie et al. 2022)"),
-    "beit": MethodEntry(beit.BEiTOptions, beit.build_beit, "beit",
-                        "masked: block-wise masks, mask tokens in the ViT input, cross-entropy over a "
-                        "dvae tokenizer's codes of the masked patches (Bao et al. 2022)"),
     "dvae": MethodEntry(dvae.DVAEOptions, dvae.build_dvae, "dvae",
                         "tokenizer: discrete VAE, Gumbel-softmax over 8192 codes per patch, KL to the "
                         "uniform prior; BEiT's visual tokens (Ramesh et al. 2021)"),
+    "beit": MethodEntry(beit.BEiTOptions, beit.build_beit, "beit",
+                        "masked: block-wise masks, mask tokens in the ViT input, cross-entropy over a "
+                        "dvae tokenizer's codes of the masked patches (Bao et al. 2022)"),
     # pretext tasks
     "rotation": MethodEntry(rotation.RotationOptions, rotation.build_rotation, "rotation",
                             "pretext: classify the rotation (0/90/180/270) of each image "

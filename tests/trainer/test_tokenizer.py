@@ -6,11 +6,13 @@ BEiT checkpoint is evaluated and exported after the tokenizer's run is gone."""
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 import torch
 
-from selfsup.api import check_before_launch, resolve_run_config, train
+from selfsup.api import check_before_launch, load_backbone_and_config, resolve_run_config, train
+from selfsup.cli.main import main
 from selfsup.errors import ConfigError
 from selfsup.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.trainer.evaluate import load_backbone
@@ -58,6 +60,20 @@ def test_a_run_of_another_method_is_not_a_tokenizer(demo_shards, beit_run):
         check_buildable(beit_config(demo_shards, beit_run[0]))
 
 
+def test_the_command_line_refuses_a_missing_or_unfit_tokenizer_in_one_line_before_ray(
+        demo_shards, tokenizer_run, tmp_path, capsys):
+    arguments = ["train", "--config", "beit", "--data", str(demo_shards), "--output", str(tmp_path / "run")]
+    for setting in TINY_BEIT:
+        arguments += ["--set", setting]
+    for tokenizer, extra, message in ((tmp_path / "nothing", [], "method.tokenizer: "),
+                                      (tokenizer_run, ["--set", "model.patch_size=16"], "its grid is 4x4 cells")):
+        status = main(arguments + ["--set", f"method.tokenizer={tokenizer}", *extra])
+        error = capsys.readouterr().err.strip()
+        assert status == 2 and message in error and "selfsup: error:" in error
+        assert len(error.splitlines()) == 1, error
+    assert not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model.patch_size=16"], r"its grid is 4x4 cells of 8 px \(32 px images\), the ViT's 2x2 patches of 16 px"),
     (["data.image_size=64"], r"the ViT's 8x8 patches of 8 px \(64 px\); train the tokenizer with "
@@ -67,6 +83,16 @@ def test_a_run_of_another_method_is_not_a_tokenizer(demo_shards, beit_run):
 def test_a_tokenizer_that_does_not_fit_the_vit_is_refused(demo_shards, tokenizer_run, overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_buildable(beit_config(demo_shards, tokenizer_run, *overrides))
+
+
+def test_the_tokenizer_run_is_a_backbone_for_evaluation_and_export(tokenizer_run, tmp_path):
+    encoder, config = load_backbone_and_config(tokenizer_run)
+    assert config.method.name == "dvae" and encoder.kind == "conv" and encoder.codebook_size == 64
+    images = torch.randn(2, 3, 32, 32)
+    assert encoder(images).shape == (2, 32) and encoder.codes(images).shape == (2, 16)
+    sidecar = export_backbone(latest_checkpoint(tokenizer_run / "checkpoints"), tmp_path / "encoder.pt")
+    assert sidecar["backbone"] == "dvae_encoder"
+    assert sidecar["kwargs"] == {"patch_size": 8, "codebook_size": 64, "hidden_dim": 32}
 
 
 def test_beit_keeps_its_frozen_tokenizer_and_is_evaluated_and_exported_without_its_run(beit_run, tmp_path):
