@@ -151,6 +151,10 @@ PER_METHOD: dict[str, list[str]] = {
     # target standardized over 11 x 11 px (the official code's NORM_TARGET scaled to 48 px): 12.0% vs 9.5% at
     # 160 epochs, raw pixels 10.4% (+0.9, within the noise)
     "simmim": VIT + ["data.recipe.patch_size=16", "optim.lr=1.0e-3", "method.target_window=11"],
+    # BEiT's tokenizer on the ViT's 6 x 6 grid of 8 px cells; its KL weight DALL-E's beta for 8 px cells
+    "dvae": ["model.backbone=dvae_encoder", "model.patch_size=8", "method.codebook_size=512",
+             "method.hidden_dim=64", "method.kl_weight=0.07", "optim.lr=1.0e-3"],
+    "beit": VIT + ["optim.lr=1.0e-3"],  # + method.tokenizer: this budget's dvae run (TOKENIZER_RUNS)
     # all four rotations of 16 images: 64 crops per step like the other methods; RotNet's mild
     # crops (an object cut in half has no "up")
     "rotation": ["data.batch_size=16", "data.recipe.scale=[0.6, 1.0]"],
@@ -167,8 +171,11 @@ PER_METHOD: dict[str, list[str]] = {
 # evaluate them (DINO's eval_knn.py / eval_linear.py default to the teacher's weights).
 EVALUATED_WEIGHTS = {"dino": "teacher"}
 # Methods that do not take colour-augmented views keep their own recipe options.
-OWN_RECIPE = {"mae", "simmim", "rotation", "jigsaw", "relative_location", "colorization",
+OWN_RECIPE = {"mae", "simmim", "dvae", "beit", "rotation", "jigsaw", "relative_location", "colorization",
               "inpainting", "super_resolution", "denoising_autoencoder"}
+# Methods that predict a tokenizer's codes, and the method whose run in the workdir (measured first,
+# at the same budget: the registry lists it before them) is their tokenizer.
+TOKENIZER_RUNS = {"beit": "dvae"}
 
 
 def evaluated_weights(name: str) -> str:
@@ -255,6 +262,8 @@ def pretrain(config, output: Path, epochs: int, fresh: bool = False) -> dict:
 
 def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool = False) -> dict:
     overrides = overrides_for(name, epochs) + [f"data.path={shards}"]
+    if name in TOKENIZER_RUNS:  # the tokenizer's run of this budget, measured before (the registry's order)
+        overrides.append(f"method.tokenizer={workdir / 'runs' / TOKENIZER_RUNS[name]}")
     config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
     summary = pretrain(config, workdir / "runs" / name, epochs, fresh)
     start_step, seconds, images_per_second = summary["start_step"], summary["train_seconds"], summary["images_per_second"]

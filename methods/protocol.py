@@ -28,8 +28,9 @@ will call on it:
   the generator's outputs detached), so that under DDP each forward's graph reaches only the
   parameters its backward will give gradients. Plain ``forward(batch)`` is the generator's step.
 
-Backbones carry ``kind``: ``"resnet"`` or ``"vit"`` (``BackboneKind``), for the methods that need
-one of them (MAE, SimMIM) or treat them differently (MoCo v3, the dense pretexts).
+Backbones carry ``kind``: ``"resnet"``, ``"vit"`` or ``"conv"`` (the dvae's encoder: a feature map
+and an output stride, as a ResNet) (``BackboneKind``), for the methods that need one of them (MAE,
+SimMIM, BEiT, dvae) or treat them differently (MoCo v3, the dense pretexts).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-BackboneKind = Literal["resnet", "vit"]
+BackboneKind = Literal["resnet", "vit", "conv"]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Each entry names the method's options dataclass (the typed `method:` section of a config), the
 builder that turns those options into plain constructor arguments (and returns a module that
-satisfies `methods.protocol.Method`), the name of the view recipe in `pipeline.recipes` that
+satisfies `methods.protocol.Method`; a method whose options name a `tokenizer`, BEiT, also gets
+the tokenizer module, which `trainer.model.build_model` loads: methods import no trainer), the name of the view recipe in `pipeline.recipes` that
 feeds it, and the one-line description `selfsup methods` prints. The shared registry test builds
 every entry and checks it against the protocol.
 """
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from selfsup.methods import (
-    barlow_twins, byol, colorization, deepcluster, deepcluster_v2, denoising_autoencoder, dino, inpainting,
-    jigsaw, mae, moco_v1, moco_v2, moco_v3, nnclr, npid, odc, relative_location, rotation, simclr, simmim, simsiam,
-    super_resolution, supervised, swav, vicreg,
+    barlow_twins, beit, byol, colorization, deepcluster, deepcluster_v2, denoising_autoencoder, dino, dvae,
+    inpainting, jigsaw, mae, moco_v1, moco_v2, moco_v3, nnclr, npid, odc, relative_location, rotation, simclr,
+    simmim, simsiam, super_resolution, supervised, swav, vicreg,
 )
 from selfsup.methods.protocol import Method
 
@@ -23,7 +24,7 @@ from selfsup.methods.protocol import Method
 @dataclass(frozen=True)
 class MethodEntry:
     options: type  # dataclass with a `name` field and the method's hyperparameters
-    build: Callable[..., Method]  # build(options, backbone, feature_dim) -> the method module
+    build: Callable[..., Method]  # build(options, backbone, feature_dim[, tokenizer]) -> the method module
     recipe: str  # a key of pipeline.recipes.RECIPES
     description: str
 
@@ -85,6 +86,12 @@ METHODS: dict[str, MethodEntry] = {
     "simmim": MethodEntry(simmim.SimMIMOptions, simmim.build_simmim, "simmim",
                           "masked: mask tokens in the ViT input, linear head, L1 on masked pixels "
                           "(Xie et al. 2022)"),
+    "dvae": MethodEntry(dvae.DVAEOptions, dvae.build_dvae, "dvae",
+                        "tokenizer: discrete VAE, Gumbel-softmax over 8192 codes per patch, KL to the "
+                        "uniform prior; BEiT's visual tokens (Ramesh et al. 2021)"),
+    "beit": MethodEntry(beit.BEiTOptions, beit.build_beit, "beit",
+                        "masked: block-wise masks, mask tokens in the ViT input, cross-entropy over a "
+                        "dvae tokenizer's codes of the masked patches (Bao et al. 2022)"),
     # pretext tasks
     "rotation": MethodEntry(rotation.RotationOptions, rotation.build_rotation, "rotation",
                             "pretext: classify the rotation (0/90/180/270) of each image "

@@ -23,6 +23,7 @@ which the trainer's config reads `data.recipe` into:
 | jigsaw | Noroozi & Favaro | jigsaw_tiles (B, 9, 3, t, t), jigsaw_label (B,) |
 | relative_location | Doersch et al. | patch_a, patch_b (B, 3, p, p), relative_label (B,) |
 | mae, simmim, beit | masked image modeling | view_0 (B, 3, S, S), mask (B, N) bool |
+| dvae | BEiT's tokenizer (DALL-E's dVAE) | view_0 (B, 3, S, S) |
 | colorization | Zhang et al. | lab_l (B, 1, S, S), ab_target (B, 2, S, S), ab_bins (B, S/4, S/4) |
 | inpainting | context encoders | inpaint_input, inpaint_target (B, 3, S, S), inpaint_mask (B, 1, S, S) |
 | super_resolution | SRGAN | sr_input (bicubic x4 down and up again), sr_target (B, 3, S, S) |
@@ -323,6 +324,12 @@ def beit_recipe(image_size: int = 224, mask_kind: Literal["random", "block"] = "
     return _masked("beit", image_size, mask, {"scale": (0.08, 1.0)}, view_options)
 
 
+def dvae_recipe(image_size: int = 224, **view_options) -> Recipe:
+    """BEiT's tokenizer (DALL-E's dVAE, Ramesh et al. 2021): the `beit` recipe's crops and flips."""
+    view = _view("dvae", image_size, {**PLAIN_VIEW, "scale": (0.08, 1.0)}, view_options)
+    return validate_recipe(Recipe(name="dvae", views=(view,)))
+
+
 def colorization_recipe(image_size: int = 224, bin_downsample: int = 4, **view_options) -> Recipe:
     """Colorization (Zhang et al. 2016): crop + flip, no colour jitter (ColorizationSpec)."""
     view = _view("colorization", image_size, {**PLAIN_VIEW, "scale": (0.3, 1.0)}, view_options)
@@ -372,6 +379,7 @@ RECIPES = {
     "mae": mae_recipe,
     "simmim": simmim_recipe,
     "beit": beit_recipe,
+    "dvae": dvae_recipe,
     "colorization": colorization_recipe,
     "inpainting": inpainting_recipe,
     "super_resolution": super_resolution_recipe,
@@ -425,6 +433,6 @@ __all__ = [
     "EvalRecipe", "Recipe", "RecipeError", "ViewSpec", "RECIPES", "build_recipe", "recipe_options",
     "recipe_options_type", "simclr_recipe", "two_views_recipe", "byol_recipe", "multicrop_recipe",
     "dino_recipe", "swav_recipe", "rotation_recipe", "jigsaw_recipe", "relative_location_recipe",
-    "mae_recipe", "simmim_recipe", "beit_recipe", "colorization_recipe", "inpainting_recipe",
+    "mae_recipe", "simmim_recipe", "beit_recipe", "dvae_recipe", "colorization_recipe", "inpainting_recipe",
     "super_resolution_recipe", "denoising_recipe", "deepcluster_recipe", "validate_recipe",
 ]

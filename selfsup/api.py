@@ -105,9 +105,10 @@ def resolve_run_config(config, *, data: str | Path | None = None, overrides: Seq
 
 
 def check_before_launch(config, output: str | Path):
-    """Catch a bad dataset or recipe, a memory bank sized for another dataset, or a checkpoint in
-    `output` (or trainer.resume) that does not fit the run, now, with a one-line error, before any
-    worker starts. Returns `config` with its memory bank sized to the data (`size_memory_bank`)."""
+    """Catch a bad dataset or recipe, a memory bank sized for another dataset, a missing or unfit
+    tokenizer (BEiT's), or a checkpoint in `output` (or trainer.resume) that does not fit the run,
+    now, with a one-line error, before any worker starts. Returns `config` with its memory bank
+    sized to the data (`size_memory_bank`) and its tokenizer's sizes (`resolve_tokenizer`)."""
     from selfsup.trainer.loop import check_resume_fits
 
     config = check_config_before_launch(config)
@@ -117,15 +118,16 @@ def check_before_launch(config, output: str | Path):
 
 def check_config_before_launch(config):
     """The part of `check_before_launch` that reads no run folder: the dataset, the recipe, the
-    model, the memory bank (sized to the data in the config returned)."""
+    model, the memory bank (sized to the data in the config returned), the tokenizer."""
     from selfsup.pipeline.dataset import load_dataset_info
     from selfsup.pipeline.staging import is_uri
-    from selfsup.trainer.model import check_buildable, check_labels, size_memory_bank
+    from selfsup.trainer.model import check_buildable, check_labels, resolve_tokenizer, size_memory_bank
 
     if not is_uri(str(config.data.path)):  # a URI is checked, and its bank sized, by each node as it stages it
         dataset = load_dataset_info(config.data.path)
         check_labels(config, dataset)
         config = size_memory_bank(config, dataset.split("train").count)
+    config = resolve_tokenizer(config)
     check_buildable(config)
     return config
 

@@ -211,9 +211,10 @@ def _check_minimums(config: Config) -> None:
             raise ConfigError(f"{key}={value!r}: expected {minimum} or more")
 
 
-# Recipe options that the model section sets, per recipe: {recipe option: model field}. MAE masks
-# the ViT's own patches, so its recipe's patch_size is model.patch_size (see trainer.model.recipe_for).
-RECIPE_OPTIONS_FROM_MODEL = {"mae": {"patch_size": "patch_size"}}
+# Recipe options that the model section sets, per recipe: {recipe option: model field}. MAE and BEiT
+# mask the ViT's own patches, so their recipe's patch_size is model.patch_size (see
+# trainer.model.recipe_for).
+RECIPE_OPTIONS_FROM_MODEL = {"mae": {"patch_size": "patch_size"}, "beit": {"patch_size": "patch_size"}}
 
 
 def _recipe_from_dict(config: Config) -> dict:

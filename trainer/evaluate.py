@@ -41,7 +41,7 @@ def load_backbone(checkpoint: str | Path, random_init: bool = False,
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
     seed_everything(config.seed)
-    model = build_model(config)
+    model = build_model(config, load_tokenizer=False)  # a BEiT checkpoint holds its tokenizer
     if not random_init:
         model.load_state_dict(state["model"], strict=True)
     if weights == "student":

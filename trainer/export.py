@@ -46,7 +46,7 @@ def backbone_prefix(config: Config, weights: str = "student") -> str:
     if weights not in ("student", "teacher"):
         raise ValueError(f"weights={weights!r}; expected 'student' or 'teacher'")
     with torch.device("meta"):
-        model = build_model(config)
+        model = build_model(config, load_tokenizer=False)
     backbone = model.backbone if weights == "student" else model.teacher_backbone()
     if backbone is None:
         raise CheckpointError(f"{config.method.name} keeps no teacher backbone; export the student with "

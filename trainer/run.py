@@ -37,7 +37,7 @@ from selfsup.trainer.config import Config, config_to_dict
 from selfsup.trainer.data import DataStream, tensor_to_bytes
 from selfsup.trainer.distributed import DistributedContext, barrier, wrap_model
 from selfsup.trainer.model import (
-    build_model, check_labels, prepare_model, recipe_for, seed_everything, size_memory_bank,
+    build_model, check_labels, prepare_model, recipe_for, resolve_tokenizer, seed_everything, size_memory_bank,
 )
 from selfsup.trainer.optimizers import DEFAULT_STEP, build_optimizer, resolved_optimizer_steps, scale_learning_rate
 from selfsup.trainer.progress import LossLog, RunLogger
@@ -105,7 +105,7 @@ def check_resume_fits(config: Config, output_dir: str | Path) -> None:
     """
     resume = load_resume_state(Path(output_dir) / "checkpoints", config.trainer.resume, config)
     if resume.state is not None:
-        model = build_model(config)
+        model = build_model(config, load_tokenizer=False)  # the checkpoint holds a tokenizer's weights
         optimizers, _ = by_name(step_optimizers(config, model, device=None))
         restore_training_state(resume.state, resume.path, model, optimizers)
 
@@ -210,6 +210,7 @@ def build_run(config: Config, output_dir: Path, context: DistributedContext,
     dataset = load_dataset_info(config.data.path)
     config = size_memory_bank(config, dataset.split("train").count)  # before the resume check compares configs
     check_labels(config, dataset)
+    config = resolve_tokenizer(config)  # BEiT's tokenizer sizes, idem
     recipe = recipe_for(config)
     model = prepare_model(build_model(config), sync_batchnorm=config.model.sync_batchnorm,
                           channels_last=trainer.channels_last, world_size=context.world_size, device=context.device)

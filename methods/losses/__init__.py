@@ -8,7 +8,9 @@ bootstrap    negative_cosine (BYOL, SimSiam), dino_loss, dino_update_center,
 redundancy   barlow_twins, vicreg, vicreg_terms
 clustering   sinkhorn_knopp, swav_swapped_prediction, swav_loss (SwAV), cluster_size_weights,
              weighted_cluster_cross_entropy (DeepCluster, ODC)
-masked       patchify, unpatchify, mae_loss (MAE), simmim_loss, normalize_locally (SimMIM)
+masked       patchify, unpatchify, mae_loss (MAE), simmim_loss, normalize_locally (SimMIM),
+             beit_loss (BEiT)
+discrete     dvae_loss, kl_to_uniform (the dVAE of DALL-E), codebook_usage
 pretext      classification_loss (rotation, jigsaw, relative location), colorization_loss,
              rebalancing_weights (colorization), inpainting_loss (context encoder)
 generative   discriminator_loss, generator_adversarial_loss (GANs: context encoder, SRGAN),
@@ -39,7 +41,8 @@ from selfsup.methods.losses.generative import (
     generator_adversarial_loss,
     pixel_loss,
 )
-from selfsup.methods.losses.masked import mae_loss, normalize_locally, patchify, simmim_loss, unpatchify
+from selfsup.methods.losses.discrete import codebook_usage, dvae_loss, kl_to_uniform
+from selfsup.methods.losses.masked import beit_loss, mae_loss, normalize_locally, patchify, simmim_loss, unpatchify
 from selfsup.methods.losses.pretext import (
     classification_loss,
     colorization_loss,
@@ -50,8 +53,10 @@ from selfsup.methods.losses.redundancy import barlow_twins, vicreg, vicreg_terms
 
 __all__ = [
     "barlow_twins",
+    "beit_loss",
     "classification_loss",
     "cluster_size_weights",
+    "codebook_usage",
     "colorization_loss",
     "content_loss",
     "denoising_loss",
@@ -63,8 +68,10 @@ __all__ = [
     "dino_targets",
     "dino_update_center",
     "distillation_cross_entropy",
+    "dvae_loss",
     "infonce",
     "inpainting_loss",
+    "kl_to_uniform",
     "mae_loss",
     "moco_v3_loss",
     "negative_cosine",

@@ -21,6 +21,7 @@ from selfsup.pipeline.loader import build_train_loader
 from selfsup.trainer.config import load_config
 from selfsup.trainer.model import build_model, recipe_for
 from selfsup.trainer.optimizers import resolved_optimizer_steps
+from tests.conftest import TINY_DVAE
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BATCH = 8
@@ -62,6 +63,8 @@ OVERRIDES: dict[str, list[str]] = {
                      f"method.memory_bank_size={TRAIN_SAMPLES}"],
     "mae": VIT + ["method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2"],
     "simmim": VIT + ["data.recipe.patch_size=16"],
+    "beit": VIT + ["model.patch_size=8"],  # + method.tokenizer: the `tokenizer_run` fixture's dvae
+    "dvae": TINY_DVAE,
     "rotation": RESNET + ["method.head_hidden_dim=0"],
     "jigsaw": RESNET + ["data.image_size=33", "method.num_permutations=10",
                         "data.recipe.permutation_count=10", "data.recipe.tile_size=9",
@@ -84,10 +87,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 CASES = sorted(METHODS) + sorted(VARIANTS)
 
 
-def case_config(case: str):
-    """The config of a registry test case: a method's shipped config with its small overrides."""
-    name, overrides = VARIANTS.get(case, (case, OVERRIDES.get(case, RESNET)))
-    return name, load_config(CONFIGS / f"{name}.yaml", overrides)
+def case_config(case: str, request):
+    """The config of a registry test case: a method's shipped config with its small overrides, and
+    method.tokenizer pointing at a freshly trained tiny dvae where one is needed."""
+    name, extra = VARIANTS.get(case, (case, OVERRIDES.get(case, RESNET)))
+    if name in NEEDS_TOKENIZER:
+        extra = extra + [f"method.tokenizer={request.getfixturevalue('tokenizer_run')}"]
+    return name, load_config(CONFIGS / f"{name}.yaml", extra)
 
 
 # State that must travel in checkpoints (prefixes of state_dict keys), per method.
@@ -109,6 +115,8 @@ STATE: dict[str, list[str]] = {
     "npid": ["memory", "normalizer"],
     "mae": ["mask_token", "decoder_embed.", "decoder_pred."],
     "simmim": ["backbone.mask_token", "decoder."],
+    "beit": ["tokenizer.", "backbone.mask_token", "head."],
+    "dvae": ["decoder.codebook", "temperature", "kl_weight"],
     "colorization": ["bin_counts", "backbone.net.conv1.", "head."],
     "inpainting": ["decoder."],
     "inpainting+adversarial": ["decoder.", "discriminator."],
@@ -128,7 +136,7 @@ WARMUP = {"deepcluster_v2": TRAIN_SAMPLES // BATCH, "deepcluster": TRAIN_SAMPLES
           "odc": TRAIN_SAMPLES // BATCH}
 # Methods with a memory bank need each sample's index in the split (batch key `index`).
 # Batch keys a method's recipe must yield besides the views.
-NEEDS_KEYS = {"mae": ["mask"], "simmim": ["mask"], "rotation": ["rotation_label"],
+NEEDS_KEYS = {"mae": ["mask"], "simmim": ["mask"], "beit": ["mask"], "rotation": ["rotation_label"],
               "jigsaw": ["jigsaw_tiles", "jigsaw_label"],
               "relative_location": ["patch_a", "patch_b", "relative_label"],
               "colorization": ["lab_l", "ab_bins"],
@@ -136,6 +144,10 @@ NEEDS_KEYS = {"mae": ["mask"], "simmim": ["mask"], "rotation": ["rotation_label"
               "supervised": ["view_0", "view_1", "label"],
               "super_resolution": ["sr_input", "sr_target"],
               "denoising_autoencoder": ["denoise_input", "denoise_target"]}
+
+
+# Methods that predict a tokenizer's codes: their test trains a tiny dvae first (`tokenizer_run`).
+NEEDS_TOKENIZER = {"beit"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -185,13 +197,13 @@ def test_a_module_without_the_hooks_is_not_a_method():
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_every_method_satisfies_the_method_protocol(case):
+def test_every_method_satisfies_the_method_protocol(case, request):
     torch.manual_seed(0)
-    name, config = case_config(case)
+    name, config = case_config(case, request)
     model = build_model(config)
     assert isinstance(model, Method)
     assert [hook for hook in HOOKS if hook not in vars(type(model))] == []
-    assert model.backbone.kind in ("resnet", "vit")
+    assert model.backbone.kind in ("resnet", "vit", "conv")
 
     teacher = model.teacher_backbone()
     assert (teacher is not None) == (name in TEACHERS)
@@ -238,8 +250,8 @@ def optimizers_for(model: nn.Module, lr: float) -> list[tuple[dict, str, torch.o
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_every_method_trains_on_its_recipe(case, demo_shards):
-    name, config = case_config(case)
+def test_every_method_trains_on_its_recipe(case, demo_shards, request):
+    name, config = case_config(case, request)
     entry = method_entry(name)
     recipe = recipe_for(config)
     batch = first_batch(demo_shards, recipe)

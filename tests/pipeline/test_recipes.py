@@ -31,7 +31,7 @@ SMALL = {  # name -> (image_size, options) small enough for a quick CPU run
     "swav": (32, {"local_size": 16, "local_crops": 2}),
     "rotation": (24, {}), "jigsaw": (48, {}), "relative_location": (48, {}),
     "mae": (32, {"patch_size": 8}), "simmim": (32, {"patch_size": 8}), "beit": (32, {"patch_size": 8}),
-    "colorization": (32, {}), "inpainting": (32, {}), "super_resolution": (32, {}),
+    "dvae": (24, {}), "colorization": (32, {}), "inpainting": (32, {}), "super_resolution": (32, {}),
     "denoising": (32, {"corruption": "gaussian"}),
 }
 
@@ -54,6 +54,8 @@ def expected_shapes(name: str, size: int, options: dict) -> dict[str, tuple]:
         return {"patch_a": (B, 3, 11, 11), "patch_b": (B, 3, 11, 11), "relative_label": (B,)}
     if name in ("mae", "simmim", "beit"):
         return {"view_0": (B, 3, size, size), "mask": (B, (size // options["patch_size"]) ** 2)}
+    if name == "dvae":
+        return {"view_0": (B, 3, size, size)}
     if name == "colorization":
         return {"lab_l": (B, 1, size, size), "ab_target": (B, 2, size, size), "ab_bins": (B, size // 4, size // 4)}
     if name == "super_resolution":

@@ -68,7 +68,7 @@ def test_dilated_stages_reach_the_resnet_and_are_refused_for_a_vit():
 
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: no such file and no shipped config of that name; "
-                                          "shipped configs: barlow_twins, byol"):
+                                          "shipped configs: barlow_twins, .*byol"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: [unclosed\n")
