@@ -20,7 +20,12 @@ from selfsup.trainer.model import check_buildable
 from tests.benchmarks.idx_files import write_idx_folder
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+# Methods the Fashion-MNIST profile has no settings for yet (a ViT-Tiny tokenizer grid at 32 px, and
+# BEiT's tokenizer run measured first): to be added with their benchmark rows (issue 28).
+NOT_IN_THE_PROFILE_YET = {"dvae", "beit"}
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - NOT_IN_THE_PROFILE_YET))
 def test_every_method_builds_with_the_profile_s_settings(name):
     """Each shipped config with the Fashion-MNIST overrides loads and builds (its recipe, and its
     model on the meta device): a setting no recipe or constructor takes fails here, not an hour
