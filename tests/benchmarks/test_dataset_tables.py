@@ -111,7 +111,7 @@ def test_the_section_shows_each_figure_with_its_margin(store, tmp_path):
         assert f"| {name} | `{' '.join(setting.overrides)}`" in text and f" | {setting.reason} |" in text
     assert "`data.batch_size=32 data.recipe.scale=[0.6, 1.0]` (0.5 of the epochs) |" in text
     assert FASHION_MNIST.overrides_for("rotation", 4, 55000)[-1] == "trainer.epochs=2"
-    assert "Not measured yet: moco_v2," in text and text.rstrip().endswith(verdict(FASHION_MNIST, rows, baselines))
+    assert "Not measured yet: moco_v1, moco_v2," in text and text.rstrip().endswith(verdict(FASHION_MNIST, rows, baselines))
 
 
 def test_a_row_with_other_settings_is_named(store):
