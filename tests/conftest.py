@@ -40,6 +40,7 @@ def demo_masked_shards(demo_masks_folder, tmp_path_factory):
     images, masks = demo_masks_folder
     output = tmp_path_factory.mktemp("masked_shards") / "shapes"
     convert(images, output, shard_size="64KB", val_fraction=0.25, workers=1, seed=0, progress=False, masks=masks)
+    return output
 
 
 # A tiny dvae tokenizer: 32 px views, 8 px cells (a 4 x 4 grid), 64 codes of width 32.
