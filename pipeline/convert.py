@@ -268,6 +268,7 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         return _summary_from_description(output, started)
 
     plan = CompactPlan.build(files, classes, val_fraction, seed)  # no object per image (pipeline/compact_plan.py)
+    del files  # the plan holds the paths, compactly
     counts = {split: plan.count(split) for split in SPLITS}
     state = output / STATE_FOLDER
     if status == "fresh":
