@@ -7,9 +7,11 @@
     python -m benchmarks.methods --epochs 10            # the 10-epoch table (2 h; too few steps for most)
     python -m benchmarks.methods --report-only          # rewrite the table from stored results
     python -m benchmarks.methods --fill-missing         # fill newer columns from kept checkpoints
+    python -m benchmarks.methods --dataset fashion-mnist  # another dataset: benchmarks/datasets.py's profile
 
 The demo dataset (10 upright shape classes drawn by `pipeline.demo_images`, 120 per class, 20% val) is
-made and converted once into `--workdir`. Each method trains in this process
+made and converted once into `--workdir`. Each self-supervised method (`DEMO_METHODS`: the labeled
+`supervised` ceiling is a row of the dataset profiles' tables, `benchmarks.dataset_run`) trains in this process
 (`trainer.loop.train`, no Ray) from its shipped `configs/NAME.yaml` with the same budget
 overrides (ResNet-18 — ViT-Tiny with 8 px patches for the ViT-only methods —, 48 px, batch 64, AdamW 2e-3,
 `--epochs` epochs) plus small per-method sizes (heads, queues, prototypes) that fit 960 images.
@@ -36,7 +38,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -44,10 +45,12 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.datasets import PROFILES
 from benchmarks.methods_measure import MEASURED, measure_checkpoint
-from benchmarks.methods_report import (BATCH, DECIDING_EPOCHS, IMAGE_SIZE, RESULTS_MD, RESULTS_STORE, ROOT,
-                                       TEST_SAMPLES, TRAIN_SAMPLES, gain_cell, knn_test_cell, linear_cell,
-                                       not_better, precise_bn_cell, result_path, stored_results, whole, write_section)
+from benchmarks.methods_report import (BATCH, DECIDING_EPOCHS, DEMO_METHODS, IMAGE_SIZE, RESULTS_MD, RESULTS_STORE,
+                                       ROOT, TEST_SAMPLES, TRAIN_SAMPLES, gain_cell, knn_test_cell, linear_cell,
+                                       machine, not_better, precise_bn_cell, result_path, stored_results, whole,
+                                       write_section)
 from selfsup.methods.registry import METHODS
 from selfsup.files import write_atomically
 from selfsup.pipeline.demo_images import make_demo_folder
@@ -91,6 +94,8 @@ PER_METHOD: dict[str, list[str]] = {
     # AdamW 2e-3 collapses MoCo v2's BatchNorm-free head (the loss climbs back to ln(K + 1))
     "moco_v2": ["method.projection_hidden_dim=512", "method.queue_size=256",
                 "method.momentum=0.99", "method.final_momentum=0.99", "optim.lr=5.0e-4"],
+    # MoCo v1 as MoCo v2 here (a queue shorter than the data, momentum 0.99, AdamW 5e-4)
+    "moco_v1": ["method.queue_size=256", "method.momentum=0.99", "optim.lr=5.0e-4"],
     # the momentum encoder averages over ~100 steps: at AdamW 2e-3 the student changes faster than
     # that average can follow (21.3% vs 23.3% random at 40 epochs); at 5e-4, as MoCo v2, 29.6%
     "moco_v3": ["method.projection_hidden_dim=512", "method.prediction_hidden_dim=512",
@@ -113,7 +118,7 @@ PER_METHOD: dict[str, list[str]] = {
     # SGD 0.1 as BYOL and SimSiam here: 31.3% vs 25.3% random on the test set at 160 epochs, against 24.6% at
     # AdamW 2e-3 (24.0% vs 22.1% at 80 epochs); with a teacher momentum of 0.9 it collapses (13.3%)
     "dino": ["method.output_dim=1024", "method.hidden_dim=512", "method.head_batch_norm=true",
-             "method.momentum=0.99", "method.freeze_last_layer_fraction=0.0",
+             "method.momentum=0.99", "trainer.freeze_last_layer_epochs=0",
              "method.teacher_temperature=0.04", "optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9",
              "optim.weight_decay=5.0e-4"],
     # more prototypes than embedding dimensions (128): with 100, the embeddings found the null space
@@ -127,6 +132,10 @@ PER_METHOD: dict[str, list[str]] = {
     # student outruns them (22.1% vs 23.3% random at 40 epochs); 5e-4 as SwAV and the MoCos
     "deepcluster_v2": ["method.projection_hidden_dim=512", "method.num_prototypes=50",
                        f"method.memory_bank_size={TRAIN_SAMPLES}", "optim.lr=5.0e-4"],
+    # 10 clusters per class as the paper's 10,000 for ImageNet's 1,000 classes; ODC's minimum cluster
+    # size scaled from 20 of ~128 samples per cluster to ~10 here
+    "deepcluster": ["method.num_clusters=100", f"method.memory_bank_size={TRAIN_SAMPLES}"],
+    "odc": ["method.num_clusters=100", "method.min_cluster_size=3", f"method.memory_bank_size={TRAIN_SAMPLES}"],
     # the exact softmax over the whole 960-row bank (the paper's Eq. 2, which NCE approximates
     # for large n): NCE fixes Z from the first batch, when the bank is still random, and with 960
     # rows the bank fills with (similar) features within 15 steps, so exp(s/tau)/Z explodes (loss
@@ -142,6 +151,10 @@ PER_METHOD: dict[str, list[str]] = {
     # target standardized over 11 x 11 px (the official code's NORM_TARGET scaled to 48 px): 12.0% vs 9.5% at
     # 160 epochs, raw pixels 10.4% (+0.9, within the noise)
     "simmim": VIT + ["data.recipe.patch_size=16", "optim.lr=1.0e-3", "method.target_window=11"],
+    # BEiT's tokenizer on the ViT's 6 x 6 grid of 8 px cells; its KL weight DALL-E's beta for 8 px cells
+    "dvae": ["model.backbone=dvae_encoder", "model.patch_size=8", "method.codebook_size=512",
+             "method.hidden_dim=64", "method.kl_weight=0.07", "optim.lr=1.0e-3"],
+    "beit": VIT + ["optim.lr=1.0e-3"],  # + method.tokenizer: this budget's dvae run (TOKENIZER_RUNS)
     # all four rotations of 16 images: 64 crops per step like the other methods; RotNet's mild
     # crops (an object cut in half has no "up")
     "rotation": ["data.batch_size=16", "data.recipe.scale=[0.6, 1.0]"],
@@ -150,13 +163,19 @@ PER_METHOD: dict[str, list[str]] = {
     "relative_location": ["method.head_hidden_dim=512", "data.recipe.scale=[0.8, 1.0]"],
     "colorization": ["method.head_hidden_dim=128", "data.recipe.bin_downsample=4"],
     "inpainting": ["method.decoder_width=128", "method.overlap_pixels=2"],
+    # the decoders as inpainting's; SRGAN's 10^-3 adversarial term against a discriminator of 32 channels
+    "super_resolution": ["method.decoder_width=128", "method.discriminator_width=32"],
+    "denoising_autoencoder": ["method.decoder_width=128"],
 }
 # Methods measured on their momentum teacher rather than the online network, as their authors
 # evaluate them (DINO's eval_knn.py / eval_linear.py default to the teacher's weights).
 EVALUATED_WEIGHTS = {"dino": "teacher"}
 # Methods that do not take colour-augmented views keep their own recipe options.
-OWN_RECIPE = {"mae", "simmim", "rotation", "jigsaw", "relative_location", "colorization",
-              "inpainting"}
+OWN_RECIPE = {"mae", "simmim", "dvae", "beit", "rotation", "jigsaw", "relative_location", "colorization",
+              "inpainting", "super_resolution", "denoising_autoencoder"}
+# Methods that predict a tokenizer's codes, and the method whose run in the workdir (measured first,
+# at the same budget: the registry lists it before them) is their tokenizer.
+TOKENIZER_RUNS = {"beit": "dvae"}
 
 
 def evaluated_weights(name: str) -> str:
@@ -218,12 +237,12 @@ class TrainingStopped(RuntimeError):
     stops, rather than going on with the next method."""
 
 
-def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool = False) -> dict:
-    overrides = overrides_for(name, epochs) + [f"data.path={shards}"]
-    config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
-    output = workdir / "runs" / name
+def pretrain(config, output: Path, epochs: int, fresh: bool = False) -> dict:
+    """Train `config` into `output` (continuing its interrupted run of this budget unless `fresh`);
+    the trainer's summary with "train_seconds" and "images_per_second" (None when nothing was
+    left to train). The time of a run killed earlier is estimated from this process's throughput."""
     if not fresh and interrupted(output, epochs):
-        print(f"{name}: continuing the interrupted run", flush=True)  # the trainer says from which step
+        print(f"{output.name}: continuing the interrupted run", flush=True)  # the trainer says from which step
     elif output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -233,14 +252,22 @@ def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool 
     seconds_here = time.perf_counter() - started
     if summary["step"] < summary["total_steps"]:  # e.g. stopped by SIGTERM (the trainer checkpoints)
         raise TrainingStopped(f"training stopped at step {summary['step']} of {summary['total_steps']}")
-    weights = evaluated_weights(name)  # the online network or the momentum teacher
-    # throughput of this process's steps; the time of a run killed earlier is estimated from it
-    start_step = summary["start_step"]
     images_per_second = seconds = None
-    if summary["step"] > start_step:
-        images_per_second = (summary["step"] - start_step) * config.data.batch_size / seconds_here
+    if summary["step"] > summary["start_step"]:
+        images_per_second = (summary["step"] - summary["start_step"]) * config.data.batch_size / seconds_here
         seconds = round(summary["step"] * config.data.batch_size / images_per_second, 1)
         images_per_second = round(images_per_second, 1)
+    return {**summary, "train_seconds": seconds, "images_per_second": images_per_second}
+
+
+def run_method(name: str, shards: Path, workdir: Path, epochs: int, fresh: bool = False) -> dict:
+    overrides = overrides_for(name, epochs) + [f"data.path={shards}"]
+    if name in TOKENIZER_RUNS:  # the tokenizer's run of this budget, measured before (the registry's order)
+        overrides.append(f"method.tokenizer={workdir / 'runs' / TOKENIZER_RUNS[name]}")
+    config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
+    summary = pretrain(config, workdir / "runs" / name, epochs, fresh)
+    start_step, seconds, images_per_second = summary["start_step"], summary["train_seconds"], summary["images_per_second"]
+    weights = evaluated_weights(name)  # the online network or the momentum teacher
     return {
         "method": name,
         "backbone": config.model.backbone,
@@ -288,46 +315,59 @@ def fill_missing(store: Path, workdir: Path, epochs: int, names: list[str]) -> N
               f"test linear {linear_cell(result, 'test_')}", flush=True)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, CPU only"
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="demo", choices=["demo", *PROFILES],
+                        help="demo (this module), or a profile of benchmarks/datasets.py (benchmarks.dataset_run)")
     parser.add_argument("--methods", default="", help="comma-separated names (default: all)")
-    parser.add_argument("--epochs", type=int, default=DECIDING_EPOCHS,
-                        help=f"training epochs per method ({DECIDING_EPOCHS} = "
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"training epochs per method (demo: {DECIDING_EPOCHS} = "
                              f"{DECIDING_EPOCHS * (TRAIN_SAMPLES // BATCH)} steps, the table that decides; "
-                             "80, 40 and 10 are too few steps for some methods)")
+                             "80, 40 and 10 are too few steps for some methods; a profile: its own)")
     parser.add_argument("--workdir", default=os.environ.get("SELFSUP_BENCH_DIR", "/tmp/selfsup-methods-bench"))
-    parser.add_argument("--store", default=str(RESULTS_STORE),
+    parser.add_argument("--store", default=None,
                         help="folder of the per-method result files (committed: the table is made from them)")
     parser.add_argument("--force", action="store_true", help="measure again methods with results")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--fill-missing", action="store_true",
-                        help="fill the columns added since a stored result was measured (precise BN, linear "
+                        help="demo: fill the columns added since a stored result was measured (precise BN, linear "
                              "probe) from its checkpoint in --workdir")
-    parser.add_argument("--results", default=str(RESULTS_MD),
+    parser.add_argument("--results", default=None,
                         help="the markdown file whose section for this budget is rewritten (with a scratch "
                              "--store, name another file: its partial table would replace the committed one)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: DALI gets the other core, no oversubscription)")
+    profile_options = parser.add_argument_group("dataset profiles (not the demo)")
+    profile_options.add_argument("--per-class", type=int, default=None,
+                                 help="only the first N images per class of each split (probes, tests)")
+    profile_options.add_argument("--source", default=None, help="the dataset's source files (e.g. the IDX folder)")
+    profile_options.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                                 help="an override for every method, after the profile's (probes of settings)")
+    profile_options.add_argument("--val-only", action="store_true",
+                                 help="measure on the val split only, for choosing settings (no test figures)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    workdir, store = Path(args.workdir), Path(args.store)
-    store.mkdir(parents=True, exist_ok=True)
-    names = [n for n in args.methods.split(",") if n] or list(METHODS)
+    names = [n for n in args.methods.split(",") if n] or list(METHODS if args.dataset != "demo" else DEMO_METHODS)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    if args.dataset != "demo":
+        from benchmarks.dataset_run import run_profile
+
+        if args.fill_missing:
+            parser.error("--fill-missing is for the demo's older result files")
+        return run_profile(PROFILES[args.dataset], args, names)
+    if args.per_class or args.source or args.set or args.val_only:
+        parser.error("--per-class, --source, --set and --val-only are for dataset profiles, not the demo")
+    args.epochs = args.epochs or DECIDING_EPOCHS
+    workdir, store = Path(args.workdir), Path(args.store or RESULTS_STORE)
+    args.results = args.results or str(RESULTS_MD)
+    store.mkdir(parents=True, exist_ok=True)
 
     failures = []
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from selfsup.methods.registry import METHODS
 from selfsup.files import write_atomically
@@ -25,6 +29,10 @@ TRAIN_SAMPLES = 960  # 1200 images, 20% val
 QUERY_SAMPLES = 240  # the val split: the kNN queries
 TEST_SAMPLES = 4800  # the held-out test set: 480 more demo images per class, drawn with another seed
 DECIDING_EPOCHS = 160  # the budget whose table says whether every method beats random init (issue 4)
+# The demo's rows: the self-supervised methods. `supervised` (trained with the labels) is the
+# ceiling of the dataset profiles' tables (benchmarks.dataset_report), not a row judged against
+# random init here.
+DEMO_METHODS = tuple(name for name in METHODS if name != "supervised")
 
 
 # The kNN figures of a result, on the val split and on the held-out test set: pretrained top-1,
@@ -52,23 +60,32 @@ def paired_outcomes(result: dict, on: str = "val") -> tuple[str, str] | None:
     return (pretrained, random) if pretrained and random and len(pretrained) == len(random) else None
 
 
+def paired_margin(first: str, second: str) -> float:
+    """Half-width, in points, of the approximate 95% interval of the difference in top-1 of two
+    classifiers judged on the same n queries, from their per-query outcomes ('0'/'1' strings):
+    with b the queries only the first gets right and c those only the second does, the difference
+    (b - c) / n has the standard error sqrt(b + c - (b - c)^2 / n) / n (the Wald interval for
+    paired proportions)."""
+    if len(first) != len(second) or not first:
+        raise ValueError(f"paired outcomes need the same queries: {len(first)} and {len(second)} outcomes")
+    n = len(first)
+    only_first = sum(a == "1" and b == "0" for a, b in zip(first, second))
+    only_second = sum(a == "0" and b == "1" for a, b in zip(first, second))
+    variance = only_first + only_second - (only_first - only_second) ** 2 / n
+    return 100.0 * 1.96 * math.sqrt(max(variance, 0.0)) / n
+
+
 def gain_margin(result: dict, on: str = "val") -> float:
     """Half-width, in points, of the approximate 95% interval of the kNN gain over random init on
     the `on` queries ("val" or "test").
 
-    Paired where the result keeps both backbones' per-query outcomes (`paired_outcomes`): with b
-    the queries only the pretrained backbone gets right and c those only the random one does, the
-    gain (b - c) / n has the standard error sqrt(b + c - (b - c)^2 / n) / n (the Wald interval for
-    paired proportions). Otherwise each top-1 is taken as an independent binomial proportion over
+    Paired where the result keeps both backbones' per-query outcomes (`paired_outcomes`,
+    `paired_margin`). Otherwise each top-1 is taken as an independent binomial proportion over
     the n queries, sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n): conservative, since both are measured
     on the same queries."""
     outcomes = paired_outcomes(result, on)
     if outcomes is not None:
-        n = len(outcomes[0])
-        only_pretrained = sum(a == "1" and b == "0" for a, b in zip(*outcomes))
-        only_random = sum(a == "0" and b == "1" for a, b in zip(*outcomes))
-        variance = only_pretrained + only_random - (only_pretrained - only_random) ** 2 / n
-        return 100.0 * 1.96 * math.sqrt(max(variance, 0.0)) / n
+        return paired_margin(*outcomes)
     n = result.get("queries", QUERY_COUNTS[on])
     p1, p2 = (result[key] / 100.0 for key in KNN_FIELDS[on][:2])
     return 100.0 * 1.96 * math.sqrt(p1 * (1.0 - p1) / n + p2 * (1.0 - p2) / n)
@@ -252,7 +269,7 @@ def write_section(results: list[dict], epochs: int, results_md: Path,
         rows = "every row" if len(unrecorded) == len(results) else ", ".join(unrecorded)
         lines += ["", f"Settings not recorded (measured before the result files kept them; today's "
                   f"`PER_METHOD` may differ): {rows}."]
-    missing = [name for name in METHODS if name not in {r["method"] for r in results}]
+    missing = [name for name in DEMO_METHODS if name not in {r["method"] for r in results}]
     if missing:
         lines += ["", f"Not measured yet: {', '.join(missing)}."]
     section = "\n".join(lines) + "\n"
@@ -289,3 +306,16 @@ def stored_results(store: Path, epochs: int) -> list[dict]:
         if result.get("epochs") == epochs:
             results.append(result)
     return results
+
+
+def machine() -> str:
+    """The machine a result was measured on, as its result file and table say it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, CPU only"

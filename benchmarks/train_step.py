@@ -30,13 +30,11 @@ from pathlib import Path
 
 import torch
 
-from selfsup.methods.registry import method_entry
 from selfsup.pipeline.dataset import load_dataset_info
 from selfsup.pipeline.loader import build_train_loader, default_threads
-from selfsup.pipeline.recipes import build_recipe
 from selfsup.trainer.config import load_config
 from selfsup.trainer.data import DataStream
-from selfsup.trainer.model import build_model, prepare_model, seed_everything, to_channels_last
+from selfsup.trainer.model import build_model, prepare_model, recipe_for, seed_everything, to_channels_last
 from selfsup.trainer.optimizers import build_optimizer
 from selfsup.trainer.step import accumulate_gradients, apply_update
 
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(args.config, [*defaults, "optim.warmup_epochs=0", f"data.path={data}", *args.set])
     seed_everything(config.seed)
     dataset = load_dataset_info(config.data.path)
-    recipe = build_recipe(method_entry(config.method.name).recipe, config.data.image_size, **config.data.recipe)
+    recipe = recipe_for(config)
 
     def build(epoch: int, dali_checkpoint: bytes | None):
         return build_train_loader(dataset, recipe, batch_size=config.data.batch_size, seed=config.seed, device=device,

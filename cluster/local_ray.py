@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
+import sys
+import uuid
 import warnings
 
 SINGLE_MACHINE_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -23,6 +26,7 @@ if not os.environ.get("RAY_ADDRESS"):
 import ray  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
+OWNER_VARIABLE = "SELFSUP_RAY_OWNER"  # set in a local Ray's processes: the driver that started it
 
 
 def ensure_ray(address: str | None = None, num_cpus: float | None = None, dashboard: bool = True) -> None:
@@ -35,18 +39,40 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, dashbo
         ray.init(address=address, log_to_driver=True)
         return
     os.environ[SINGLE_MACHINE_VARIABLE] = "0"  # inherited by the Ray processes started here
+    owner = os.environ[OWNER_VARIABLE] = f"{os.getpid()}-{uuid.uuid4().hex}"  # marks this Ray's processes
     cpus = os.cpu_count() or 1
     ray.init(
         num_cpus=max(cpus, int(num_cpus or 0)),
         include_dashboard=dashboard,
         dashboard_host=LOOPBACK,
         log_to_driver=True,
+        # Ray's own actors (Ray Train's placement-group cleaner) look their cluster up with
+        # address "auto", which fails once a second local Ray runs on the machine: tell them ours.
+        runtime_env={"worker_process_setup_hook": "selfsup.cluster.local_ray.name_this_cluster"},
     )
+    start_reaper(owner)
     node_address = ray.util.get_node_ip_address()
     if not ipaddress.ip_address(node_address).is_loopback:
         warnings.warn(f"the local Ray runs on {node_address}, not on loopback: Ray was imported before "
                       f"cluster.local_ray could set {SINGLE_MACHINE_VARIABLE}=0, so its services listen "
                       "beyond this machine; import cluster.local_ray first", RuntimeWarning, stacklevel=2)
+
+
+def name_this_cluster() -> None:
+    """Ray: run in every worker process of a local Ray at start-up (`worker_process_setup_hook`).
+
+    Sets RAY_ADDRESS to this worker's own cluster, so that Ray's State API calls inside it (made
+    with address "auto") find it even when other local Ray instances run beside it."""
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+def start_reaper(owner: str) -> None:
+    """Start `selfsup.cluster.reaper`, which ends every process of this local Ray (those whose
+    environment holds OWNER_VARIABLE=owner) once this driver is gone, even when it was killed:
+    Ray ends its GCS and raylet with the driver, but its agents would linger for a minute or more."""
+    subprocess.Popen([sys.executable, "-m", "selfsup.cluster.reaper", str(os.getpid()), owner],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
 
 
 def shutdown_ray() -> None:

@@ -26,6 +26,11 @@ rank's Ray node. Ray's result holds the metrics of the latest checkpoint report.
 Fault tolerance is Ray's: with `max_failures=K`, a dead worker makes Ray restart the whole
 worker group, and the training function continues from the latest checkpoint.
 
+Every `SELFSUP_*` variable of the driver's environment reaches the workers. SELFSUP_WORKER_SETUP_HOOK
+(`package.module.function`, importable on every node) names a function each worker calls with no
+arguments before it joins the process group and trains: for a site's own set-up, and how the
+fault-tolerance tests kill a worker mid-run (`tests/cluster/worker_faults.py`).
+
 Preemption: the training function runs in a worker thread, where no signal handler can be
 installed, so the driver handles SIGTERM/SIGINT. It sets a flag in a small Ray actor
 (`StopFlag`) that every rank polls; the trainer agrees on the stop step across ranks, rank 0
@@ -35,11 +40,11 @@ Running the same command again continues from that checkpoint. A second Ctrl-C s
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import shutil
-import signal
 import threading
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -53,11 +58,11 @@ import torch.distributed
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from selfsup.errors import USER_ERRORS
+from selfsup.errors import USER_ERRORS, ConfigError
 from selfsup.cluster.process_group import PROCESS_GROUP_TIMEOUT_SECONDS, OwnProcessGroup, join_process_group
-from selfsup.pipeline.node_staging import stage_node_parts
+from selfsup.pipeline.node_staging import NodeStaging, stage_node_parts
 from selfsup.pipeline.staging import is_uri, stage_dataset
-from selfsup.trainer.checkpoint import latest_checkpoint
+from selfsup.trainer.checkpoint import latest_checkpoint, step_of
 from selfsup.trainer.config import Config, config_from_dict, config_to_dict, save_config
 from selfsup.trainer.loop import train
 from selfsup.errors import NonFiniteLossError
@@ -75,20 +80,9 @@ REPORTED_WORKER_ERRORS = (*USER_ERRORS, NonFiniteLossError)
 RESTORED_FOLDER = "restored"  # OUTPUT/restored/step-N: a checkpoint downloaded from Ray's storage
 STAGING_VARIABLE = "SELFSUP_STAGING_DIR"  # where a node keeps staged shards (default: a temp folder)
 STAGING_LIMIT_VARIABLE = "SELFSUP_STAGING_LIMIT"  # bytes of staged data a node may keep, e.g. 200GB
-# Test hook: the worker of rank KILL_RANK kills its own process (SIGKILL) when it reports step
-# KILL_AT_STEP, once per output folder. Used by tests/cluster/test_fault_tolerance.py.
-KILL_AT_STEP_VARIABLE = "SELFSUP_TEST_KILL_AT_STEP"
-KILL_RANK_VARIABLE = "SELFSUP_TEST_KILL_RANK"
-
-
-def _step_of(path: Path | None) -> int:
-    """step-00000012 -> 12; None or another name -> -1."""
-    if path is None:
-        return -1
-    try:
-        return int(path.name.split("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+# "package.module.function": called in every Ray Train worker before it trains (`run_worker_setup_hook`),
+# a place for a site's own set-up: logging, profilers, fault injection in tests.
+WORKER_SETUP_HOOK_VARIABLE = "SELFSUP_WORKER_SETUP_HOOK"
 
 
 class RayReporter:
@@ -104,8 +98,6 @@ class RayReporter:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self.worker_nodes = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(self.worker_nodes, ray.get_runtime_context().get_node_id())  # Ray
-        self.kill_step = int(os.environ.get(KILL_AT_STEP_VARIABLE, "0") or 0)
-        self.kill_rank = int(os.environ.get(KILL_RANK_VARIABLE, "1") or 1)
 
     def __call__(self, metrics: dict) -> None:
         """Metrics every `log_every` steps: to OUTPUT/reports.jsonl (rank 0) and to Ray."""
@@ -128,16 +120,6 @@ class RayReporter:
             record = {**metrics, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}  # Ray
             with open(self.output / REPORTS_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-        self._maybe_kill(int(metrics.get("step", 0)))
-
-    def _maybe_kill(self, step: int) -> None:
-        if not self.kill_step or step != self.kill_step or self.rank != self.kill_rank:
-            return
-        marker = self.output / f".test-killed-at-step-{step}"
-        if marker.exists():
-            return
-        marker.write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @ray.remote(num_cpus=0)
@@ -161,7 +143,7 @@ def restore_from_ray(output: Path, checkpoint: ray.train.Checkpoint | None) -> P
         return None
     name = Path(checkpoint.path).name
     target = output / RESTORED_FOLDER / name
-    if _step_of(latest_checkpoint(output / "checkpoints")) >= _step_of(target):
+    if step_of(latest_checkpoint(output / "checkpoints")) >= step_of(target):
         return None
     if not (target / "state.pt").exists():
         temporary = target.with_name(f".tmp-{name}-{uuid.uuid4().hex}")
@@ -183,24 +165,29 @@ def ranks_on_this_node(rank: int, world_size: int) -> list[int]:
     return [rank for rank, other in enumerate(nodes) if other == node]
 
 
-def stage_if_remote(config: Config, *, world_size: int = 1, node_ranks: list[int] | None = None) -> Config:
-    """`config` with data.path on local disk: a URI's dataset staged into this node's cache.
+def stage_if_remote(config: Config, *, world_size: int = 1,
+                    node_ranks: list[int] | None = None) -> tuple[Config, NodeStaging | None]:
+    """(`config` with data.path on local disk, the staging session to hand to `train`): a URI's
+    dataset staged into this node's cache.
 
     The shards come per epoch, those that `node_ranks` (this node's world ranks, of `world_size`)
-    read (`pipeline.node_staging`); with the online kNN monitor on, which reads every sample of
-    both splits, the whole dataset is staged instead."""
+    read (`pipeline.node_staging`): the session, passed as `train(..., staging=session)`, copies
+    them as each epoch's loader is built. With the online kNN monitor on, which reads every
+    sample of both splits, the whole dataset is staged now instead, and there is no session. A
+    local path: `config` as it is, and no session."""
     if not is_uri(str(config.data.path)):
-        return config
+        return config, None
     cache = Path(os.environ.get(STAGING_VARIABLE) or Path(os.environ.get("TMPDIR", "/tmp")) / "selfsup-staging")
     limit = os.environ.get(STAGING_LIMIT_VARIABLE)
+    session = None
     if config.eval.online_knn_every_epochs > 0:
         local = stage_dataset(str(config.data.path), cache, max_bytes=limit)
     else:
-        local = stage_node_parts(str(config.data.path), cache, node_ranks=node_ranks or [0],
-                                 world_size=world_size, max_bytes=limit)
+        local, session = stage_node_parts(str(config.data.path), cache, node_ranks=node_ranks or [0],
+                                          world_size=world_size, max_bytes=limit)
     values = config_to_dict(config)
     values["data"]["path"] = str(local)
-    return config_from_dict(values)
+    return config_from_dict(values), session
 
 
 class _WithoutReportLines(logging.Filter):
@@ -217,6 +204,24 @@ def _quiet_report_lines() -> None:
             handler.addFilter(_WithoutReportLines())
 
 
+def run_worker_setup_hook() -> None:
+    """Call the function SELFSUP_WORKER_SETUP_HOOK names ("package.module.function"), if it is set.
+
+    One that cannot be imported is a ConfigError naming the variable and its value."""
+    hook = os.environ.get(WORKER_SETUP_HOOK_VARIABLE, "").strip()
+    if not hook:
+        return
+    module_name, _, function_name = hook.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(f"{WORKER_SETUP_HOOK_VARIABLE}={hook}: cannot import it in this worker ({error}); "
+                          "expected package.module.function, importable on every node") from None
+    if not callable(function):
+        raise ConfigError(f"{WORKER_SETUP_HOOK_VARIABLE}={hook}: not a function")
+    function()
+
+
 def _train_worker(loop_config: dict) -> None:
     """Runs in every Ray Train worker.
 
@@ -225,6 +230,7 @@ def _train_worker(loop_config: dict) -> None:
     trainer's TorchConfig is `OwnProcessGroup`; with a plain TorchConfig, Ray's group is used).
     """
     _quiet_report_lines()
+    run_worker_setup_hook()
     joined = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     if joined:
         backend = loop_config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -234,8 +240,8 @@ def _train_worker(loop_config: dict) -> None:
         output = Path(loop_config["output"])
         output.mkdir(parents=True, exist_ok=True)
         world_size = ray.train.get_context().get_world_size()  # Ray
-        config = stage_if_remote(config_from_dict(loop_config["config"]), world_size=world_size,
-                                 node_ranks=ranks_on_this_node(rank, world_size))
+        config, staging = stage_if_remote(config_from_dict(loop_config["config"]), world_size=world_size,
+                                          node_ranks=ranks_on_this_node(rank, world_size))
         held = ray.train.get_checkpoint()  # Ray: None on a first start
         if held is not None and rank == 0:
             print(f"Ray holds checkpoint {Path(held.path).name} of this run", flush=True)
@@ -249,7 +255,7 @@ def _train_worker(loop_config: dict) -> None:
         polling = nullcontext() if stop_flag is None else poll_for_stop(
             stop, lambda: ray.get(stop_flag.get_reason.remote(), timeout=60), every=STOP_POLL_SECONDS)  # Ray
         with polling:
-            train(config, output, report=reporter, on_checkpoint=reporter.checkpoint, stop=stop)
+            train(config, output, report=reporter, on_checkpoint=reporter.checkpoint, stop=stop, staging=staging)
         if joined and torch.distributed.is_initialized():
             torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
     finally:

@@ -25,7 +25,9 @@ top-1 accuracy (`knn_top1`, higher is better) when `eval.online_knn_every_epochs
 training loss otherwise. At the end: a table of the trials, and `OUTPUT/best.yaml`, the best
 trial's full config, ready for `selfsup train --config OUTPUT/best.yaml`. Started again on the same
 OUTPUT, an interrupted search continues (`Tuner.restore`); unfinished trials continue from their
-own latest checkpoints.
+own latest checkpoints. While a search runs it holds OUTPUT's lock (`selfsup.locks`): a second
+search into OUTPUT fails at once, before Ray starts, with one line naming the first; the trials,
+in their own processes, run under that lock and take none (`trainer.loop.train` never does).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from selfsup.pipeline.dataset import load_dataset_info
 from selfsup.pipeline.staging import is_uri
 from selfsup.trainer.config import Config, config_from_dict, config_to_dict, save_config
 from selfsup.errors import ConfigError
+from selfsup.locks import hold_output_folder
 from selfsup.trainer.loop import train
 from selfsup.trainer.model import check_buildable
 
@@ -60,6 +63,7 @@ TRIAL_DEFAULTS = {"workers": 1}
 # Tune needs some resource to place it, so a token share of a CPU.
 DRIVER_CPUS = 0.01
 EXPERIMENT = "search"  # OUTPUT/search: Tune's own state, what `Tuner.restore` reads
+TUNE_LOCK_PURPOSE = "selfsup tune"  # how a refused second search names the holder of OUTPUT
 DOMAINS = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint,
            "quniform": tune.quniform, "qloguniform": tune.qloguniform, "choice": tune.choice}
 
@@ -214,7 +218,7 @@ def target_metric(config: Config) -> tuple[str, str]:
 
 def _trial(parameters: dict) -> None:
     """One Tune trial: a full training run with this trial's values, in its own folder."""
-    config = stage_if_remote(config_with(parameters["base"], parameters["values"]))
+    config, staging = stage_if_remote(config_with(parameters["base"], parameters["values"]))
     metric = parameters["metric"]
     output = Path(parameters["output"]) / "trials" / tune.get_context().get_trial_id()  # Ray
 
@@ -222,7 +226,7 @@ def _trial(parameters: dict) -> None:
         if metric in metrics:  # with kNN as the metric, only the results that carry it
             tune.report(dict(metrics))  # Ray: to the scheduler and the results table
 
-    train(config, output, report=report)
+    train(config, output, report=report, staging=staging)
 
 
 class _TuneMetricReport(TuneReportCallback):  # Ray: Train reports -> this trial's Tune results
@@ -310,27 +314,35 @@ def run_search(raw: dict, output: str | Path, *, samples: int, cpus_per_trial: f
                               grace_period=max(1, min(total, grace_steps or max(1, total // 4))))
     resources = worker_resources(workers, cpus_per_trial, gpus_per_trial) if workers > 1 else None
     driver_cpus = DRIVER_CPUS if resources is not None else 0
-    ensure_ray(address, num_cpus=math.ceil((cpus_per_trial + driver_cpus) * (concurrent or 1)))
-    parameters = {"base": config_to_dict(base), "values": space, "metric": metric, "output": str(output)}
-    if resources is None:
-        trainable = tune.with_resources(_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})  # Ray
-    else:  # the trial only drives its Ray Train workers, which ask for the resources themselves
-        parameters.update(workers=workers, worker_resources=resources)
-        trainable = tune.with_resources(_trial_with_workers, {"cpu": DRIVER_CPUS})  # Ray
-        concurrent = concurrent or _trials_that_fit(cpus_per_trial, gpus_per_trial)
+    # OUT's lock, before Ray starts: a second search into OUT stops here with one line naming this one
+    with hold_output_folder(output, TUNE_LOCK_PURPOSE):
+        ensure_ray(address, num_cpus=math.ceil((cpus_per_trial + driver_cpus) * (concurrent or 1)))
+        parameters = {"base": config_to_dict(base), "values": space, "metric": metric, "output": str(output)}
+        if resources is None:
+            trainable = tune.with_resources(_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})  # Ray
+        else:  # the trial only drives its Ray Train workers, which ask for the resources themselves
+            parameters.update(workers=workers, worker_resources=resources)
+            trainable = tune.with_resources(_trial_with_workers, {"cpu": DRIVER_CPUS})  # Ray
+            concurrent = concurrent or _trials_that_fit(cpus_per_trial, gpus_per_trial)
+        experiment = output / EXPERIMENT
+        if tune.Tuner.can_restore(str(experiment)):  # Ray: an interrupted search continues
+            print(f"continuing the search in {experiment}", flush=True)
+            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True,
+                                       param_space=parameters)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=parameters,
+                tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, num_samples=samples,
+                                            max_concurrent_trials=concurrent),
+                run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(output), verbose=1),
+            )
+        return _search_outcome(tuner.fit(), base_dict, search, samples, metric, mode, output)
+
+
+def _search_outcome(results, base_dict: dict, search: dict, samples: int, metric: str, mode: str,
+                    output: Path) -> dict:
+    """`run_search`'s answer from Tune's results; writes OUTPUT/best.yaml when the search is over."""
     experiment = output / EXPERIMENT
-    if tune.Tuner.can_restore(str(experiment)):  # Ray: an interrupted search continues
-        print(f"continuing the search in {experiment}", flush=True)
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True,
-                                   param_space=parameters)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=parameters,
-            tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, num_samples=samples,
-                                        max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(output), verbose=1),
-        )
-    results = tuner.fit()
     rows, failures = [], {}
     for result in results:
         values = (result.config or {}).get("values", {})

@@ -10,9 +10,12 @@
   network does. The parameters, and so the state dicts, are unchanged.
 * ViT (Dosovitskiy et al., ICLR 2021), in `methods.vision_transformer`: class token, learned
   position embeddings, any multiple of the patch size, MAE- and SimMIM-style masked inputs.
+* ``dvae_encoder`` (`methods.discrete_vae`): the dvae method's convolutional encoder to a grid of
+  code logits, BEiT's tokenizer; built with the dvae's codebook size and width.
 
 Every backbone returns pooled features ``(B, feature_dim)`` from ``forward`` and has an int
-attribute ``feature_dim``. ``build_backbone(name, **kwargs)`` returns ``(module, feature_dim)``.
+attribute ``feature_dim`` and a ``kind``, ``"resnet"``, ``"vit"`` or ``"conv"`` (``methods.protocol.BackboneKind``).
+``build_backbone(name, **kwargs)`` returns ``(module, feature_dim)``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.methods.discrete_vae import dvae_encoder
+from selfsup.methods.protocol import BackboneKind
 from selfsup.methods.vision_transformer import vit_base, vit_small, vit_tiny
 
 # --------------------------------------------------------------------------------------------
@@ -110,6 +115,8 @@ class ResNet(nn.Module):
     other 3x3 conv doubles it, as torchvision's ``replace_stride_with_dilation`` does.
     """
 
+    kind: BackboneKind = "resnet"
+
     def __init__(
         self,
         block: type[BasicBlock] | type[Bottleneck],
@@ -189,6 +196,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "vit_tiny": vit_tiny,
     "vit_small": vit_small,
     "vit_base": vit_base,
+    "dvae_encoder": dvae_encoder,  # the dvae method's encoder (its logits are over method.codebook_size)
 }
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import barlow_twins
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -41,6 +42,22 @@ class BarlowTwins(nn.Module):
         z2 = self.projector(self.backbone(batch["view_1"]))
         loss = barlow_twins(z1.float(), z2.float(), lambda_offdiag=self.lambda_offdiag)
         return {"loss": loss, "barlow_twins": loss.detach()}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_barlow_twins(options: BarlowTwinsOptions, backbone: nn.Module,

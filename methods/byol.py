@@ -21,6 +21,7 @@ from torch import nn
 from selfsup.methods.heads import PredictionHead, ProjectionHead
 from selfsup.methods.losses import negative_cosine
 from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -65,6 +66,19 @@ class BYOL(nn.Module):
         ema_update_(self.target_projector, self.projector, momentum)
         self.momentum.fill_(cosine_momentum(step + 1, total_steps, self.base_momentum,
                                             self.final_momentum))
+
+    def teacher_backbone(self) -> nn.Module:
+        return self.target_backbone
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_byol(options: BYOLOptions, backbone: nn.Module, feature_dim: int) -> BYOL:

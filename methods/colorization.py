@@ -28,6 +28,7 @@ from torch import nn
 from selfsup.methods import distributed
 from selfsup.methods.dense import adapt_input_channels, feature_map
 from selfsup.methods.losses import colorization_loss, rebalancing_weights
+from selfsup.methods.protocol import OptimizerStep
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,13 +62,15 @@ def rgb_to_lightness(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 class LightnessInput(nn.Module):
     """A one-channel backbone that also takes normalized RGB: (B, 1 or 3, S, S) -> features.
 
-    Lightness ``L - 50`` in [-50, 50] is scaled to [-1, 1] before the backbone.
+    Lightness ``L - 50`` in [-50, 50] is scaled to [-1, 1] before the backbone. ``kind`` is the
+    wrapped backbone's.
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int):
         super().__init__()
         self.net = backbone
         self.feature_dim = feature_dim
+        self.kind = backbone.kind
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 3:
@@ -111,6 +114,22 @@ class Colorization(nn.Module):
         loss = colorization_loss(logits.float(), bins, weights)
         accuracy = (logits.detach().argmax(dim=1) == bins).float().mean()
         return {"loss": loss, "colorization": loss.detach(), "accuracy": accuracy}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_colorization(options: ColorizationOptions, backbone: nn.Module,

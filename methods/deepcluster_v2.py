@@ -34,7 +34,9 @@ from torch import nn
 
 from selfsup.methods import distributed
 from selfsup.methods.heads import ProjectionHead
+from selfsup.methods.kmeans import spherical_kmeans
 from selfsup.methods.multicrop import batch_views, same_size_runs
+from selfsup.methods.protocol import OptimizerStep
 
 CROPS_FOR_ASSIGN = (0, 1)
 
@@ -48,7 +50,7 @@ class DeepClusterV2Options:
     num_heads: int = 3  # k-means clusterings per epoch (3 x 3000 in the paper)
     temperature: float = 0.1
     kmeans_iterations: int = 10
-    memory_bank_size: int = 1281167  # the number of training images (ImageNet-1k train)
+    memory_bank_size: int = 0  # rows, one per training image; 0: the training split's size, set by the trainer
 
 
 def batch_indices(batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:
@@ -62,35 +64,6 @@ def batch_indices(batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:
                          f"bank of {size} rows; set method.memory_bank_size to the number of "
                          "training samples")
     return index
-
-
-@torch.no_grad()
-def spherical_kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Generator,
-                     similarity_budget: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means on the unit sphere: points (n, D) L2-normalized -> centroids (k, D), labels (n,).
-
-    Centroids start at k distinct random points (drawn with replacement when n < k); each
-    iteration assigns every point to the centroid of highest cosine similarity, then moves each
-    centroid to the normalized mean of its points (an empty cluster keeps its centroid). The
-    assignment runs over blocks of at most `similarity_budget` similarities (64 MiB in float32).
-    """
-    count = points.shape[0]
-    if count >= k:
-        start = torch.randperm(count, generator=generator)[:k]
-    else:
-        start = torch.randint(0, count, (k,), generator=generator)
-    centroids = points[start.to(points.device)].clone()
-    labels = torch.empty(count, dtype=torch.long, device=points.device)
-    chunk = max(1, similarity_budget // k)
-    for iteration in range(iterations + 1):
-        for begin in range(0, count, chunk):
-            labels[begin:begin + chunk] = (points[begin:begin + chunk] @ centroids.T).argmax(dim=1)
-        if iteration == iterations:
-            break
-        sums = torch.zeros_like(centroids).index_add_(0, labels, points)
-        sizes = torch.bincount(labels, minlength=k)
-        centroids = torch.where(sizes[:, None] > 0, F.normalize(sums, dim=1), centroids)
-    return centroids, labels
 
 
 class DeepClusterV2(nn.Module):
@@ -165,6 +138,19 @@ class DeepClusterV2(nn.Module):
             self.cluster()
             while int(self.next_kmeans_at) <= int(self.samples_seen):
                 self.next_kmeans_at += self.memory.shape[1]
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_deepcluster_v2(options: DeepClusterV2Options, backbone: nn.Module,

@@ -13,14 +13,15 @@ DINOv2's Sinkhorn-Knopp centering (Oquab et al. 2024, Sec. 4): the teacher's tar
 Sinkhorn-Knopp iterations over the batch with tau_t as the entropy regularization, so every
 output dimension gets an equal share of the batch at once (no output can dominate, as the running
 center only ensures over time). It does not sharpen: logits that barely differ between images
-still give near-uniform targets. The center buffer then stays 0. The head's last layer is frozen (zero gradient) during
-the first ``freeze_last_layer_fraction`` of training (the paper's first epoch).
+still give near-uniform targets. The center buffer then stays 0. The head's last layer is
+``last_layer_parameters()``: the trainer keeps it frozen for its first
+``trainer.freeze_last_layer_epochs`` (the paper's first epoch).
 
 Batch: `view_0`, `view_1` (global crops), then `view_2`, ... (local crops, any smaller size).
 Output: `loss`, `dino`, `teacher_temperature`, `momentum`, `teacher_entropy` (mean entropy of the
 teacher's targets: log K means uniform, 0 means one-hot).
-State: `teacher_backbone`, `teacher_head`, `center` (1, K), `teacher_temperature`, `momentum`,
-`last_layer_frozen`.
+State: `teacher_encoder` (the teacher's backbone), `teacher_head`, `center` (1, K),
+`teacher_temperature`, `momentum`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from selfsup.methods.heads import DINOHead
 from selfsup.methods.losses import dino_sinkhorn_targets, dino_targets, dino_update_center, distillation_cross_entropy
 from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
 from selfsup.methods.multicrop import batch_views, same_size_runs
+from selfsup.methods.protocol import OptimizerStep
 
 
 CENTERING = ("mean", "sinkhorn")
@@ -57,7 +59,6 @@ class DINOOptions:
     centering: str = "mean"  # "mean": DINO's running center; "sinkhorn": DINOv2's Sinkhorn-Knopp
     momentum: float = 0.996
     final_momentum: float = 1.0
-    freeze_last_layer_fraction: float = 0.01  # of all steps (1 of 100 epochs)
     num_global_views: int = 2
 
 
@@ -67,7 +68,7 @@ class DINO(nn.Module):
                  head_batch_norm: bool, student_temperature: float, teacher_temperature: float,
                  warmup_teacher_temperature: float, teacher_temperature_warmup_fraction: float,
                  center_momentum: float, centering: str, momentum: float, final_momentum: float,
-                 freeze_last_layer_fraction: float, num_global_views: int):
+                 num_global_views: int):
         super().__init__()
         if centering not in CENTERING:
             raise ValueError(f"dino: method.centering={centering!r} is not one of {', '.join(CENTERING)}")
@@ -75,25 +76,18 @@ class DINO(nn.Module):
         self.backbone = backbone
         self.head = DINOHead(feature_dim, output_dim, hidden_dim, bottleneck_dim, head_layers,
                              norm_last_layer, head_batch_norm)
-        self.teacher_backbone = frozen_copy(backbone)
+        self.teacher_encoder = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.student_temperature = student_temperature
         self.temperature_schedule = (warmup_teacher_temperature, teacher_temperature,
                                      teacher_temperature_warmup_fraction)
         self.center_momentum = center_momentum
         self.momentum_schedule = (momentum, final_momentum)
-        self.freeze_last_layer_fraction = freeze_last_layer_fraction
         self.num_global_views = num_global_views
         self.register_buffer("center", torch.zeros(1, output_dim))
         self.register_buffer("teacher_temperature",
                              torch.tensor(float(self._teacher_temperature(0, 1))))
         self.register_buffer("momentum", torch.tensor(float(momentum)))
-        self.register_buffer("last_layer_frozen", torch.tensor(freeze_last_layer_fraction > 0))
-        for parameter in self.head.last_layer.parameters():
-            parameter.register_hook(self._freeze_last_layer)
-
-    def _freeze_last_layer(self, gradient: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(gradient) if bool(self.last_layer_frozen) else gradient
 
     def _teacher_temperature(self, step: int, total_steps: int) -> float:
         start, end, fraction = self.temperature_schedule
@@ -110,7 +104,7 @@ class DINO(nn.Module):
         global_views = views[: self.num_global_views]
         student = self._student(views)  # (V * B, K), views in batch order
         with torch.no_grad():
-            teacher = self.teacher_head(self.teacher_backbone(torch.cat(global_views)))  # (G * B, K)
+            teacher = self.teacher_head(self.teacher_encoder(torch.cat(global_views)))  # (G * B, K)
         temperature = float(self.teacher_temperature)
         if self.centering == "sinkhorn":
             targets = dino_sinkhorn_targets(teacher, temperature, num_teacher_views=len(global_views))
@@ -129,12 +123,25 @@ class DINO(nn.Module):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         momentum = float(self.momentum)
-        ema_update_(self.teacher_backbone, self.backbone, momentum)
+        ema_update_(self.teacher_encoder, self.backbone, momentum)
         ema_update_(self.teacher_head, self.head, momentum)
         next_step = step + 1
         self.momentum.fill_(cosine_momentum(next_step, total_steps, *self.momentum_schedule))
         self.teacher_temperature.fill_(self._teacher_temperature(next_step, total_steps))
-        self.last_layer_frozen.fill_(next_step < self.freeze_last_layer_fraction * total_steps)
+
+    def teacher_backbone(self) -> nn.Module:
+        return self.teacher_encoder
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """The head's weight-normalized last layer, frozen by the trainer at first (Caron et al. 2021)."""
+        return list(self.head.last_layer.parameters())
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_dino(options: DINOOptions, backbone: nn.Module, feature_dim: int) -> DINO:

@@ -86,3 +86,18 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x, op=dist.ReduceOp.MAX)
     return x
+
+
+@torch.no_grad()
+def broadcast_(x: torch.Tensor, source: int = 0) -> torch.Tensor:
+    """In place: ``x`` on every rank becomes rank ``source``'s ``x`` (same shape and dtype on
+    every rank); returns it. A no-op when not distributed. For results computed once, on one
+    rank (k-means labels), or that must agree bit for bit (a re-initialized layer)."""
+    if world_size() == 1:
+        return x
+    if x.is_contiguous():
+        dist.broadcast(x, src=source)
+        return x
+    contiguous = x.contiguous()
+    dist.broadcast(contiguous, src=source)
+    return x.copy_(contiguous)

@@ -113,7 +113,7 @@ class DINOHead(nn.Module):
 
     ``norm_last_layer=True`` fixes the last layer's magnitude to 1 (the official default, more
     stable for ViT-S); otherwise the magnitude is learned (initialised to 1). Freezing the last
-    layer during the first epoch is the method's job (zero ``last_layer`` gradients).
+    layer during the first epoch is the trainer's job (DINO's ``last_layer_parameters()``).
     """
 
     def __init__(

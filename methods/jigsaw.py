@@ -21,6 +21,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import classification_loss
+from selfsup.methods.protocol import OptimizerStep
 
 NUM_TILES = 9
 
@@ -54,6 +55,22 @@ class Jigsaw(nn.Module):
         loss = classification_loss(logits, labels)
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
         return {"loss": loss, "jigsaw": loss.detach(), "accuracy": accuracy}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_jigsaw(options: JigsawOptions, backbone: nn.Module, feature_dim: int) -> Jigsaw:

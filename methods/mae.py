@@ -9,8 +9,9 @@ The loss is the mean squared error on the masked patches only, against per-patch
 pixels (``norm_pix_loss``, Sec. 3 "Reconstruction target").
 
 The mask is drawn per sample in the data graph (the `mae` recipe: `mask`, (B, N) bool, True =
-masked, the same count in every sample, on the ViT's patch grid; its `mask_ratio` and
-`patch_size` are recipe options). ``random_mask`` draws the same kind of mask in torch, for tests.
+masked, the same count in every sample, on the ViT's patch grid; `mask_ratio` is a recipe
+option, the patch size is the model's: the trainer builds the recipe with ``model.patch_size``).
+``random_mask`` draws the same kind of mask in torch, for tests.
 
 Batch: `view_0` (B, 3, S, S), `mask` (B, N). Output: `loss`, `reconstruction`, `mask_ratio`.
 ViT backbones only.
@@ -25,6 +26,7 @@ from torch import nn
 
 from selfsup.methods.vision_transformer import Block
 from selfsup.methods.losses import mae_loss
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -71,7 +73,7 @@ def patch_mask(batch: dict[str, torch.Tensor], num_patches: int, patch_size: int
     mask = batch["mask"].bool()
     if mask.shape[1] != num_patches:
         raise ValueError(f"mae: the mask has {mask.shape[1]} cells but the ViT sees {num_patches} "
-                         f"patches; set data.recipe.patch_size to the ViT patch size ({patch_size})")
+                         f"patches; the recipe's patch_size must be the ViT's ({patch_size})")
     return mask
 
 
@@ -80,8 +82,8 @@ class MAE(nn.Module):
                  decoder_depth: int, decoder_heads: int,
                  normalize_pixels: bool):
         super().__init__()
-        if not hasattr(backbone, "forward_tokens"):
-            raise ValueError("mae needs a ViT backbone (vit_tiny, vit_small, vit_base)")
+        if backbone.kind != "vit":
+            raise ValueError(f"mae needs a ViT backbone (vit_tiny, vit_small, vit_base), not a {backbone.kind}")
         self.backbone = backbone
         self.patch_size = backbone.patch_size
         self.normalize_pixels = normalize_pixels
@@ -124,6 +126,22 @@ class MAE(nn.Module):
                         normalize_pixels=self.normalize_pixels)
         return {"loss": loss, "reconstruction": loss.detach(),
                 "mask_ratio": mask.float().mean().detach()}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_mae(options: MAEOptions, backbone: nn.Module, feature_dim: int) -> MAE:

@@ -9,8 +9,8 @@ the current keys replace the oldest ones (a ring buffer with a pointer).
 
 Under DDP the keys of all ranks are enqueued (so the queue is the same everywhere), and the key
 encoder sees the global batch shuffled across ranks ("shuffling BN", Sec. 3.3), so BatchNorm
-statistics cannot leak which key belongs to which query. In one process there is nothing to
-shuffle across: BN statistics cover the whole batch, as with one GPU in the official code.
+statistics cannot leak which key belongs to which query (`methods.shuffled_batch_norm`). In one
+process there is nothing to shuffle across: BN statistics cover the whole batch, as with one GPU.
 
 Batch: `view_0` (queries), `view_1` (keys), each (B, 3, S, S).
 Output: `loss`, `infonce`, `momentum`; with `symmetric` the loss is the mean of both directions.
@@ -30,6 +30,8 @@ from selfsup.methods import distributed
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import infonce
 from selfsup.methods.momentum import cosine_momentum, ema_update_, enqueue_, frozen_copy
+from selfsup.methods.protocol import OptimizerStep
+from selfsup.methods.shuffled_batch_norm import shuffled_forward
 
 
 @dataclass
@@ -68,19 +70,11 @@ class MoCoV2(nn.Module):
     @torch.no_grad()
     def _keys(self, images: torch.Tensor) -> torch.Tensor:
         """Key embeddings (B, D), L2-normalized, through the momentum encoder (shuffled under DDP)."""
-        world = distributed.world_size()
-        if not (self.shuffle_bn and world > 1):
-            return F.normalize(self.key_projector(self.key_backbone(images)), dim=1)
-        batch, rank = images.shape[0], distributed.rank()
-        everything = distributed.gather_no_grad(images)  # (B * W, 3, S, S), ordered by rank
-        generator = torch.Generator().manual_seed(int(self.iteration))  # same on every rank
-        permutation = torch.randperm(everything.shape[0], generator=generator).to(images.device)
-        mine = permutation[rank * batch:(rank + 1) * batch]  # this rank embeds these samples
-        keys = F.normalize(self.key_projector(self.key_backbone(everything[mine])), dim=1)
-        shuffled = distributed.gather_no_grad(keys)  # row j holds sample permutation[j]
-        unshuffled = torch.empty_like(shuffled)
-        unshuffled[permutation] = shuffled
-        return unshuffled[rank * batch:(rank + 1) * batch]
+        def encode(batch: torch.Tensor) -> torch.Tensor:
+            return F.normalize(self.key_projector(self.key_backbone(batch)), dim=1)
+        if not self.shuffle_bn:
+            return encode(images)
+        return shuffled_forward(encode, images, seed=int(self.iteration))
 
     def _direction(self, queries: torch.Tensor, keys: torch.Tensor, negatives: torch.Tensor):
         query = self.projector(self.backbone(queries))  # (B, D)
@@ -107,6 +101,19 @@ class MoCoV2(nn.Module):
         self.momentum.fill_(cosine_momentum(step + 1, total_steps, self.base_momentum,
                                             self.final_momentum))
         self.iteration += 1
+
+    def teacher_backbone(self) -> nn.Module:
+        return self.key_backbone
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_moco_v2(options: MoCoV2Options, backbone: nn.Module, feature_dim: int) -> MoCoV2:

@@ -22,6 +22,7 @@ from torch import nn
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import moco_v3_loss
 from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -41,7 +42,7 @@ class MoCoV3(nn.Module):
                  projection_dim: int, prediction_hidden_dim: int, temperature: float,
                  momentum: float, final_momentum: float, freeze_patch_embed: bool):
         super().__init__()
-        if freeze_patch_embed and hasattr(backbone, "patch_embed"):
+        if freeze_patch_embed and backbone.kind == "vit":
             for parameter in backbone.patch_embed.parameters():
                 parameter.requires_grad_(False)
         self.backbone = backbone
@@ -72,6 +73,19 @@ class MoCoV3(nn.Module):
         ema_update_(self.momentum_projector, self.projector, momentum)
         self.momentum.fill_(cosine_momentum(step + 1, total_steps, self.base_momentum,
                                             self.final_momentum))
+
+    def teacher_backbone(self) -> nn.Module:
+        return self.momentum_backbone
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_moco_v3(options: MoCoV3Options, backbone: nn.Module, feature_dim: int) -> MoCoV3:

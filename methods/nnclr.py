@@ -23,6 +23,7 @@ from selfsup.methods import distributed
 from selfsup.methods.heads import PredictionHead, ProjectionHead
 from selfsup.methods.losses import nnclr_loss
 from selfsup.methods.momentum import enqueue_
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -69,6 +70,22 @@ class NNCLR(nn.Module):
             enqueue_(self.support_set, self.support_pointer, keys)
         return {"loss": loss, "nnclr": loss.detach(),
                 "neighbour_similarity": torch.cat([similarity_1, similarity_2]).mean()}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_nnclr(options: NNCLROptions, backbone: nn.Module, feature_dim: int) -> NNCLR:

@@ -29,6 +29,7 @@ from torch import nn
 
 from selfsup.methods import distributed
 from selfsup.methods.losses import npid_nce_loss
+from selfsup.methods.protocol import OptimizerStep
 
 LOSSES = ("nce", "softmax")
 
@@ -41,7 +42,7 @@ class NPIDOptions:
     memory_momentum: float = 0.5
     num_negatives: int = 4096  # noise samples per step; 0 with loss=softmax: the whole bank
     loss: str = "nce"  # nce | softmax
-    memory_bank_size: int = 1281167  # the number of training images (ImageNet-1k train)
+    memory_bank_size: int = 0  # rows, one per training image; 0: the training split's size, set by the trainer
 
 
 def batch_indices(batch: dict[str, torch.Tensor], size: int, method: str) -> torch.Tensor:
@@ -111,6 +112,22 @@ class NPID(nn.Module):
         features = distributed.gather_no_grad(features).to(self.memory.dtype)
         mixed = self.memory[index] * self.memory_momentum + features * (1 - self.memory_momentum)
         self.memory[index] = F.normalize(mixed, dim=1)
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_npid(options: NPIDOptions, backbone: nn.Module, feature_dim: int) -> NPID:

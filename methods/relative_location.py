@@ -20,6 +20,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import classification_loss
+from selfsup.methods.protocol import OptimizerStep
 
 NUM_POSITIONS = 8
 
@@ -48,6 +49,22 @@ class RelativeLocation(nn.Module):
         loss = classification_loss(logits, labels)
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
         return {"loss": loss, "relative_location": loss.detach(), "accuracy": accuracy}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_relative_location(options: RelativeLocationOptions, backbone: nn.Module,

@@ -16,6 +16,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import nt_xent
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -40,6 +41,22 @@ class SimCLR(nn.Module):
         z2 = self.projector(self.backbone(batch["view_1"]))  # (B, output_dim)
         loss = nt_xent(z1, z2, temperature=self.temperature)
         return {"loss": loss, "nt_xent": loss.detach()}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_simclr(options: SimCLROptions, backbone: nn.Module, feature_dim: int) -> SimCLR:

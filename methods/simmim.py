@@ -10,8 +10,9 @@ pixel's neighbourhood, the official code's later ``NORM_TARGET`` (47 px at 192 p
 
 The mask is drawn per sample in the data graph (the `simmim` recipe: `mask`, bool, True =
 masked, on the grid of mask cells of `patch_size` pixels, 32 in the paper, a multiple of the
-ViT patch size; `mask_ratio` and `patch_size` are recipe options); it is upsampled here to the
-ViT's patch grid. The backbone gets its learned mask token here (``use_mask_token``).
+ViT patch size, which the config check enforces; `mask_ratio` and `patch_size` are recipe
+options); it is upsampled here to the ViT's patch grid. The backbone gets its learned mask
+token here (``use_mask_token``).
 ``random_cell_mask`` draws the same kind of mask in torch, for tests.
 
 Batch: `view_0` (B, 3, S, S), `mask` (B, cells). Output: `loss`, `reconstruction`, `mask_ratio`.
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from selfsup.methods.losses import normalize_locally, simmim_loss, unpatchify
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -58,8 +60,8 @@ class SimMIM(nn.Module):
             raise ValueError(f"method.target_window={target_window}: expected 0 (raw pixels) or an odd "
                              "window of 3 or more pixels")
         self.target_window = target_window
-        if not hasattr(backbone, "forward_tokens"):
-            raise ValueError("simmim needs a ViT backbone (vit_tiny, vit_small, vit_base)")
+        if backbone.kind != "vit":
+            raise ValueError(f"simmim needs a ViT backbone (vit_tiny, vit_small, vit_base), not a {backbone.kind}")
         if backbone.mask_token is None:  # the learned token that replaces masked patch embeddings
             backbone.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim))
             nn.init.trunc_normal_(backbone.mask_token, std=0.02)
@@ -92,6 +94,22 @@ class SimMIM(nn.Module):
         loss = simmim_loss(reconstruction.float(), target, mask, self.patch_size)
         return {"loss": loss, "reconstruction": loss.detach(),
                 "mask_ratio": mask.float().mean().detach()}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_simmim(options: SimMIMOptions, backbone: nn.Module, feature_dim: int) -> SimMIM:

@@ -24,6 +24,7 @@ from torch import nn
 
 from selfsup.methods.heads import PredictionHead, ProjectionHead
 from selfsup.methods.losses import negative_cosine
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -58,6 +59,19 @@ class SimSiam(nn.Module):
         loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2  # targets detached inside
         spread = F.normalize(z1.detach(), dim=1).std(dim=0).mean()
         return {"loss": loss, "negative_cosine": loss.detach(), "representation_std": spread}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_simsiam(options: SimSiamOptions, backbone: nn.Module, feature_dim: int) -> SimSiam:

@@ -7,17 +7,17 @@ two global crops, online codes Q are computed with Sinkhorn-Knopp (equal partiti
 batch over the prototypes, epsilon 0.05, 3 iterations) and every *other* crop predicts them from
 its own scores (swapped prediction, temperature 0.1, Eq. 1-3). With small batches a queue of
 earlier embeddings joins the Sinkhorn batch (3840 per global crop, from ``queue_start_fraction``
-of training on, used once it is full; Sec. 4.1 / official code). The prototypes take no
-gradient during the first ``freeze_prototypes_fraction`` of training (official:
-``freeze_prototypes_niters``).
+of training on, used once it is full; Sec. 4.1 / official code). The prototypes are
+``last_layer_parameters()``: the trainer keeps them frozen for its first
+``trainer.freeze_last_layer_epochs`` (official: ``freeze_prototypes_niters``, about one epoch).
 
 Under DDP the queue holds the gathered embeddings of all ranks (the same on every rank); each
 rank passes its own 1/W slice of it to Sinkhorn-Knopp, whose sums are all-reduced, so the
 equipartition covers the global batch plus the whole queue, as in the official per-rank queues.
 
 Batch: `view_0`, `view_1` (global crops), then `view_2`, ... (local crops).
-Output: `loss`, `swav`, `queue_in_use`, `prototypes_frozen`.
-State: `prototypes`, `queue` (2, L, D), `queue_filled`, `queue_active`, `prototypes_frozen`.
+Output: `loss`, `swav`, `queue_in_use`.
+State: `prototypes`, `queue` (2, L, D), `queue_filled`, `queue_active`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from selfsup.methods import distributed
 from selfsup.methods.heads import PrototypesHead, ProjectionHead
 from selfsup.methods.losses import sinkhorn_knopp, swav_swapped_prediction
 from selfsup.methods.multicrop import batch_views, same_size_runs
+from selfsup.methods.protocol import OptimizerStep
 
 CROPS_FOR_ASSIGN = (0, 1)
 
@@ -47,14 +48,12 @@ class SwAVOptions:
     sinkhorn_iterations: int = 3
     queue_size: int = 3840  # per global crop, all ranks together; 0 = no queue
     queue_start_fraction: float = 0.15  # of all steps (epoch 15 of 100)
-    freeze_prototypes_fraction: float = 0.01  # of all steps (the first epoch of 100)
 
 
 class SwAV(nn.Module):
     def __init__(self, backbone: nn.Module, feature_dim: int, *, projection_hidden_dim: int,
                  projection_dim: int, num_prototypes: int, temperature: float, epsilon: float,
-                 sinkhorn_iterations: int, queue_size: int, queue_start_fraction: float,
-                 freeze_prototypes_fraction: float):
+                 sinkhorn_iterations: int, queue_size: int, queue_start_fraction: float):
         super().__init__()
         self.backbone = backbone
         self.projector = ProjectionHead(feature_dim, projection_hidden_dim, projection_dim)
@@ -63,15 +62,9 @@ class SwAV(nn.Module):
         self.epsilon = epsilon
         self.sinkhorn_iterations = sinkhorn_iterations
         self.queue_start_fraction = queue_start_fraction
-        self.freeze_prototypes_fraction = freeze_prototypes_fraction
         self.register_buffer("queue", torch.zeros(len(CROPS_FOR_ASSIGN), queue_size, projection_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_active", torch.tensor(queue_size > 0 and queue_start_fraction <= 0))
-        self.register_buffer("prototypes_frozen", torch.tensor(freeze_prototypes_fraction > 0))
-        self.prototypes.prototypes.weight.register_hook(self._freeze_prototypes)
-
-    def _freeze_prototypes(self, gradient: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(gradient) if bool(self.prototypes_frozen) else gradient
 
     def _local_queue(self, crop: int) -> torch.Tensor:
         """This rank's disjoint 1/W slice of the (global) queue of crop `crop`: (L / W, D)."""
@@ -99,9 +92,7 @@ class SwAV(nn.Module):
             if self.training and bool(self.queue_active):
                 self._enqueue(embeddings.detach().split(views[0].shape[0]))
         loss = swav_swapped_prediction(scores, codes, self.temperature)
-        return {"loss": loss, "swav": loss.detach(),
-                "queue_in_use": torch.tensor(float(use_queue)),
-                "prototypes_frozen": self.prototypes_frozen.float()}
+        return {"loss": loss, "swav": loss.detach(), "queue_in_use": torch.tensor(float(use_queue))}
 
     @torch.no_grad()
     def _enqueue(self, embeddings_per_view: tuple[torch.Tensor, ...]) -> None:
@@ -114,10 +105,22 @@ class SwAV(nn.Module):
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
-        next_step = step + 1
-        self.prototypes_frozen.fill_(next_step < self.freeze_prototypes_fraction * total_steps)
-        if self.queue.shape[1] > 0 and next_step >= self.queue_start_fraction * total_steps:
+        if self.queue.shape[1] > 0 and step + 1 >= self.queue_start_fraction * total_steps:
             self.queue_active.fill_(True)
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """The prototypes, frozen by the trainer at first (Caron et al. 2020, official code)."""
+        return [self.prototypes.prototypes.weight]
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_swav(options: SwAVOptions, backbone: nn.Module, feature_dim: int) -> SwAV:
@@ -125,5 +128,4 @@ def build_swav(options: SwAVOptions, backbone: nn.Module, feature_dim: int) -> S
                 projection_dim=options.projection_dim, num_prototypes=options.num_prototypes,
                 temperature=options.temperature, epsilon=options.epsilon,
                 sinkhorn_iterations=options.sinkhorn_iterations, queue_size=options.queue_size,
-                queue_start_fraction=options.queue_start_fraction,
-                freeze_prototypes_fraction=options.freeze_prototypes_fraction)
+                queue_start_fraction=options.queue_start_fraction)

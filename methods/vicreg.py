@@ -19,6 +19,7 @@ from torch import nn
 
 from selfsup.methods.heads import ProjectionHead
 from selfsup.methods.losses import vicreg_terms
+from selfsup.methods.protocol import OptimizerStep
 
 
 @dataclass
@@ -46,6 +47,22 @@ class VICReg(nn.Module):
         terms = vicreg_terms(z1.float(), z2.float(), *self.weights)
         return {"loss": terms["loss"], "invariance": terms["invariance"].detach(),
                 "variance": terms["variance"].detach(), "covariance": terms["covariance"].detach()}
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Nothing changes between steps."""
+
+    def teacher_backbone(self) -> None:
+        return None
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """One optimizer over every trainable parameter, minimising "loss"."""
+        return []
 
 
 def build_vicreg(options: VICRegOptions, backbone: nn.Module, feature_dim: int) -> VICReg:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.methods.protocol import BackboneKind
 
 
 class PatchEmbedding(nn.Module):
@@ -102,6 +103,8 @@ class VisionTransformer(nn.Module):
       N_kept = N. The token is opt-in so that methods not using it have no unused parameter
       (DDP would complain).
     """
+
+    kind: BackboneKind = "vit"
 
     def __init__(
         self,

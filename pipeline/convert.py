@@ -2,36 +2,37 @@
 
 What it reads, what it writes and how it resumes are described in `convert`'s docstring; the
 on-disk format is described in `pipeline/dataset.py`, the shard format in `pipeline/shards.py`.
-How each image is checked and stored is in `prepare_image`; which images are read, in what order
-and with which split and key is in `pipeline/convert_plan.py`.
+Which entries of SRC are read or skipped is in `pipeline/source_scan.py`; in what order and with
+which split and key in `pipeline/convert_plan.py`; how each image is checked and stored in
+`prepare_image` (`pipeline/images.py`), by the worker processes of `pipeline/convert_workers.py`;
+what OUT may hold and how its shards and records are written in `pipeline/convert_output.py`.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
-import signal
 import time
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfsup.pipeline.compact_plan import CompactPlan
-from selfsup.pipeline.convert_plan import KEY_DIGITS, SPLITS, PlanItem, is_hidden, scan_source, source_fingerprint
-from selfsup.files import write_atomically
-from selfsup.pipeline.dataset import (
-    DATASET_FILE, ERRORS_FILE, FORMAT_VERSION, is_dataset_file, shard_name, write_dataset_files,
-)
 from selfsup.errors import DatasetError
-from selfsup.pipeline.images import prepare_image
-from selfsup.pipeline.shards import IMAGE_EXTENSIONS, ShardWriter, parse_size
+from selfsup.files import write_atomically
+from selfsup.locks import hold_folder_lock
+from selfsup.pipeline.convert_output import (PLAN_FILE, STATE_FOLDER, SplitWriter, check_output,
+                                             describe_write_failure, load_records, record_rows,
+                                             remove_leftovers)
+from selfsup.pipeline.compact_plan import CompactPlan
+from selfsup.pipeline.convert_plan import SPLITS, PlanItem, source_fingerprint
+from selfsup.pipeline.convert_workers import Task, prepared_in_order
+from selfsup.pipeline.dataset import ERRORS_FILE, FORMAT_VERSION, read_description, write_dataset_files
+from selfsup.pipeline.segmentation_masks import attach_masks, check_masks_folder, segmentation_info
+from selfsup.pipeline.shards import IMAGE_EXTENSIONS, parse_size
+from selfsup.pipeline.source_scan import SourceScan, display_name, scan_source
 
-STATE_FOLDER = ".selfsup-convert"
-PLAN_FILE = "plan.json"
+LOCK_PURPOSE = "selfsup convert"
 
 
 @dataclass
@@ -53,197 +54,14 @@ class ConvertSummary:
     processed: int = 0  # images read in this call
 
 
-def _refuse(output: Path, why: str) -> DatasetError:
-    """The error for an OUT folder that holds something other than this conversion."""
-    return DatasetError(f"{output}: {why}; convert into a new or empty folder (or delete this one)")
+# tasks -> prepare_image(*task) for each task, yielded in task order. The default is the local worker
+# pool (`pipeline/convert_workers.py`); `cluster/convert_tasks.py` has one that spreads chunks over Ray tasks.
+MapInOrder = Callable[[list[Task]], Iterator[dict]]
 
 
-def _check_output(output: Path, fingerprint: str) -> str:
-    """'complete', 'resume' or 'fresh' for OUT; a DatasetError when OUT holds something else."""
-    if output.exists() and not output.is_dir():
-        raise DatasetError(f"{output}: exists and is not a folder; choose a folder for the shards")
-    if not output.exists():
-        return "fresh"
-    foreign = sorted(entry.name for entry in output.iterdir()
-                     if not is_hidden(entry.name) and not is_dataset_file(entry.name))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise _refuse(output, f"holds files that `selfsup convert` did not write ({shown})")
-    for path, what in ((output / DATASET_FILE, "a finished conversion"),
-                       (output / STATE_FOLDER / PLAN_FILE, "an unfinished conversion")):
-        if path.is_file():
-            try:
-                found = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
-            except (OSError, ValueError, AttributeError):
-                found = None
-            if found != fingerprint:
-                raise _refuse(output, f"holds {what} of a different dataset or options ({path.name} "
-                                      "fingerprint differs; the source files may have changed)")
-            return "complete" if path.name == DATASET_FILE else "resume"
-    if any(not is_hidden(entry.name) for entry in output.iterdir()):
-        raise _refuse(output, "holds shard files but no record of the conversion that wrote them")
-    return "fresh"
-
-
-def _load_records(state: Path, plan_counts: dict[str, int]) -> dict[str, list[dict]]:
-    """The completed-shard records per split (without their rows: see `_record_rows`), checked to
-    cover a prefix of each split in order."""
-    records = {split: [] for split in SPLITS}
-    for path in sorted(state.glob("*-*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            records[record["split"]].append({**record, "rows": None, "path": path})
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise DatasetError(f"{path}: unreadable shard record ({error!r}); delete the output folder "
-                               "and convert again") from error
-    for split, items in records.items():
-        items.sort(key=lambda record: record["start"])
-        stop = 0
-        for record in items:
-            if record["start"] != stop or record["stop"] > plan_counts.get(split, 0):
-                raise DatasetError(f"{state}: shard records of split {split!r} do not cover the plan in "
-                                   "order; delete the output folder and convert again")
-            stop = record["stop"]
-    return records
-
-
-def _record_rows(records: list[dict]) -> Iterator[dict]:
-    """The manifest rows of completed-shard records, read back one record file at a time."""
-    for record in records:
-        yield from json.loads(record["path"].read_text(encoding="utf-8"))["rows"]
-
-
-class _SplitWriter:
-    """Writes one split's shards in plan order and a state record after each finished shard."""
-
-    def __init__(self, output: Path, split: str, shard_size: int, records: list[dict]):
-        """Continue after the split's completed-shard `records` (none for a fresh run)."""
-        self.output, self.split, self.shard_size = output, split, shard_size
-        self.state = output / STATE_FOLDER
-        self.start = records[-1]["stop"] if records else 0  # split-local index of the next item
-        self.next_shard = sum(1 for record in records if record["shard"])
-        self.writer: ShardWriter | None = None
-        self.rows: list[dict] = []
-        self.errors: list[dict] = []
-
-    def add(self, local_index: int, item: PlanItem, result: dict) -> None:
-        """Store one prepared image (or record its error), starting a new shard when this one is full."""
-        if "reason" in result:
-            self.errors.append({"path": item.relative, "reason": result["reason"]})
-            return
-        files = {result["ext"]: result["data"]}
-        if item.label >= 0:
-            files["cls"] = str(item.label).encode("ascii")
-        files["json"] = json.dumps({"source": item.relative, "width": result["width"],
-                                    "height": result["height"],
-                                    "original_width": result["original_width"],
-                                    "original_height": result["original_height"]},
-                                   ensure_ascii=False).encode("utf-8")
-        if self.writer is not None and self.writer.projected_size(files) > self.shard_size:
-            self.close_shard(local_index)
-        if self.writer is None:
-            self.writer = ShardWriter(self.output / shard_name(self.split, self.next_shard))
-        self.writer.write_sample(item.key, files)
-        offset, size = self.writer.samples[-1][1][result["ext"]]
-        self.rows.append({"key": item.key, "split": self.split, "shard": self.writer.path.name,
-                          "offset": offset, "bytes": size, "label": item.label, "width": result["width"],
-                          "height": result["height"], "source": item.relative, "crc32": result["crc32"]})
-
-    def close_shard(self, stop: int) -> None:
-        """Finish the open shard (if any) and record the plan items [start, stop) as done."""
-        shard = None
-        if self.writer is not None:
-            shard = self.writer.finish().name
-            self.writer, self.next_shard = None, self.next_shard + 1
-        elif not self.errors:
-            return
-        record = {"split": self.split, "shard": shard, "start": self.start, "stop": stop,
-                  "rows": self.rows, "errors": self.errors}
-        write_atomically(self.state / f"{self.split}-{self.start:0{KEY_DIGITS}d}.json",
-                         json.dumps(record).encode("utf-8"), sync_parent=False)  # lost record: shard redone
-        self.start, self.rows, self.errors = stop, [], []
-
-    def abort(self) -> None:
-        """Remove the open shard's partial file, also when an interrupt came while it was being
-        opened (the file exists, `self.writer` is not assigned yet)."""
-        if self.writer is not None:
-            self.writer.abort()
-        opening = self.output / shard_name(self.split, self.next_shard)
-        for path in (opening, opening.with_suffix(".idx")):
-            path.with_name(path.name + ".partial").unlink(missing_ok=True)
-
-
-def _ignore_interrupts() -> None:
-    """Pool initializer: Ctrl-C is handled by the main process alone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _prepare_chunk(tasks: list[tuple[str, str, int | None]]) -> list[dict]:
-    """prepare_image for each (root, relative, max_side) task (one pool job)."""
-    return [prepare_image(*task) for task in tasks]
-
-
-def _prepared_in_order(tasks: list[tuple[str, str, int | None]], workers: int) -> Iterator[dict]:
-    """Yield prepare_image results in task order, from spawned worker processes.
-
-    At most 3 chunks per worker are in flight, so memory stays bounded however slow the
-    writing is; a worker that dies (e.g. killed for memory) raises BrokenProcessPool, not a hang.
-    """
-    if workers <= 1 or len(tasks) < 2:
-        for task in tasks:
-            yield prepare_image(*task)
-        return
-    chunk_size = max(1, min(32, len(tasks) // (workers * 4)))
-    chunks = (tasks[start:start + chunk_size] for start in range(0, len(tasks), chunk_size))
-    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_interrupts)
-    try:
-        pending = deque(executor.submit(_prepare_chunk, chunk) for _, chunk in zip(range(3 * workers), chunks))
-        while pending:
-            results = pending.popleft().result()
-            for chunk in chunks:
-                pending.append(executor.submit(_prepare_chunk, chunk))
-                break
-            yield from results
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
-
-
-# tasks -> prepare_image(*task) for each task, yielded in task order. The default is a local process
-# pool (`_prepared_in_order`); `cluster/convert_tasks.py` has one that spreads chunks over Ray tasks.
-MapInOrder = Callable[[list[tuple[str, str, int | None]]], Iterator[dict]]
-
-
-def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "256MB",
-            max_side: int | None = None, val_fraction: float = 0.0, workers: int | None = None,
-            seed: int = 0, progress: bool = True, map_in_order: MapInOrder | None = None) -> ConvertSummary:
-    """Convert the image folder SRC into WebDataset shards in OUT; resumes an interrupted run.
-
-    Layout: class folders (`SRC/cat/*.jpg`, `SRC/dog/x/y.png`, ...) give a labeled dataset
-    whose classes are the sorted top-level folder names; images directly in SRC make it a flat,
-    unlabeled dataset of every image at any depth (see `scan_source`). Accepted: .jpg .jpeg
-    .png .webp .bmp .tif .tiff in any case; hidden and other files are ignored.
-
-    Every image is fully decoded once; unreadable ones are skipped and listed in
-    `OUT/errors.jsonl`. Images DALI decodes as they are keep their bytes; the others are
-    re-encoded (see `prepare_image`). The sorted candidates are shuffled with
-    `seed`; the first round(val_fraction*N) form the "val" split, the rest "train"; a sample's key
-    is its place in that shuffle. Shards `OUT/{split}-NNNNNN.tar` (+ `.idx`) stay under
-    `shard_size` unless one sample alone is larger.
-
-    Interrupted at any point, the same call finishes the job: completed shards are recorded in
-    `OUT/.selfsup-convert/`, partial files are deleted, and work goes on after the last
-    completed shard. `OUT/dataset.json`, written last, marks completion; calling again then
-    does nothing (`already_complete=True`). A different dataset in OUT is refused.
-
-    `map_in_order` (optional) replaces the local worker processes for reading the images, e.g.
-    with tasks on a cluster; the outputs are the same, since writing stays here and in order.
-    """
-    started = time.monotonic()
-    source, output = Path(source).expanduser().resolve(), Path(output).expanduser().resolve()
-    if not source.is_dir():
-        raise DatasetError(f"{source}: {'not a folder' if source.exists() else 'no such folder'} "
-                           "(expected a folder of images or of class folders)")
+def _checked_options(shard_size: int | str, max_side: int | None, val_fraction: float,
+                     workers: int | None) -> tuple[int, int]:
+    """The shard size in bytes and the number of workers; a DatasetError naming a bad value."""
     try:
         shard_bytes = parse_size(shard_size)
     except ValueError as error:
@@ -255,49 +73,147 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
     workers = (os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DatasetError(f"workers {workers!r}: expected a positive integer or None")
+    return shard_bytes, workers
 
-    files, labeled, classes = scan_source(source, exclude=output)
-    if not files:
+
+def _find_images(source: Path, output: Path) -> SourceScan:
+    """The scan of SRC; a DatasetError when it is no folder or holds no image that can be read."""
+    if not source.is_dir():
+        raise DatasetError(f"{source}: {'not a folder' if source.exists() else 'no such folder'} "
+                           "(expected a folder of images or of class folders)")
+    scan = scan_source(source, exclude=output)
+    if not scan.candidates:
         looked_for = ", ".join("." + extension for extension in IMAGE_EXTENSIONS)
-        raise DatasetError(f"{source}: no images found (looked for {looked_for} "
-                           "files, hidden ones excluded)")
-    options = {"shard_size": shard_bytes, "max_side": max_side, "val_fraction": float(val_fraction), "seed": seed}
-    fingerprint = source_fingerprint(source, files, options)
-    status = _check_output(output, fingerprint)
-    if status == "complete":
-        return _summary_from_description(output, started)
+        unread = ""
+        if scan.skipped:
+            first = scan.skipped[0]
+            unread = (f"; {len(scan.skipped)} {'entry' if len(scan.skipped) == 1 else 'entries'} could not "
+                      f"be read, e.g. {display_name(first.relative)}: {first.reason}")
+        raise DatasetError(f"{source}: no images found (looked for {looked_for} files, hidden ones "
+                           f"excluded{unread})")
+    return scan
 
-    plan = CompactPlan.build(files, classes, val_fraction, seed)  # no object per image (pipeline/compact_plan.py)
-    del files  # the plan holds the paths, compactly
+
+def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "256MB",
+            max_side: int | None = None, val_fraction: float = 0.0, workers: int | None = None,
+            seed: int = 0, progress: bool = True, map_in_order: MapInOrder | None = None,
+            masks: str | Path | None = None) -> ConvertSummary:
+    """Convert the image folder SRC into WebDataset shards in OUT; resumes an interrupted run.
+
+    Layout: class folders (`SRC/cat/*.jpg`, `SRC/dog/x/y.png`, ...) give a labeled dataset
+    whose classes are the sorted top-level folder names; images directly in SRC make it a flat,
+    unlabeled dataset of every image at any depth (see `scan_source`). Accepted: regular files
+    named .jpg .jpeg .png .webp .bmp .tif .tiff in any case; hidden and other files are ignored;
+    symlinks are followed.
+
+    Every image is fully decoded once. Whatever cannot be read is skipped and listed in
+    `OUT/errors.jsonl` (and counted in the summary): files that do not decode, folders that
+    cannot be listed, broken symlinks and symlink loops, FIFOs and devices named like images. A
+    class folder that cannot be listed stops the conversion instead (the labels would shift).
+    Images DALI decodes as they are keep their bytes; the others are
+    re-encoded (see `prepare_image`). The sorted candidates are shuffled with
+    `seed`; the first round(val_fraction*N) form the "val" split, the rest "train"; a sample's key
+    is its place in that shuffle. Shards `OUT/{split}-NNNNNN.tar` (+ `.idx`) stay under
+    `shard_size` unless one sample alone is larger.
+
+    Interrupted at any point, the same call finishes the job: completed shards are recorded in
+    `OUT/.selfsup-convert/`, partial files are deleted, and work goes on after the last
+    completed shard. `OUT/dataset.json`, written last, marks completion; calling again then
+    does nothing (`already_complete=True`). A different dataset in OUT is refused. A write that
+    fails (a full or read-only disk) is a DatasetError naming the path and the cause.
+
+    While it writes, the call holds OUT's lock (`selfsup.locks`): a second conversion into the
+    same OUT fails at once with a FolderLockedError naming the holder.
+
+    `map_in_order` (optional) replaces the local worker processes for reading the images, e.g.
+    with tasks on a cluster; the outputs are the same, since writing stays here and in order.
+
+    `masks` (optional): a folder of PNG label maps mirroring SRC; each sample then carries its mask
+    as `KEY.seg.png` (see `pipeline/segmentation_masks.py`).
+    """
+    started = time.monotonic()
+    source, output = Path(source).expanduser().resolve(), Path(output).expanduser().resolve()
+    shard_bytes, workers = _checked_options(shard_size, max_side, val_fraction, workers)
+    masks = check_masks_folder(masks, source)
+    scan = _find_images(source, output)
+    options = {"shard_size": shard_bytes, "max_side": max_side, "val_fraction": float(val_fraction), "seed": seed}
+    if masks is not None:
+        options["masks"] = str(masks)
+    fingerprint = source_fingerprint(source, scan, options)
+    if output.exists() and not output.is_dir():
+        raise DatasetError(f"{output}: exists and is not a folder; choose a folder for the shards")
+    if _already_complete(output, fingerprint):  # reads only: no lock, works in a read-only OUT too
+        return _summary_from_description(output, started)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with hold_folder_lock(output, LOCK_PURPOSE):
+            status = check_output(output, fingerprint)  # under the lock: another run may have finished
+            if status == "complete":
+                return _summary_from_description(output, started)
+            return _write_conversion(source, output, scan, fingerprint, options, status == "resume",
+                                     workers, progress, map_in_order, started)
+    except OSError as error:
+        raise describe_write_failure(output, error) from error
+
+
+def _already_complete(output: Path, fingerprint: str) -> bool:
+    """Whether OUT holds this very conversion, finished. Any refusal waits for the check under the
+    lock, so that a conversion still writing into OUT is what gets named."""
+    try:
+        return check_output(output, fingerprint) == "complete"
+    except (DatasetError, OSError):
+        return False
+
+
+def _write_conversion(source: Path, output: Path, scan: SourceScan, fingerprint: str, options: dict,
+                      resume: bool, workers: int, progress: bool, map_in_order: MapInOrder | None,
+                      started: float) -> ConvertSummary:
+    """Write (or, with `resume`, finish writing) the conversion into OUT, whose lock is held."""
+    plan = CompactPlan.build(scan.files, scan.classes, options["val_fraction"], options["seed"])  # no object per image
     counts = {split: plan.count(split) for split in SPLITS}
     state = output / STATE_FOLDER
-    if status == "fresh":
+    if not resume:
         shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True, exist_ok=True)
-    if status == "fresh":
+    if not resume:
         write_atomically(state / PLAN_FILE, json.dumps({
             "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": str(source),
-            "options": options, "labeled": labeled, "classes": classes,
-            "counts": counts}).encode("utf-8"))
-    for folder in (output, state):
-        for partial in folder.glob("*.partial"):
-            partial.unlink()
-    records = _load_records(state, counts)
-    recorded_shards = {record["shard"] for items in records.values() for record in items if record["shard"]}
-    for entry in output.iterdir():  # final shards written after the last record: rewritten below
-        if is_dataset_file(entry.name) and entry.suffix in (".tar", ".idx") \
-                and entry.with_suffix(".tar").name not in recorded_shards:
-            entry.unlink()
-
-    writers = {split: _SplitWriter(output, split, shard_bytes, records[split]) for split in SPLITS}
+            "options": options, "labeled": scan.labeled, "classes": scan.classes, "counts": counts}).encode("utf-8"))
+    records = load_records(state, counts)
+    remove_leftovers(output, records)
+    writers = {split: SplitWriter(output, split, options["shard_size"], records[split]) for split in SPLITS}
     starts = {split: writers[split].start for split in SPLITS}
-    remaining = plan.remaining(starts)
-    tasks = plan.tasks(str(source), max_side, starts)
+    tasks = plan.tasks(str(source), options["max_side"], starts)
+    results = map_in_order(tasks) if map_in_order is not None else prepared_in_order(tasks, workers)
+    masks = Path(options["masks"]) if "masks" in options else None
+    if masks is not None:
+        results = attach_masks(results, [relative for _, relative, _ in tasks], masks)
+    _write_shards(plan.remaining(starts), len(tasks), results, writers, counts, progress)
+    records = load_records(state, counts)
+    present = [split for split in ("train", "val") if records[split]]
+    done = [record for split in present for record in records[split]]
+    write_dataset_files(
+        output, source=source, fingerprint=fingerprint, options=options, labeled=scan.labeled,
+        classes=[display_name(name) for name in scan.classes], splits=present, rows=record_rows(done),
+        errors=[entry.record() for entry in scan.skipped]
+        + [error for split in SPLITS for record in records[split] for error in record["errors"]],
+        extra=segmentation_info(record_rows(done), masks) if masks is not None else None)
+    shutil.rmtree(state, ignore_errors=True)
+    summary = _summary_from_description(output, started)
+    summary.already_complete, summary.resumed, summary.processed = False, resume, len(tasks)
+    summary.images_per_second = len(tasks) / summary.seconds if summary.seconds > 0 else 0.0
+    return summary
+
+
+def _write_shards(remaining: Iterator[tuple[str, int, PlanItem]], remaining_count: int, results: Iterator[dict],
+                  writers: dict[str, SplitWriter], counts: dict[str, int], progress: bool) -> None:
+    """Store each remaining plan item's result, split by split, closing each split's last shard;
+    on any exception (Ctrl-C included) remove the open shards' partial files and stop the readers."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(plan), initial=len(plan) - len(tasks), unit="img", desc="convert",
+    total = sum(counts.values())
+    bar = tqdm(total=total, initial=total - remaining_count, unit="img", desc="convert",
                disable=not progress, dynamic_ncols=True)
-    results = map_in_order(tasks) if map_in_order is not None else _prepared_in_order(tasks, workers)
     try:
         current = None
         for (split, index, item), result in zip(remaining, results):
@@ -316,28 +232,17 @@ def convert(source: str | Path, output: str | Path, *, shard_size: int | str = "
         if hasattr(results, "close"):
             results.close()  # stops the worker pool (or the cluster's tasks)
         bar.close()
-    records = _load_records(state, counts)
-    present = [split for split in ("train", "val") if records[split]]
-    write_dataset_files(
-        output, source=source, fingerprint=fingerprint, options=options, labeled=labeled, classes=classes,
-        splits=present, rows=_record_rows([record for split in present for record in records[split]]),
-        errors=[error for split in SPLITS for record in records[split] for error in record["errors"]])
-    shutil.rmtree(state, ignore_errors=True)
-    summary = _summary_from_description(output, started)
-    summary.already_complete, summary.resumed, summary.processed = False, status == "resume", len(tasks)
-    summary.images_per_second = len(tasks) / summary.seconds if summary.seconds > 0 else 0.0
-    return summary
 
 
 def _summary_from_description(output: Path, started: float) -> ConvertSummary:
     """A summary of the finished conversion in OUT (already_complete=True until the caller says otherwise)."""
-    description = json.loads((output / DATASET_FILE).read_text(encoding="utf-8"))
+    description = read_description(output)
     shutil.rmtree(output / STATE_FOLDER, ignore_errors=True)
     splits = description["splits"]
     return ConvertSummary(
         source=Path(description["source"]), output=output, labeled=description["labeled"],
         classes=list(description["classes"]), counts={name: split["count"] for name, split in splits.items()},
-        skipped=description["skipped"], shards={name: list(split["shards"]) for name, split in splits.items()},
+        skipped=description.get("skipped", 0), shards={name: list(split["shards"]) for name, split in splits.items()},
         seconds=time.monotonic() - started, images_per_second=0.0, errors_path=output / ERRORS_FILE,
         already_complete=True)
 
@@ -356,8 +261,8 @@ def format_summary(summary: ConvertSummary) -> str:
         span = f"{shards[0]} .. {shards[-1]}" if len(shards) > 1 else (shards[0] if shards else "none")
         lines.append(f"  {split}: {count} images in {len(shards)} shard{'s' if len(shards) != 1 else ''} ({span})")
     if summary.skipped:
-        lines.append(f"  skipped: {summary.skipped} unreadable file{'s' if summary.skipped != 1 else ''}, "
-                     f"see {summary.errors_path}")
+        lines.append(f"  skipped: {summary.skipped} unreadable {'entry' if summary.skipped == 1 else 'entries'} "
+                     f"(files or folders), see {summary.errors_path}")
     else:
         lines.append("  skipped: 0")
     if not summary.already_complete:

@@ -1,19 +1,18 @@
-"""What `convert` reads and in what order: the candidate images of a source folder, their labels,
-the shuffled plan that fixes each image's split and sample key, and the fingerprint that tells a
-resumed conversion whether the source or the options changed."""
+"""In what order `convert` reads the candidate images of a source folder (`pipeline/source_scan.py`
+finds them): the shuffled plan that fixes each image's split, label and sample key, and the
+fingerprint that tells a resumed conversion whether the source or the options changed."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from selfsup.pipeline.dataset import FORMAT_VERSION
-from selfsup.pipeline.shards import IMAGE_EXTENSIONS
+from selfsup.pipeline.source_scan import SourceScan
 
 SPLITS = ("val", "train")  # plan order: the first round(val_fraction * N) positions are "val"
 KEY_DIGITS = 9
@@ -34,42 +33,15 @@ class PlanItem:
         return f"{self.position:0{KEY_DIGITS}d}"
 
 
-def is_hidden(name: str) -> bool:
-    """Names starting with '.' (hidden files and folders, including our state folder)."""
-    return name.startswith(".")
-
-
-def scan_source(source: Path, exclude: Path | None = None) -> tuple[list[str], bool, list[str]]:
-    """Sorted candidate image paths (relative, '/'-separated), whether labeled, and the classes.
-
-    Candidates are files with an accepted extension (any case); hidden files and folders (names
-    starting with '.') and every other file are ignored. If any candidate lies directly in SRC,
-    the folder is flat: unlabeled, every candidate at any depth is used. Otherwise it is labeled:
-    the classes are the sorted names of the top-level folders holding at least one candidate,
-    and an image nested anywhere below a top-level folder belongs to that folder's class.
-    """
-    found = []
-    for folder, subfolders, files in os.walk(source):
-        folder_path = Path(folder)
-        subfolders[:] = sorted(name for name in subfolders if not is_hidden(name)
-                               and (exclude is None or (folder_path / name).resolve() != exclude))
-        for name in files:
-            if not is_hidden(name) and os.path.splitext(name)[1].lower().lstrip(".") in IMAGE_EXTENSIONS:
-                found.append((folder_path / name).relative_to(source).as_posix())
-    found.sort()
-    labeled = bool(found) and all("/" in relative for relative in found)
-    classes = sorted({relative.split("/", 1)[0] for relative in found}) if labeled else []
-    return found, labeled, classes
-
-
-def source_fingerprint(source: Path, files: list[str], options: dict) -> str:
-    """Hash of the source path, every candidate's size and mtime, the options and the format version."""
+def source_fingerprint(source: Path, scan: SourceScan, options: dict) -> str:
+    """Hash of the source path, every candidate's size and mtime, the skipped entries, the options
+    and the format version (names that are not UTF-8 enter as their escaped form: lossless)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([str(source), options, FORMAT_VERSION]).encode())
-    root = str(source)
-    for relative in files:  # the bytes of json.dumps([relative, size, mtime]), about 3x faster
-        stat = os.stat(os.path.join(root, relative))
-        digest.update(f"[{json.dumps(relative)}, {stat.st_size}, {stat.st_mtime_ns}]".encode())
+    for candidate in scan.candidates:  # the bytes of json.dumps([relative, size, mtime]), about 3x faster
+        digest.update(f"[{json.dumps(candidate.relative)}, {candidate.size}, {candidate.mtime_ns}]".encode())
+    for entry in scan.skipped:
+        digest.update(json.dumps(["skipped", entry.relative, entry.reason]).encode())
     return digest.hexdigest()
 
 

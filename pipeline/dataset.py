@@ -5,7 +5,8 @@
 - `train-000000.tar`, `train-000001.tar`, ... (and `val-...` when a validation split was asked
   for): WebDataset shards, each with its DALI index `NAME.idx` beside it;
 - `manifest.parquet`: one row per sample (see `MANIFEST_COLUMNS`);
-- `errors.jsonl`: one `{"path": ..., "reason": ...}` object per source file that was skipped;
+- `errors.jsonl`: one `{"path": ..., "reason": ...}` object per source entry that was skipped
+  (a file that does not decode, a folder that cannot be listed, a broken symlink, a FIFO, ...);
 - `dataset.json`, written last (its presence marks a finished conversion)::
 
     {"format_version": 1, "source": "/abs/src", "labeled": true, "classes": ["cat", "dog"],
@@ -25,10 +26,11 @@ import os
 from datetime import datetime, timezone
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from selfsup.files import sync_folder, write_atomically
 from selfsup.errors import DatasetError
+from selfsup.files import sync_folder, write_atomically
+from selfsup.locks import lock_holder
 
 FORMAT_VERSION = 1
 DATASET_FILE = "dataset.json"
@@ -36,7 +38,10 @@ MANIFEST_FILE = "manifest.parquet"
 ERRORS_FILE = "errors.jsonl"
 
 # name -> pyarrow type name. `offset`/`bytes` locate the image member's data inside its shard;
-# `crc32` is the zlib CRC-32 of the stored image bytes (used by `verify`).
+# `crc32` is the zlib CRC-32 of the stored image bytes (used by `verify`). `source` is the path
+# relative to SRC, readable; when that name is not UTF-8, its bytes that are not show as `\xNN`
+# and `source_hex` holds the exact name's bytes in hex (null otherwise). The sample's `.json`
+# member and `errors.jsonl` (`path`, `path_hex`) store names the same way.
 MANIFEST_COLUMNS = {
     "key": "string",
     "split": "string",
@@ -47,6 +52,7 @@ MANIFEST_COLUMNS = {
     "width": "int32",
     "height": "int32",
     "source": "string",
+    "source_hex": "string",
     "crc32": "int64",
 }
 
@@ -89,6 +95,11 @@ class DatasetInfo:
     splits: dict[str, SplitInfo]
     format_version: int
     manifest_labels: bool = False  # labels read from manifest.parquet by position (`selfsup index`), not .cls
+    manifest: Path | None = None  # where its manifest is when not ROOT/manifest.parquet (a subset's)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.manifest if self.manifest is not None else self.root / MANIFEST_FILE
 
     def split(self, name: str) -> SplitInfo:
         """The split called `name`; a DatasetError naming the available splits otherwise."""
@@ -99,29 +110,78 @@ class DatasetInfo:
 
 
 def read_description(root: str | Path) -> dict:
-    """The parsed `ROOT/dataset.json`; a DatasetError when the folder or the file is unusable."""
+    """The parsed `ROOT/dataset.json`, checked against its schema (`check_description`); a
+    DatasetError naming the file and the key when the folder or the file is unusable."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder (run `selfsup convert SRC {root}` first)")
     path = root / DATASET_FILE
     if not path.is_file():
-        raise DatasetError(f"{path}: missing; {root} is not a finished conversion "
+        holder = lock_holder(root)
+        running = (f"; its lock names {holder.describe()}: that conversion is still running or was stopped"
+                   if holder else "")
+        raise DatasetError(f"{path}: missing; {root} is not a finished conversion{running} "
                            f"(run `selfsup convert SRC {root}` first)")
     try:
         description = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DatasetError(f"{path}: not readable JSON ({error})") from error
+    check_description(description, path)
+    return description
+
+
+def _is_inside_name(name: object) -> bool:
+    """Whether a listed shard name is a relative path to a .tar inside the dataset folder."""
+    if not isinstance(name, str) or not name.endswith(".tar") or "\0" in name or "\\" in name:
+        return False
+    parts = PurePosixPath(name).parts
+    return not PurePosixPath(name).is_absolute() and ".." not in parts
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative int (a bool is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_description(description: object, path: str | Path) -> None:
+    """A DatasetError naming `path` and the key when a parsed dataset.json does not match its
+    schema (the module docstring). Shard names must be relative paths ending in .tar that stay
+    inside the dataset folder (no absolute path, no '..'), so no file outside it is ever opened."""
     if not isinstance(description, dict):
         raise DatasetError(f"{path}: expected a JSON object, got {type(description).__name__}")
     version = description.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise DatasetError(f"{path}: unsupported format_version {version!r} (this selfsup reads "
                            f"version {FORMAT_VERSION}; convert the images again)")
+
+    def expect(key: str, value: object, valid: bool, expected: str) -> None:
+        if not valid:
+            raise DatasetError(f"{path}: key {key!r} must be {expected}, got {value!r}")
+
     for key, kind in (("labeled", bool), ("classes", list), ("splits", dict)):
-        if not isinstance(description.get(key), kind):
-            raise DatasetError(f"{path}: key {key!r} must be a {kind.__name__}, "
-                               f"got {description.get(key)!r}")
-    return description
+        expect(key, description.get(key), isinstance(description.get(key), kind), f"a {kind.__name__}")
+    for key, kind in (("source", str), ("fingerprint", str), ("created", str), ("options", dict)):
+        if key in description:
+            expect(key, description[key], isinstance(description[key], kind), f"a {kind.__name__}")
+    if "skipped" in description:
+        expect("skipped", description["skipped"], _is_count(description["skipped"]), "a count (an integer >= 0)")
+    classes = description["classes"]
+    for index, name in enumerate(classes):
+        expect(f"classes[{index}]", name, isinstance(name, str), "a class name (a string)")
+    for name, split in description["splits"].items():
+        key = f"splits.{name}"
+        expect(key, split, isinstance(split, dict), "an object with count, shards and class_counts")
+        expect(f"{key}.count", split.get("count"), _is_count(split.get("count")), "a count (an integer >= 0)")
+        shards = split.get("shards")
+        expect(f"{key}.shards", shards, isinstance(shards, list), "a list of shard file names")
+        for index, shard in enumerate(shards):
+            expect(f"{key}.shards[{index}]", shard, _is_inside_name(shard),
+                   "a shard file name inside the dataset folder (a relative path ending in .tar, without '..')")
+        class_counts = split.get("class_counts", [])
+        expect(f"{key}.class_counts", class_counts, isinstance(class_counts, list)
+               and all(_is_count(value) for value in class_counts)
+               and (not class_counts or len(class_counts) == len(classes)),
+               f"a list of {len(classes)} counts, one per class")
 
 
 def load_dataset_info(path: str | Path) -> DatasetInfo:
@@ -131,22 +191,14 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
     description_path = root / DATASET_FILE
     splits = {}
     for name, split in description["splits"].items():
-        try:
-            count = int(split["count"])
-            shard_names = [str(shard) for shard in split["shards"]]
-            class_counts = tuple(int(value) for value in split.get("class_counts", []))
-        except (KeyError, TypeError, ValueError) as error:
-            raise DatasetError(f"{description_path}: split {name!r} is malformed, expected "
-                               f"count, shards and class_counts ({error!r})") from error
-        shards = tuple(root / shard for shard in shard_names)
+        shards = tuple(root / shard for shard in split["shards"])
         indexes = tuple(shard.with_suffix(".idx") for shard in shards)
         for file in shards + indexes:
             if not file.is_file():
                 raise DatasetError(f"{file}: missing (listed in {description_path}); the dataset "
                                    f"is incomplete, run `selfsup verify {root}` or convert again")
-        splits[name] = SplitInfo(name, count, shards, indexes, class_counts)
-    return DatasetInfo(root=root, labeled=description["labeled"],
-                       classes=tuple(str(name) for name in description["classes"]),
+        splits[name] = SplitInfo(name, split["count"], shards, indexes, tuple(split.get("class_counts", [])))
+    return DatasetInfo(root=root, labeled=description["labeled"], classes=tuple(description["classes"]),
                        splits=splits, format_version=description["format_version"],
                        manifest_labels=description.get("label_source") == "manifest")
 
@@ -168,7 +220,7 @@ def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: in
         columns: dict[str, list] = {name: [] for name in MANIFEST_COLUMNS}
         for row in rows:
             for name, values in columns.items():
-                values.append(row[name])
+                values.append(row.get(name))  # a column a row lacks (source_hex) is null, as from_pylist made it
             if len(columns["key"]) == rows_per_group:
                 writer.write_table(pyarrow.Table.from_pydict(columns, schema=schema))
                 columns = {name: [] for name in MANIFEST_COLUMNS}
@@ -197,7 +249,8 @@ def write_dataset_files(output: Path, *, source: Path, fingerprint: str, options
 
     `rows` streams every manifest row, split by split in shard order; `splits` names the splits
     to describe, in that order (one left without samples is left out); `errors` holds the {"path", "reason"} objects
-    of the skipped files; `extra` adds keys to dataset.json (`selfsup index`: origin, label_source).
+    of the skipped files; `extra` holds further dataset.json entries ("segmentation"; `selfsup index`:
+    origin, label_source).
     """
     described = {split: {"count": 0, "shards": [], "class_counts": [0] * len(classes)} for split in splits}
 

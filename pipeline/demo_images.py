@@ -6,7 +6,8 @@ size and position. Colour and texture carry no class information, so a backbone 
 shape to classify them: random initialization does poorly, good features do well. Shapes stand
 upright, tilted by at most `max_tilt` radians (15 degrees by default), as objects in photographs
 mostly do: pretexts that rely on a canonical orientation or layout (rotation, jigsaw, relative
-location) have something to learn. `max_tilt=math.pi` draws them at any angle.
+location) have something to learn. `max_tilt=math.pi` draws them at any angle. Each image can come
+with its label map (`draw_image_and_mask`, `make_demo_folder(masks=...)`), for segmentation.
 """
 
 from __future__ import annotations
@@ -79,8 +80,16 @@ DEFAULT_TILT = math.radians(15)
 
 def draw_image(shape: str, rng: np.random.Generator, size: int = 96, max_tilt: float = DEFAULT_TILT) -> Image.Image:
     """One image of `shape` with random colour, size, position, tilt (|angle| <= max_tilt) and background."""
+    return draw_image_and_mask(shape, rng, size, max_tilt)[0]
+
+
+def draw_image_and_mask(shape: str, rng: np.random.Generator, size: int = 96,
+                        max_tilt: float = DEFAULT_TILT) -> tuple[Image.Image, Image.Image]:
+    """`draw_image`'s picture (the same random draws) and its label map: an `L` image holding the
+    shape's class index + 1 (in `CLASSES`) where the shape is drawn, 0 on the background."""
     image = _background(rng, size)
-    draw = ImageDraw.Draw(image)
+    mask = Image.new("L", image.size, 0)
+    draw, mask_draw, value = ImageDraw.Draw(image), ImageDraw.Draw(mask), CLASSES.index(shape) + 1
     radius = rng.uniform(0.28, 0.42) * size
     center = rng.uniform(radius, size - radius, size=2)
     angle = rng.uniform(-max_tilt, max_tilt)
@@ -89,32 +98,46 @@ def draw_image(shape: str, rng: np.random.Generator, size: int = 96, max_tilt: f
     box = [center[0] - radius, center[1] - radius, center[0] + radius, center[1] + radius]
     if shape == "circle":
         draw.ellipse(box, fill=fill, outline=outline, width=2)
+        mask_draw.ellipse(box, fill=value, outline=value, width=2)
     elif shape == "ring":
         draw.ellipse(box, fill=None, outline=fill, width=max(3, int(radius * 0.3)))
+        mask_draw.ellipse(box, fill=None, outline=value, width=max(3, int(radius * 0.3)))
     elif shape == "crescent":
-        mask = Image.new("L", image.size, 0)
-        mask_draw = ImageDraw.Draw(mask)
-        mask_draw.ellipse(box, fill=255)
+        crescent = Image.new("L", image.size, 0)
+        crescent_draw = ImageDraw.Draw(crescent)
+        crescent_draw.ellipse(box, fill=255)
         shift = (0.5 * radius * math.cos(angle), 0.5 * radius * math.sin(angle))
-        mask_draw.ellipse([box[0] + shift[0], box[1] + shift[1], box[2] + shift[0], box[3] + shift[1]], fill=0)
-        image.paste(Image.new("RGB", image.size, fill), mask=mask)
+        crescent_draw.ellipse([box[0] + shift[0], box[1] + shift[1], box[2] + shift[0], box[3] + shift[1]], fill=0)
+        image.paste(Image.new("RGB", image.size, fill), mask=crescent)
+        mask.paste(value, mask=crescent)
     else:
-        draw.polygon(_polygon(center, radius, angle, SHAPES[shape]), fill=fill, outline=outline)
+        polygon = _polygon(center, radius, angle, SHAPES[shape])
+        draw.polygon(polygon, fill=fill, outline=outline)
+        mask_draw.polygon(polygon, fill=value, outline=value)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
-    return image
+    return image, mask
 
 
 def make_demo_folder(path: str | Path, images_per_class: int = 100, size: int = 96, seed: int = 0,
-                     classes: tuple[str, ...] = CLASSES, max_tilt: float = DEFAULT_TILT) -> Path:
-    """Write `path/CLASS/NNNN.jpg` for each class; returns the folder. Existing files are replaced."""
+                     classes: tuple[str, ...] = CLASSES, max_tilt: float = DEFAULT_TILT,
+                     masks: str | Path | None = None) -> Path:
+    """Write `path/CLASS/NNNN.jpg` for each class; returns the folder. Existing files are replaced.
+
+    With `masks`, also each image's label map as `masks/CLASS/NNNN.png` (0 background, the class
+    index in `CLASSES` + 1 on the shape), the folder `selfsup convert --masks` reads."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     for shape in classes:
         folder = path / shape
         folder.mkdir(parents=True, exist_ok=True)
+        if masks is not None:
+            (Path(masks) / shape).mkdir(parents=True, exist_ok=True)
         for index in range(images_per_class):
-            draw_image(shape, rng, size, max_tilt).save(folder / f"{index:04d}.jpg", quality=90)
+            image, mask = draw_image_and_mask(shape, rng, size, max_tilt)
+            image.save(folder / f"{index:04d}.jpg", quality=90)
+            if masks is not None:
+                mask.save(Path(masks) / shape / f"{index:04d}.png")
     return path
 
 

@@ -22,11 +22,12 @@ from selfsup.pipeline.augment import (
 from selfsup.pipeline.masks import block_masks, random_patch_masks
 from selfsup.pipeline.permutations import jigsaw_permutations, load_permutations
 from selfsup.pipeline.pretext import (
-    ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
+    ColorizationSpec, DenoisingSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
+    SuperResolutionSpec,
 )
 from selfsup.pipeline.pretext_ops import (
-    all_rotations, colorization_targets, inpainting_views, jigsaw_view, normalize_chw, random_flip,
-    random_integer, region_side, relative_patches, rotate_quarter_turns,
+    all_rotations, colorization_targets, denoising_views, inpainting_views, jigsaw_view, normalize_chw, random_flip,
+    random_integer, region_side, relative_patches, rotate_quarter_turns, super_resolution_views,
 )
 from selfsup.pipeline.recipes import Recipe, ViewSpec
 
@@ -89,6 +90,12 @@ def recipe_outputs(encoded, recipe: Recipe, decoder_device: str) -> dict:
     elif isinstance(pretext, InpaintingSpec):
         erased, target, anchor = inpainting_views(images, view.size, pretext, mean, std)
         outputs = {"inpaint_input": erased, "inpaint_target": target, "inpaint_anchor": anchor}
+    elif isinstance(pretext, SuperResolutionSpec):
+        upscaled, target = super_resolution_views(images, view.size, pretext, mean, std)
+        outputs = {"sr_input": upscaled, "sr_target": target}
+    elif isinstance(pretext, DenoisingSpec):
+        corrupted, clean = denoising_views(images, view.size, pretext, mean, std)
+        outputs = {"denoise_input": corrupted, "denoise_target": clean}
     else:
         raise TypeError(f"recipe {recipe.name!r}: no graph for pretext {type(pretext).__name__}")
     return _on_device(outputs, decoder_device)

@@ -1,16 +1,20 @@
 """Reading one image file for conversion: validate it by a full decode, keep or re-encode it.
 
-Runs in the conversion's worker processes; PIL and numpy only.
+Runs in the conversion's worker processes; PIL and numpy only. Only regular files are read.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from selfsup.pipeline.source_scan import describe_file_type
 
 ORIENTATION_TAG = 0x0112
 LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")  # re-encoded as JPEG; every other format as PNG
@@ -42,6 +46,28 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+class NotRegularFile(Exception):
+    """The path is not a regular file (a FIFO, a device, ...): it is not read."""
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of `path` if it is a regular file; NotRegularFile otherwise, without blocking.
+
+    The scan of SRC lists only regular files, but one can be replaced by a FIFO before it is
+    read: it is opened non-blocking (which never waits for a writer) and checked again.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):  # checked before opening, so a device is never opened
+        raise NotRegularFile(describe_file_type(mode))
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(describe_file_type(mode))
+        os.set_blocking(descriptor, True)  # a regular file: reads as usual
+        return handle.read()
+
+
 def prepare_image(root: str, relative: str, max_side: int | None) -> dict:
     """Read, fully decode and (when needed) re-encode one file; runs in the worker processes.
 
@@ -55,7 +81,9 @@ def prepare_image(root: str, relative: str, max_side: int | None) -> dict:
     the file's pixel size before any orientation or resizing.
     """
     try:
-        data = Path(root, relative).read_bytes()
+        data = read_regular_file(Path(root, relative))
+    except NotRegularFile as error:
+        return {"reason": f"not a regular file: {error}"}
     except OSError as error:
         return {"reason": f"cannot read file: {error.strerror or error}"}
     if not data:

@@ -2,8 +2,8 @@
 
 `build_train_loader` streams a split forever (the trainer counts steps and epochs), reading the
 rank's own part of the samples with DALI's webdataset reader and the shards' `.idx` files. For a
-dataset that a trainer stages per epoch from a URI (`pipeline.node_staging`), the train loader
-first has its part's shards copied to this node, and hands DALI only those files (with indexes
+dataset that a trainer stages per epoch from a URI (`pipeline.node_staging`; the session is
+passed as `staging=`), the train loader first has its part's shards copied to this node, and hands DALI only those files (with indexes
 trimmed to the part, `pipeline.shard_parts`), which yields the same samples in the same order.
 `build_eval_loader` reads a split exactly once, in order, keeping the last partial batch.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from selfsup.pipeline.augment import eval_view, label_digits
 from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.errors import DatasetError
 from selfsup.pipeline.graph import finish_batch, recipe_outputs
-from selfsup.pipeline.node_staging import placeholders, session_for
+from selfsup.pipeline.node_staging import NodeStaging, placeholders
 from selfsup.pipeline.positions import SplitPositions, split_positions
 from selfsup.pipeline.recipes import EvalRecipe, Recipe, validate_recipe
 from selfsup.pipeline.shards import IMAGE_EXTENSIONS as IMAGE_EXTENSION_LIST
@@ -150,13 +151,15 @@ def _check_on_disk(dataset: DatasetInfo, split: str, paths: list[str]) -> None:
 
 
 def _reader_part(dataset: DatasetInfo, split: str, paths: list[str], index_paths: list[str], *,
-                 rank: int, world_size: int, epoch: int) -> tuple[list[str], list[str], int, int]:
+                 rank: int, world_size: int, epoch: int,
+                 staging: NodeStaging | None) -> tuple[list[str], list[str], int, int]:
     """(paths, index_paths, shard_id, num_shards) of the reader of `rank` in `epoch`.
 
-    A local dataset: every file, and DALI's part (rank + epoch) mod world_size. A dataset this
-    process stages per epoch: only the files of that part, staged now, with indexes trimmed to
-    the part, read whole (`pipeline.shard_parts`): the same samples in the same order."""
-    staging = session_for(dataset.root)
+    A local dataset: every file, and DALI's part (rank + epoch) mod world_size. A dataset staged
+    per epoch (`staging`, its session): only the files of that part, staged now, with indexes
+    trimmed to the part, read whole (`pipeline.shard_parts`): the same samples in the same order."""
+    if staging is not None and Path(staging.folder).resolve() != Path(dataset.root).resolve():
+        raise ValueError(f"staging session of {staging.folder} given for the dataset at {dataset.root}")
     if staging is not None and staging.split == split:
         part_paths, part_indexes = staging.prepare(rank, world_size, epoch)
         return part_paths, part_indexes, 0, 1
@@ -180,13 +183,15 @@ def build_train_loader(
     epoch: int = 0,
     resumable: bool = False,
     dali_checkpoint: bytes | None = None,
+    staging: NodeStaging | None = None,
 ) -> DaliLoader:
     """An endless stream of augmented batches for one rank.
 
     Rank r of W reads part (r + epoch) mod W of the W contiguous parts of the split (DALI's
     shard_id/num_shards); after each pass it moves on to the next part, so over epochs every rank
-    sees all data. A dataset staged per epoch (`pipeline.node_staging`) has the files of that
-    part copied here first (and the next epoch's prefetched); the batches are the same. The
+    sees all data. A dataset staged per epoch (`pipeline.node_staging`; `staging` is the session
+    `stage_node_parts` returned with its folder) has the files of that part copied here first
+    (and the next epoch's prefetched); the batches are the same. The
     graph's seed is `epoch_seed(seed, epoch, rank)`: a loader built for a given (seed, epoch,
     rank) yields the same batches every time, which is how the trainer rebuilds each epoch
     reproducibly. `resumable=True` enables DALI checkpointing
@@ -206,7 +211,7 @@ def build_train_loader(
     read_label = with_label and not dataset.manifest_labels  # else looked up by position
     names: list[str] = []  # filled while the graph is defined
     part_paths, part_indexes, shard_id, num_shards = _reader_part(
-        dataset, split, paths, index_paths, rank=rank, world_size=world_size, epoch=epoch)
+        dataset, split, paths, index_paths, rank=rank, world_size=world_size, epoch=epoch, staging=staging)
 
     @pipeline_def(enable_conditionals=True, enable_checkpointing=resumable)
     def views_pipeline():

@@ -3,9 +3,11 @@
 Rank r of W reads part (r + epoch) mod W of the train split (`pipeline.loader`), so in one epoch
 the ranks of a node read only their parts, and over W epochs every part. `stage_node_parts`
 copies the dataset's small files (`pipeline.staging.stage_dataset(with_shards=False)`: a
-placeholder stands where each shard goes) and checks that one epoch of the node fits its space
-limit. Then each rank's loader, when it is built for an epoch, calls `NodeStaging.prepare`,
-which:
+placeholder stands where each shard goes), checks that one epoch of the node fits its space
+limit, and returns the folder with its `NodeStaging` session, which the caller hands on
+explicitly (`trainer.loop.train(..., staging=)` -> `build_train_loader(..., staging=)`; no
+module keeps it). Then each rank's loader, when it is built for an epoch, calls
+`NodeStaging.prepare`, which:
 
 1. records the rank's claim (`.claims/rank-R-of-W.json`: its epoch and process id) — the files of
    every live claim's current epoch, and of its next, are what eviction keeps;
@@ -20,8 +22,9 @@ which:
 4. starts a background thread that copies the rank's files of the next epoch while this one
    trains, as far as they fit without evicting a file needed now.
 
-Ranks of a node share one copy: a file is copied under its own lock (`.locks/NAME.lock`), so it is
-copied once while the other ranks wait for it; room is made under the folder's lock, so the
+Ranks of a node share one copy: a file is copied under its own lock (`.locks/NAME.lock`, held
+per open, so also between sessions or threads of one process), so it is copied once while the
+other ranks wait for it; room is made under the folder's lock, so the
 space decisions of the ranks do not race; a file being copied counts at its full size. A loader
 maps its files when it is built (DALI does), so a file evicted after that stays readable to it.
 
@@ -52,37 +55,28 @@ from selfsup.pipeline.shards import index_lines, parse_size
 WAIT_FOR_ROOM_SECONDS = 600.0  # how long a file needed now waits for the node's other ranks to free room
 PARTS_FOLDER = ".parts"  # trimmed indexes of the first and last file of each part
 
-_sessions: dict[Path, "NodeStaging"] = {}  # staged folder -> its session in this process
-
-
-def session_for(root: str | Path) -> "NodeStaging | None":
-    """The per-epoch staging of the folder `root` in this process, if it is one."""
-    return _sessions.get(Path(root).resolve())
-
-
 def placeholders(paths: list[str]) -> list[str]:
     """The names among `paths` that are placeholders of shards not staged on this node."""
     return [Path(path).name for path in paths if is_placeholder(Path(path))]
 
 
 def stage_node_parts(uri: str, cache_root: str | Path, *, node_ranks: list[int] | tuple[int, ...],
-                     world_size: int, max_bytes: int | str | None = None, split: str = "train") -> Path:
+                     world_size: int, max_bytes: int | str | None = None,
+                     split: str = "train") -> tuple[Path, "NodeStaging | None"]:
     """Stage the small files of the dataset at `uri` and set up per-epoch staging of the shards
-    that `node_ranks` (the world ranks on this node) of `world_size` read; return the folder.
+    that `node_ranks` (the world ranks on this node) of `world_size` read; return the folder and
+    that staging session, which the train loader of the folder is given
+    (`build_train_loader(..., staging=session)`) to copy each epoch's shards.
 
     A space limit smaller than one epoch of this node needs is refused here, naming the numbers.
-    A plain path (no scheme) is returned as it is.
+    A plain path (no scheme) is returned as it is, with no session.
     """
     folder = stage_dataset(uri, cache_root, max_bytes=max_bytes, with_shards=False)
     if folder == Path(uri):
-        return folder
+        return folder, None
     session = NodeStaging(uri, folder, node_ranks, world_size, parse_size(max_bytes) if max_bytes else None, split)
     session.check_limit()
-    previous = _sessions.pop(folder.resolve(), None)
-    if previous is not None:
-        previous.wait_for_prefetch()
-    _sessions[folder.resolve()] = session
-    return folder
+    return folder, session
 
 
 class NodeStaging:

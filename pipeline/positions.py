@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from selfsup.errors import DatasetError
-from selfsup.pipeline.dataset import MANIFEST_FILE, DatasetInfo
+from selfsup.pipeline.dataset import DatasetInfo
 
 OFFSET_BITS = 40  # a position key is (shard number << 40) | data offset: shards up to 1 TiB
 
@@ -111,7 +111,7 @@ def split_positions(dataset: DatasetInfo, split: str, *, with_labels: bool = Fal
     """The position lookup of `split` (cached while the manifest is unchanged); `with_labels`
     also keeps each position's label (the labels of datasets adopted with `selfsup index`)."""
     info = dataset.split(split)
-    manifest = dataset.root / MANIFEST_FILE
+    manifest = dataset.manifest_path
     try:
         stat = manifest.stat()
     except OSError as error:

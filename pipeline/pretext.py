@@ -12,6 +12,7 @@ from dataclasses import dataclass
 ROTATION_MODES = ("all", "one")
 MASK_KINDS = ("random", "block")
 INPAINTING_REGIONS = ("center", "random")
+CORRUPTIONS = ("gaussian", "masking")
 JIGSAW_GRID = 3  # 3 x 3 tiles (Noroozi & Favaro 2016)
 RELATIVE_GRID = 3  # a centre patch and its 8 neighbours (Doersch et al. 2015)
 
@@ -124,8 +125,43 @@ class InpaintingSpec:
     region_fraction: float = 0.5
 
 
-PretextSpec = RotationSpec | JigsawSpec | RelativeLocationSpec | MaskSpec | ColorizationSpec | InpaintingSpec
-PRETEXT_SPECS = (RotationSpec, JigsawSpec, RelativeLocationSpec, MaskSpec, ColorizationSpec, InpaintingSpec)
+@dataclass(frozen=True)
+class SuperResolutionSpec:
+    """Super-resolution pairs (SRGAN, Ledig et al. 2017): the view is the high-resolution target;
+    the input is the view downscaled by `scale_factor` with antialiased bicubic interpolation
+    (the paper's "bicubic kernel with downsampling factor r"), kept in 8 bits as a stored image
+    would be, and upscaled back to the view's size with bicubic interpolation, so that the
+    network reads images at the scale evaluation shows it (see `methods.super_resolution`).
+
+    Batch keys: `sr_input` (B, 3, S, S) float32, the upscaled low-resolution view;
+    `sr_target` (B, 3, S, S) float32, the view. Both normalized by the recipe's mean and std.
+    """
+
+    scale_factor: int = 4
+
+
+@dataclass(frozen=True)
+class DenoisingSpec:
+    """Denoising autoencoder corruption (Vincent et al. 2008), drawn per sample in the graph.
+
+    corruption "masking" (the paper's masking noise): every pixel is dropped, all three channels
+    set to the mean (0 after normalization), with probability `drop_probability`, independently.
+    corruption "gaussian": additive isotropic Gaussian noise of standard deviation `noise_std`
+    in units of the [0, 1] pixel range (not clipped), on every pixel and channel.
+
+    Batch keys: `denoise_input` (B, 3, S, S) float32, the corrupted view; `denoise_target`
+    (B, 3, S, S) float32, the clean view. Both normalized by the recipe's mean and std.
+    """
+
+    corruption: str = "masking"
+    noise_std: float = 0.2
+    drop_probability: float = 0.25
+
+
+PretextSpec = (RotationSpec | JigsawSpec | RelativeLocationSpec | MaskSpec | ColorizationSpec | InpaintingSpec
+               | SuperResolutionSpec | DenoisingSpec)
+PRETEXT_SPECS = (RotationSpec, JigsawSpec, RelativeLocationSpec, MaskSpec, ColorizationSpec, InpaintingSpec,
+                 SuperResolutionSpec, DenoisingSpec)
 
 
 def pretext_problems(spec: PretextSpec, view_size: int) -> list[str]:
@@ -171,6 +207,17 @@ def pretext_problems(spec: PretextSpec, view_size: int) -> list[str]:
             problems.append(f"region={spec.region!r} must be one of {INPAINTING_REGIONS}")
         if not 0.0 < spec.region_fraction < 1.0:
             problems.append(f"region_fraction={spec.region_fraction!r} must be in (0, 1)")
+    elif isinstance(spec, SuperResolutionSpec):
+        if not isinstance(spec.scale_factor, int) or spec.scale_factor < 2 or view_size % spec.scale_factor:
+            problems.append(f"scale_factor={spec.scale_factor!r} must be an integer >= 2 that divides "
+                            f"image_size={view_size}")
+    elif isinstance(spec, DenoisingSpec):
+        if spec.corruption not in CORRUPTIONS:
+            problems.append(f"corruption={spec.corruption!r} must be one of {CORRUPTIONS}")
+        if not spec.noise_std > 0.0:
+            problems.append(f"noise_std={spec.noise_std!r} must be > 0")
+        if not 0.0 < spec.drop_probability < 1.0:
+            problems.append(f"drop_probability={spec.drop_probability!r} must be in (0, 1)")
     else:
         problems.append(f"pretext must be one of {[kind.__name__ for kind in PRETEXT_SPECS]} or None, "
                         f"got {type(spec).__name__}")
@@ -178,6 +225,6 @@ def pretext_problems(spec: PretextSpec, view_size: int) -> list[str]:
 
 
 __all__ = [
-    "ColorizationSpec", "InpaintingSpec", "JigsawSpec", "MaskSpec", "PRETEXT_SPECS", "PretextSpec",
-    "RelativeLocationSpec", "RotationSpec", "pretext_problems",
+    "ColorizationSpec", "DenoisingSpec", "InpaintingSpec", "JigsawSpec", "MaskSpec", "PRETEXT_SPECS", "PretextSpec",
+    "RelativeLocationSpec", "RotationSpec", "SuperResolutionSpec", "pretext_problems",
 ]

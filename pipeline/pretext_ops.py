@@ -1,4 +1,5 @@
-"""DALI operations for the pretext tasks: rotations, jigsaw tiles, relative patches, Lab, inpainting.
+"""DALI operations for the pretext tasks: rotations, jigsaw tiles, relative patches, Lab, inpainting,
+super-resolution pairs and denoising corruption.
 
 Like `pipeline.augment`, each function takes and returns DALI data nodes and is called while a
 pipeline (with `enable_conditionals=True`) is being defined; images come in as uint8 HWC (on the
@@ -17,7 +18,8 @@ from nvidia.dali import fn, types
 from selfsup.pipeline.augment import color_jitter
 from selfsup.pipeline.lab import BIN_SIZE, DELTA, GRID_LIMIT, GRID_SIDE, RGB_TO_XYZ, WHITE_D65, grid_to_bin
 from selfsup.pipeline.pretext import (
-    JIGSAW_GRID, ColorizationSpec, InpaintingSpec, JigsawSpec, RelativeLocationSpec,
+    JIGSAW_GRID, ColorizationSpec, DenoisingSpec, InpaintingSpec, JigsawSpec, RelativeLocationSpec,
+    SuperResolutionSpec,
 )
 from selfsup.pipeline.recipes import ViewSpec
 
@@ -207,3 +209,24 @@ def inpainting_views(images, view_size: int, spec: InpaintingSpec, mean, std):
 def region_side(view_size: int, spec: InpaintingSpec) -> int:
     """The removed square's side in pixels."""
     return max(1, round(spec.region_fraction * view_size))
+
+
+def super_resolution_views(images, view_size: int, spec: SuperResolutionSpec, mean, std):
+    """uint8 HWC (S x S) -> (input, target (3, S, S) float32): the view downscaled by the scale factor
+    (bicubic, antialiased, rounded to uint8), upscaled back to S (bicubic), and the view itself."""
+    small = view_size // spec.scale_factor
+    low = fn.resize(images, size=[small, small], interp_type=types.INTERP_CUBIC, antialias=True)
+    upscaled = fn.resize(low, size=[view_size, view_size], interp_type=types.INTERP_CUBIC, antialias=False)
+    return normalize_chw(upscaled, mean, std), normalize_chw(images, mean, std)
+
+
+def denoising_views(images, view_size: int, spec: DenoisingSpec, mean, std):
+    """uint8 HWC -> (corrupted, clean (3, S, S) float32): masking noise (pixels set to the mean with
+    p=drop_probability) or additive Gaussian noise (std noise_std of the pixel range), per sample."""
+    clean = normalize_chw(images, mean, std)
+    if spec.corruption == "masking":
+        kept = fn.random.coin_flip(probability=1.0 - spec.drop_probability, shape=[1, view_size, view_size],
+                                   dtype=types.UINT8)  # (1, S, S): the three channels of a pixel together
+        return clean * on_device_of(fn.cast(kept, dtype=types.FLOAT), clean), clean
+    per_channel = types.Constant(np.array([spec.noise_std / s for s in std], dtype=np.float32).reshape(3, 1, 1))
+    return clean + fn.random.normal(clean) * per_channel, clean

@@ -5,8 +5,9 @@
 draws one row per sample: the original image, then the views as the network gets them
 (de-normalized) with the labels spelled out: rotation angles, the jigsaw permutation index and
 the tiles put back in order, the relative position of the second patch, the mask over the
-view, L and ab (and the quantized ab bins) for colorization, input/target/mask for inpainting.
-PIL only.
+view, L and ab (and the quantized ab bins) for colorization, input/target/mask for inpainting,
+input/target for super-resolution and denoising. A dataset converted with masks shows each
+sample's label map beside its original. PIL only.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from selfsup.pipeline.graph import finish_batch, patch_grid, recipe_outputs, rec
 from selfsup.pipeline.lab import in_gamut_bins, lab_to_srgb
 from selfsup.pipeline.loader import read_shards
 from selfsup.pipeline.pretext import (
-    ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
+    ColorizationSpec, DenoisingSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
+    SuperResolutionSpec,
 )
 from selfsup.pipeline.recipes import RECIPES, Recipe, build_recipe
+from selfsup.pipeline.segmentation_masks import colour_mask, dataset_segmentation, first_masks
 from selfsup.errors import RecipeError
 
 ROW = 128  # pixel height of a row's main pictures
@@ -176,7 +179,23 @@ def _panels(batch: dict, index: int, recipe: Recipe) -> list[tuple[Image.Image, 
         return [(_scaled(_pixels(batch["inpaint_input"][index], recipe), ROW), "input"),
                 (_scaled(_pixels(batch["inpaint_target"][index], recipe), ROW), "target"),
                 (_scaled(Image.fromarray(mask).convert("RGB"), ROW), "mask")]
+    if isinstance(pretext, SuperResolutionSpec):
+        return [(_scaled(_pixels(batch["sr_input"][index], recipe), ROW), f"input (x{pretext.scale_factor} down, up)"),
+                (_scaled(_pixels(batch["sr_target"][index], recipe), ROW), "target")]
+    if isinstance(pretext, DenoisingSpec):
+        return [(_scaled(_pixels(batch["denoise_input"][index], recipe), ROW), f"input ({pretext.corruption})"),
+                (_scaled(_pixels(batch["denoise_target"][index], recipe), ROW), "target")]
     raise TypeError(f"no preview for pretext {type(pretext).__name__}")
+
+
+def _preview_masks(data: Path, count: int) -> list[tuple[Image.Image, str]]:
+    """The label maps of the samples `_preview_batch` shows (none for a dataset without masks),
+    coloured and scaled to a row's height."""
+    if dataset_segmentation(data) is None:
+        return []
+    dataset = load_dataset_info(data)
+    split = "train" if "train" in dataset.splits else next(iter(dataset.splits))
+    return [(_scaled(colour_mask(mask), ROW), "mask") for mask in first_masks(dataset, split, count)]
 
 
 def render_preview(data: str | Path, recipe: str, output: str | Path, *, count: int = 4, seed: int = 0,
@@ -184,10 +203,11 @@ def render_preview(data: str | Path, recipe: str, output: str | Path, *, count: 
     """Draw `count` samples of `data` (a converted dataset) through recipe `recipe` into PNG `output`."""
     built = build_recipe(recipe, image_size or _default_size(recipe), **(options or {}))
     batch = _preview_batch(Path(data), built, count, seed)
+    masks = _preview_masks(Path(data), count)
     rows = []
     for index in range(count):
         original = Image.fromarray(batch["original"][index])
-        panels = [(original, "original")] + _panels(batch, index, built)
+        panels = [(original, "original")] + masks[index:index + 1] + _panels(batch, index, built)
         width = sum(picture.width for picture, _ in panels) + GAP * (len(panels) + 1)
         height = max(picture.height for picture, _ in panels) + CAPTION + 2 * GAP
         row = Image.new("RGB", (max(width, 200), height), BACKGROUND)

@@ -7,19 +7,27 @@ graph; nothing in here imports DALI, so a recipe can be built, validated and pri
 
 Recipes (`RECIPES`, built by `build_recipe(name, image_size, **options)`) and their batch keys
 (B = batch size, S = image_size; `label` (B,) is added for labeled datasets, and the train
-loader adds `index` (B,), each sample's position in its split):
+loader adds `index` (B,), each sample's position in its split). A recipe's options (a config's
+`data.recipe`) are its builder's parameters, plus the `ViewSpec` fields where it takes view
+options; `recipe_options_type(name)` gives them as a dataclass with the builder's annotations,
+which the trainer's config reads `data.recipe` into:
 
 | recipe | for | keys |
 |---|---|---|
 | simclr, two_views | SimCLR, MoCo, NNCLR, SimSiam | view_0, view_1 (B, 3, S, S) |
+| supervised | cross-entropy on the class labels | SimCLR's view_0, view_1 (B, 3, S, S), label (B,) |
+| deepcluster | DeepCluster, ODC: one view | view_0 (B, 3, S, S) |
 | byol, barlow_twins, vicreg | BYOL-style asymmetric pair | view_0, view_1 (B, 3, S, S) |
 | dino, swav, multicrop | multi-crop | view_0, view_1 (B, 3, S, S) globals, view_2.. (B, 3, s, s) locals |
 | rotation | RotNet | view_0 (B, 4, 3, S, S) or (B, 3, S, S), rotation_label (B, 4) or (B,) |
 | jigsaw | Noroozi & Favaro | jigsaw_tiles (B, 9, 3, t, t), jigsaw_label (B,) |
 | relative_location | Doersch et al. | patch_a, patch_b (B, 3, p, p), relative_label (B,) |
 | mae, simmim, beit | masked image modeling | view_0 (B, 3, S, S), mask (B, N) bool |
+| dvae | BEiT's tokenizer (DALL-E's dVAE) | view_0 (B, 3, S, S) |
 | colorization | Zhang et al. | lab_l (B, 1, S, S), ab_target (B, 2, S, S), ab_bins (B, S/4, S/4) |
 | inpainting | context encoders | inpaint_input, inpaint_target (B, 3, S, S), inpaint_mask (B, 1, S, S) |
+| super_resolution | SRGAN | sr_input (bicubic x4 down and up again), sr_target (B, 3, S, S) |
+| denoising | denoising autoencoders | denoise_input (corrupted), denoise_target (B, 3, S, S) |
 
 Defaults follow the SimCLR paper (Chen et al. 2020, appendix A): random resized crop with scale
 0.08-1 and aspect 3/4-4/3, horizontal flip, colour jitter (0.4, 0.4, 0.2, 0.1) applied with
@@ -29,12 +37,15 @@ p=0.8, grayscale with p=0.2 and Gaussian blur with sigma in [0.1, 2.0].
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import typing
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 from selfsup.pipeline.pretext import (
-    ColorizationSpec, InpaintingSpec, JigsawSpec, MaskSpec, PretextSpec, RelativeLocationSpec,
-    RotationSpec, pretext_problems,
+    ColorizationSpec, DenoisingSpec, InpaintingSpec, JigsawSpec, MaskSpec, PretextSpec, RelativeLocationSpec,
+    RotationSpec, SuperResolutionSpec, pretext_problems,
 )
 from selfsup.errors import RecipeError
 
@@ -138,6 +149,9 @@ def validate_recipe(recipe: Recipe) -> Recipe:
 
 
 VIEW_OPTIONS = tuple(field.name for field in dataclasses.fields(ViewSpec) if field.name != "size")
+# View fields a multi-crop recipe sets per crop from its own options (global_scale / local_scale,
+# global_blur / local_blur, global_solarize) rather than once for every crop.
+PER_CROP_VIEW_OPTIONS = ("scale", "blur_probability", "solarize_probability")
 PLAIN_VIEW = {"jitter_probability": 0.0, "grayscale_probability": 0.0, "blur_probability": 0.0}
 
 
@@ -159,6 +173,14 @@ def simclr_recipe(image_size: int = 224, solarize_probability: float = 0.0, **vi
     """SimCLR's two identically distributed views (Chen et al. 2020)."""
     view = _view("simclr", image_size, {"solarize_probability": solarize_probability}, view_options)
     return validate_recipe(Recipe(name="simclr", views=(view, view)))
+
+
+def deepcluster_recipe(image_size: int = 224, **view_options) -> Recipe:
+    """One view (DeepCluster, ODC as OpenSelfSup trains them; Caron et al. 2018, Zhan et al. 2020):
+    crop 0.08-1, flip, colour jitter (0.4, 0.4, 0.9, 0.5) on every image, grayscale p=0.2, no blur."""
+    defaults = {"jitter_probability": 1.0, "saturation": 0.9, "hue": 0.5, "blur_probability": 0.0}
+    view = _view("deepcluster", image_size, defaults, view_options)
+    return validate_recipe(Recipe(name="deepcluster", views=(view,)))
 
 
 def _pair(name: str, image_size: int, defaults: tuple[dict, dict], view_0: dict | None,
@@ -196,8 +218,10 @@ def multicrop_recipe(image_size: int = 224, local_crops: int = 6, local_size: in
     DINO: global 1 blur p=1.0; global 2 blur p=0.1 + solarize p=0.2; locals blur p=0.5."""
     if not isinstance(local_crops, int) or local_crops < 0:
         raise RecipeError(f"recipe {_name!r}: local_crops={local_crops!r} must be an integer >= 0")
-    if "scale" in view_options:
-        raise RecipeError(f"recipe {_name!r}: use global_scale and local_scale instead of scale")
+    per_crop = sorted(set(view_options) & set(PER_CROP_VIEW_OPTIONS))
+    if per_crop:
+        raise RecipeError(f"recipe {_name!r}: {per_crop} are set per crop; use global_scale and local_scale, "
+                          "global_blur and local_blur, global_solarize")
     if len(global_blur) != 2 or len(global_solarize) != 2:
         raise RecipeError(f"recipe {_name!r}: global_blur and global_solarize need one value per global crop")
     globals_ = tuple(
@@ -211,23 +235,28 @@ def multicrop_recipe(image_size: int = 224, local_crops: int = 6, local_size: in
 
 def dino_recipe(image_size: int = 224, local_crops: int = 8, local_size: int = 96,
                 global_scale: tuple[float, float] = (0.4, 1.0),
-                local_scale: tuple[float, float] = (0.05, 0.4), **options) -> Recipe:
+                local_scale: tuple[float, float] = (0.05, 0.4),
+                global_blur: tuple[float, float] = (1.0, 0.1),
+                global_solarize: tuple[float, float] = (0.0, 0.2), local_blur: float = 0.5,
+                **view_options) -> Recipe:
     """DINO's multi-crop (Caron et al. 2021): 2 x 224 (0.4-1) + 8 x 96 (0.05-0.4)."""
-    return multicrop_recipe(image_size, local_crops, local_size, global_scale, local_scale,
-                            _name="dino", **options)
+    return multicrop_recipe(image_size, local_crops, local_size, global_scale, local_scale, global_blur,
+                            global_solarize, local_blur, _name="dino", **view_options)
 
 
 def swav_recipe(image_size: int = 224, local_crops: int = 6, local_size: int = 96,
                 global_scale: tuple[float, float] = (0.14, 1.0),
-                local_scale: tuple[float, float] = (0.05, 0.14), **options) -> Recipe:
+                local_scale: tuple[float, float] = (0.05, 0.14),
+                global_blur: tuple[float, float] = (0.5, 0.5),
+                global_solarize: tuple[float, float] = (0.0, 0.0), local_blur: float = 0.5,
+                **view_options) -> Recipe:
     """SwAV's multi-crop (Caron et al. 2020): 2 x 224 (0.14-1) + 6 x 96 (0.05-0.14), blur p=0.5
     on every crop, no solarization."""
-    options = {"global_blur": (0.5, 0.5), "global_solarize": (0.0, 0.0), **options}
-    return multicrop_recipe(image_size, local_crops, local_size, global_scale, local_scale,
-                            _name="swav", **options)
+    return multicrop_recipe(image_size, local_crops, local_size, global_scale, local_scale, global_blur,
+                            global_solarize, local_blur, _name="swav", **view_options)
 
 
-def rotation_recipe(image_size: int = 224, mode: str = "all", **view_options) -> Recipe:
+def rotation_recipe(image_size: int = 224, mode: Literal["all", "one"] = "all", **view_options) -> Recipe:
     """RotNet (Gidaris et al. 2018): crop + flip, then 0/90/180/270 degrees (RotationSpec)."""
     view = _view("rotation", image_size, {**PLAIN_VIEW, "scale": (0.25, 1.0)}, view_options)
     return validate_recipe(Recipe(name="rotation", views=(view,), pretext=RotationSpec(mode=mode)))
@@ -271,7 +300,7 @@ def _masked(name: str, image_size: int, mask: MaskSpec, defaults: dict, view_opt
     return validate_recipe(Recipe(name=name, views=(view,), pretext=mask))
 
 
-def mae_recipe(image_size: int = 224, mask_kind: str = "random", mask_ratio: float = 0.75,
+def mae_recipe(image_size: int = 224, mask_kind: Literal["random", "block"] = "random", mask_ratio: float = 0.75,
                patch_size: int = 16, min_block_patches: int = 16,
                block_aspect: tuple[float, float] = (0.3, 1 / 0.3), **view_options) -> Recipe:
     """MAE (He et al. 2022): crop scale 0.2-1 + flip, exactly 75% of 16 px patches masked."""
@@ -279,7 +308,7 @@ def mae_recipe(image_size: int = 224, mask_kind: str = "random", mask_ratio: flo
     return _masked("mae", image_size, mask, {"scale": (0.2, 1.0)}, view_options)
 
 
-def simmim_recipe(image_size: int = 192, mask_kind: str = "random", mask_ratio: float = 0.6,
+def simmim_recipe(image_size: int = 192, mask_kind: Literal["random", "block"] = "random", mask_ratio: float = 0.6,
                   patch_size: int = 32, min_block_patches: int = 16,
                   block_aspect: tuple[float, float] = (0.3, 1 / 0.3), **view_options) -> Recipe:
     """SimMIM (Xie et al. 2022): crop scale 0.67-1 + flip, 60% of 32 px mask cells."""
@@ -287,12 +316,18 @@ def simmim_recipe(image_size: int = 192, mask_kind: str = "random", mask_ratio: 
     return _masked("simmim", image_size, mask, {"scale": (0.67, 1.0)}, view_options)
 
 
-def beit_recipe(image_size: int = 224, mask_kind: str = "block", mask_ratio: float = 0.4,
+def beit_recipe(image_size: int = 224, mask_kind: Literal["random", "block"] = "block", mask_ratio: float = 0.4,
                 patch_size: int = 16, min_block_patches: int = 16,
                 block_aspect: tuple[float, float] = (0.3, 1 / 0.3), **view_options) -> Recipe:
     """BEiT (Bao et al. 2022): block-wise masks of about 40% of 16 px patches."""
     mask = MaskSpec(mask_kind, mask_ratio, patch_size, min_block_patches, tuple(block_aspect))
     return _masked("beit", image_size, mask, {"scale": (0.08, 1.0)}, view_options)
+
+
+def dvae_recipe(image_size: int = 224, **view_options) -> Recipe:
+    """BEiT's tokenizer (DALL-E's dVAE, Ramesh et al. 2021): the `beit` recipe's crops and flips."""
+    view = _view("dvae", image_size, {**PLAIN_VIEW, "scale": (0.08, 1.0)}, view_options)
+    return validate_recipe(Recipe(name="dvae", views=(view,)))
 
 
 def colorization_recipe(image_size: int = 224, bin_downsample: int = 4, **view_options) -> Recipe:
@@ -302,74 +337,102 @@ def colorization_recipe(image_size: int = 224, bin_downsample: int = 4, **view_o
                                   pretext=ColorizationSpec(bin_downsample=bin_downsample)))
 
 
-def inpainting_recipe(image_size: int = 128, region: str = "center", region_fraction: float = 0.5,
-                      **view_options) -> Recipe:
+def inpainting_recipe(image_size: int = 128, region: Literal["center", "random"] = "center",
+                      region_fraction: float = 0.5, **view_options) -> Recipe:
     """Context encoders (Pathak et al. 2016): the central (or a random) half-side square removed."""
     view = _view("inpainting", image_size, {**PLAIN_VIEW, "scale": (0.3, 1.0)}, view_options)
     spec = InpaintingSpec(region=region, region_fraction=region_fraction)
     return validate_recipe(Recipe(name="inpainting", views=(view,), pretext=spec))
 
 
+def super_resolution_recipe(image_size: int = 96, scale_factor: int = 4, **view_options) -> Recipe:
+    """SRGAN (Ledig et al. 2017): a 96 px high-resolution crop + flip and its x4 bicubic downscale,
+    upscaled back for the network (SuperResolutionSpec)."""
+    view = _view("super_resolution", image_size, {**PLAIN_VIEW, "scale": (0.3, 1.0)}, view_options)
+    return validate_recipe(Recipe(name="super_resolution", views=(view,),
+                                  pretext=SuperResolutionSpec(scale_factor=scale_factor)))
+
+
+def denoising_recipe(image_size: int = 128, corruption: Literal["gaussian", "masking"] = "masking",
+                     noise_std: float = 0.2, drop_probability: float = 0.25, **view_options) -> Recipe:
+    """Denoising autoencoders (Vincent et al. 2008): crop + flip, then 25% of the pixels dropped
+    (masking noise) or Gaussian noise added (DenoisingSpec)."""
+    view = _view("denoising", image_size, {**PLAIN_VIEW, "scale": (0.3, 1.0)}, view_options)
+    spec = DenoisingSpec(corruption=corruption, noise_std=noise_std, drop_probability=drop_probability)
+    return validate_recipe(Recipe(name="denoising", views=(view,), pretext=spec))
+
+
 RECIPES = {
     "simclr": simclr_recipe,
     "two_views": two_views_recipe,
+    "supervised": simclr_recipe,  # the same views; the loader adds `label` for a labeled dataset
     "byol": byol_recipe,
     "barlow_twins": byol_recipe,
     "vicreg": byol_recipe,
     "multicrop": multicrop_recipe,
     "dino": dino_recipe,
     "swav": swav_recipe,
+    "deepcluster": deepcluster_recipe,
     "rotation": rotation_recipe,
     "jigsaw": jigsaw_recipe,
     "relative_location": relative_location_recipe,
     "mae": mae_recipe,
     "simmim": simmim_recipe,
     "beit": beit_recipe,
+    "dvae": dvae_recipe,
     "colorization": colorization_recipe,
     "inpainting": inpainting_recipe,
+    "super_resolution": super_resolution_recipe,
+    "denoising": denoising_recipe,
 }
 
 
+@functools.cache
+def recipe_options_type(name: str) -> type:
+    """The options of recipe `name` as a dataclass: its builder's parameters (but `image_size`) with
+    their annotations and defaults, then, for a builder that takes view options, every `ViewSpec`
+    field but `size` (and the per-crop ones of a multi-crop recipe) as `T | None`, None meaning the
+    recipe's own default. Raises RecipeError for an unknown name."""
+    if name not in RECIPES:
+        raise RecipeError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
+    builder = RECIPES[name]
+    hints = typing.get_type_hints(builder)
+    parameters = inspect.signature(builder).parameters.values()
+    fields = [(p.name, hints[p.name], dataclasses.field(default=p.default)) for p in parameters
+              if p.kind is not p.VAR_KEYWORD and p.name != "image_size" and not p.name.startswith("_")]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        view_hints = typing.get_type_hints(ViewSpec)
+        per_crop = PER_CROP_VIEW_OPTIONS if "global_scale" in hints else ()
+        fields += [(option, Optional[view_hints[option]], dataclasses.field(default=None))
+                   for option in VIEW_OPTIONS if option not in per_crop and option not in hints]
+    title = "".join(part.title() for part in name.split("_"))
+    return dataclasses.make_dataclass(f"{title}RecipeOptions", fields, frozen=True)
+
+
 def recipe_options(name: str) -> list[str]:
-    """The option names `build_recipe(name, ...)` accepts."""
-    parameters = inspect.signature(RECIPES[name]).parameters.values()
-    named = {p.name for p in parameters if p.kind is not p.VAR_KEYWORD and not p.name.startswith("_")}
-    named.discard("image_size")
-    takes_views = any(p.kind is p.VAR_KEYWORD for p in parameters)
-    if name in ("dino", "swav"):
-        named |= set(recipe_options("multicrop"))
-    return sorted(named | (set(VIEW_OPTIONS) if takes_views else set()))
+    """The option names `build_recipe(name, ...)` accepts, sorted."""
+    return sorted(field.name for field in dataclasses.fields(recipe_options_type(name)))
 
 
 def build_recipe(name: str, image_size: int, **options) -> Recipe:
-    """Look a recipe up by name; an unknown name or option lists the known ones."""
-    if name not in RECIPES:
-        raise RecipeError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
+    """Look a recipe up by name; an unknown name or option lists the known ones. An option given
+    as None takes the recipe's default (as in `recipe_options_type`)."""
     known = recipe_options(name)
     unknown = set(options) - set(known)
     if unknown:
         raise RecipeError(f"recipe {name!r}: unknown option(s) {sorted(unknown)}; valid options: {known}")
+    given = {key: value for key, value in options.items() if value is not None}
     try:
-        recipe = RECIPES[name](image_size=image_size, **_as_tuples(options))
+        recipe = RECIPES[name](image_size=image_size, **_as_tuples(given))
     except TypeError as error:
         raise RecipeError(f"recipe {name!r}: {error}") from error
     return recipe if recipe.name == name else dataclasses.replace(recipe, name=name)
 
 
-def describe(recipe: Recipe) -> str:
-    """One line per view (and the pretext task), for logs."""
-    lines = [f"recipe {recipe.name}: {len(recipe.views)} view(s)"]
-    for index, view in enumerate(recipe.views):
-        lines.append(f"  view_{index}: {view}")
-    if recipe.pretext is not None:
-        lines.append(f"  pretext: {recipe.pretext}")
-    return "\n".join(lines)
-
-
 __all__ = [
-    "EvalRecipe", "Recipe", "RecipeError", "ViewSpec", "RECIPES", "build_recipe", "describe",
-    "recipe_options", "simclr_recipe", "two_views_recipe", "byol_recipe", "multicrop_recipe",
+    "EvalRecipe", "Recipe", "RecipeError", "ViewSpec", "RECIPES", "build_recipe", "recipe_options",
+    "recipe_options_type", "simclr_recipe", "two_views_recipe", "byol_recipe", "multicrop_recipe",
     "dino_recipe", "swav_recipe", "rotation_recipe", "jigsaw_recipe", "relative_location_recipe",
-    "mae_recipe", "simmim_recipe", "beit_recipe", "colorization_recipe", "inpainting_recipe",
-    "validate_recipe",
+    "mae_recipe", "simmim_recipe", "beit_recipe", "dvae_recipe", "colorization_recipe", "inpainting_recipe",
+    "super_resolution_recipe", "denoising_recipe", "deepcluster_recipe", "validate_recipe",
 ]

@@ -45,7 +45,7 @@ from typing import Iterator
 
 import pyarrow.fs
 
-from selfsup.pipeline.dataset import DATASET_FILE, ERRORS_FILE, MANIFEST_FILE
+from selfsup.pipeline.dataset import DATASET_FILE, ERRORS_FILE, MANIFEST_FILE, check_description
 
 from selfsup.errors import DatasetError
 from selfsup.pipeline.shards import parse_size
@@ -294,6 +294,7 @@ def stage_dataset(uri: str, cache_root: str | Path, *, max_bytes: int | str | No
         description = json.loads(description_bytes)
     except ValueError as error:
         raise DatasetError(f"{location(uri, DATASET_FILE)}: not valid JSON ({error})") from None
+    check_description(description, location(uri, DATASET_FILE))  # no shard name may leave the folder
     folder = staged_folder(uri, cache_root)
     with locked(folder_lock(folder)):
         local_description = folder / DATASET_FILE

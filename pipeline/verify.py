@@ -5,7 +5,9 @@ matches what the tar really contains (keys, members, data offsets, sizes); the t
 (every member's data inside the file, end-of-archive marker present); its samples match the
 manifest rows (same keys, image offset, size, checksum, label); every sample has an image, a
 `.json` and (when labeled) a `.cls` holding a class index in range; every image decodes fully
-with PIL to the manifest's size; and the counts match `dataset.json`. A dataset adopted with
+with PIL to the manifest's size; in a dataset converted with masks, every sample's `.seg.png`
+decodes to a label map of its image's size (`segmentation_masks.mask_problem`); and the counts
+match `dataset.json`. A dataset adopted with
 `selfsup index` is checked against its own contract: its `.idx` lists a subset of each tar's
 samples (the excluded ones are in the tar, never read), only the image members, exactly the
 manifest's rows (`check_adopted_shard`).
@@ -30,6 +32,7 @@ from selfsup.pipeline.dataset import MANIFEST_FILE, read_description
 from selfsup.pipeline.manifest_reader import ManifestRuns
 
 from selfsup.errors import DatasetError
+from selfsup.pipeline.segmentation_masks import MASK_MEMBER, mask_problem
 from selfsup.pipeline.shards import END_OF_ARCHIVE, IMAGE_EXTENSIONS, TAR_BLOCK, read_index_entries, split_member_name
 
 
@@ -121,7 +124,7 @@ def _check_index(path: Path, samples: list, report: VerifyReport) -> None:
 
 
 def _check_sample(handle, shard: str, key: str, components: dict, row: dict | None, labeled: bool,
-                  class_count: int, report: VerifyReport) -> None:
+                  class_count: int, report: VerifyReport, mask_classes: int | None = None) -> None:
     """Check one sample's members against its manifest row and decode its image."""
     def read(ext: str) -> bytes:
         """The data of the sample's member with extension `ext`."""
@@ -150,12 +153,17 @@ def _check_sample(handle, shard: str, key: str, components: dict, row: dict | No
                 report.add(shard, key, f".cls is {text!r}, expected a class index in 0..{class_count - 1}")
             elif row is not None and int(text) != row["label"]:
                 report.add(shard, key, f".cls is {text}, the manifest says label {row['label']}")
-    _check_image(handle, shard, key, image_ext, components[image_ext], row, report)
+    decoded = _check_image(handle, shard, key, image_ext, components[image_ext], row, report)
+    if mask_classes is not None and decoded is not None:
+        problem = mask_problem(read(MASK_MEMBER) if MASK_MEMBER in components else None, decoded, mask_classes)
+        if problem is not None:
+            report.add(shard, key, problem)
 
 
 def _check_image(handle, shard: str, key: str, ext: str, place: tuple[int, int], row: dict | None,
-                 report: VerifyReport) -> None:
-    """The image member at `place` (data offset, size) against its manifest row; it must decode fully."""
+                 report: VerifyReport) -> tuple[int, int] | None:
+    """The image member at `place` (data offset, size) against its manifest row; it must decode fully.
+    Returns the decoded (width, height), None when it does not decode."""
     offset, size = place
     handle.seek(offset)
     data = handle.read(size)
@@ -172,14 +180,15 @@ def _check_image(handle, shard: str, key: str, ext: str, place: tuple[int, int],
             decoded = image.size
     except Exception as error:  # PIL raises many types for corrupt data
         report.add(shard, key, f"image {key}.{ext} does not decode ({type(error).__name__}: {error})")
-        return
+        return None
     if row is not None and decoded != (row["width"], row["height"]):
         report.add(shard, key, f"image decodes to {decoded[0]}x{decoded[1]}, the manifest says "
                                f"{row['width']}x{row['height']}")
+    return decoded
 
 
 def _check_shard(path: Path, rows: dict[str, dict] | None, labeled: bool, class_count: int,
-                 report: VerifyReport) -> int:
+                 report: VerifyReport, mask_classes: int | None = None) -> int:
     """Check one shard; returns how many samples it holds."""
     shard = path.name
     if not path.is_file():
@@ -200,7 +209,7 @@ def _check_shard(path: Path, rows: dict[str, dict] | None, labeled: bool, class_
     with open(path, "rb") as handle:
         for key, components in samples:
             row = rows.get(key) if rows is not None else None
-            _check_sample(handle, shard, key, components, row, labeled, class_count, report)
+            _check_sample(handle, shard, key, components, row, labeled, class_count, report, mask_classes)
             report.samples_checked += 1
     return len(samples)
 
@@ -238,6 +247,7 @@ def verify(output: str | Path, *, progress: bool = False) -> VerifyReport:
     report = VerifyReport(root=root)
     labeled, class_count = description["labeled"], len(description["classes"])
     adopted = description.get("origin") == "index"
+    mask_classes = (description.get("segmentation") or {}).get("classes")
     manifest = None
     try:
         manifest = ManifestRuns(root / MANIFEST_FILE, MANIFEST_CHECKED)
@@ -253,8 +263,10 @@ def verify(output: str | Path, *, progress: bool = False) -> VerifyReport:
     found = Counter()
     for name, shard in tqdm(work, desc="verify", unit="shard", disable=not progress):
         rows = {row["key"]: row for row in manifest.rows(shard)} if manifest is not None else None
-        check = check_adopted_shard if adopted else _check_shard
-        found[name] += check(root / shard, rows, labeled, class_count, report)
+        if adopted:
+            found[name] += check_adopted_shard(root / shard, rows, labeled, class_count, report)
+        else:
+            found[name] += _check_shard(root / shard, rows, labeled, class_count, report, mask_classes)
     _check_counts(description, manifest, found, report)
     return report
 

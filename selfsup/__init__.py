@@ -10,6 +10,7 @@ The Python API, for notebooks and scripts (the `selfsup` command line calls the 
                             overrides=["trainer.epochs=100"])
     summary = selfsup.train("simclr", "runs/simclr", data="data/photos", workers=4)  # Ray Train DDP
     backbone = selfsup.load_backbone("runs/simclr")                     # a torch.nn.Module
+    selfsup.embed("runs/simclr", "photos.parquet", data="data/photos")  # one row per image
 
 The subpackages: `selfsup.pipeline` (shards, DALI views, the loader), `selfsup.methods`
 (backbones, heads, losses, one file per method), `selfsup.trainer` (the training loop,
@@ -22,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path as _Path
 
 __version__ = "0.2.0"
-__all__ = ["__version__", "convert", "index", "load_backbone", "train", "verify"]
+__all__ = ["__version__", "convert", "embed", "index", "load_backbone", "train", "verify"]
 
 # In a source checkout the subpackages are the repository's top-level folders (pipeline/,
 # methods/, trainer/, cluster/, configs/), mapped into this namespace as the installed wheel maps
@@ -35,7 +36,7 @@ if (_checkout / "trainer" / "loop.py").is_file() and not (_Path(__file__).parent
 
 def __getattr__(name: str):
     """The API functions, imported on first use so that `import selfsup` stays cheap."""
-    if name in ("convert", "index", "load_backbone", "train", "verify"):
+    if name in ("convert", "embed", "index", "load_backbone", "train", "verify"):
         from selfsup import api
 
         return getattr(api, name)

@@ -1,11 +1,13 @@
 """`make demo`: the whole path on a small built-in dataset, with the commands a user would type.
 
-1. draw a labeled folder of 10 shape classes (no download),
-2. `selfsup convert` it into WebDataset shards with a val split,
+1. draw a labeled folder of 10 shape classes (no download), with each shape's label map,
+2. `selfsup convert` it into WebDataset shards with a val split (the label maps carried as masks,
+   for `selfsup eval segment`),
 3. `selfsup train` SimCLR with 2 Ray workers (DDP over gloo on a CPU-only machine),
 4. `selfsup eval knn` of the pretrained backbone and of the same backbone randomly initialized.
 
-Exits non-zero when the pretrained backbone is not better than the random one.
+Exits non-zero when the pretrained backbone is not better than the random one. Every protocol
+(`selfsup eval all --checkpoint demo/run --data demo/shards`) can follow.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from selfsup.cli.main import main as selfsup
 from selfsup.pipeline.demo_images import CLASSES, make_demo_folder
+from selfsup.pipeline.segmentation_masks import dataset_segmentation
 
 # Small enough for a 2-core CPU in a few minutes; every value is a plain `--set` override.
 DEMO_OVERRIDES = [
@@ -64,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra overrides for the training run")
     args = parser.parse_args(argv)
     folder = Path(args.folder)
-    images, shards, run_dir = folder / "images", folder / "shards", folder / "run"
+    images, masks, shards, run_dir = folder / "images", folder / "masks", folder / "shards", folder / "run"
     started = time.perf_counter()
 
-    if not (images / CLASSES[0]).is_dir():
-        print(f"drawing {args.per_class * len(CLASSES)} images of {len(CLASSES)} shape classes into {images}")
-        make_demo_folder(images, images_per_class=args.per_class)
-    run(["convert", str(images), str(shards), "--val-fraction", "0.2", "--shard-size", "1MB"])
+    if not (images / CLASSES[0]).is_dir() or not (masks / CLASSES[0]).is_dir():
+        print(f"drawing {args.per_class * len(CLASSES)} images of {len(CLASSES)} shape classes into {images} "
+              f"(their label maps into {masks})")
+        make_demo_folder(images, images_per_class=args.per_class, masks=masks)
+    if (shards / "dataset.json").is_file() and dataset_segmentation(shards) is None:
+        shutil.rmtree(shards)  # converted by an older demo, without the masks
+    run(["convert", str(images), str(shards), "--val-fraction", "0.2", "--shard-size", "1MB", "--masks", str(masks)])
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo always trains from scratch
     train = ["train", "--config", "simclr", "--data", str(shards), "--output", str(run_dir),

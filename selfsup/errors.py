@@ -26,9 +26,19 @@ class RecipeError(ValueError):
     """A recipe that cannot be built: names the recipe, the field and what was expected."""
 
 
+class FolderLockedError(RuntimeError):
+    """Another process holds a folder's lock (`selfsup.locks`); the message names the folder and
+    the holder (purpose, pid, host, since when). `holder` is a `selfsup.locks.LockHolder`, or None
+    when the holder had not written its record."""
+
+    def __init__(self, message: str, *, folder=None, holder=None):
+        super().__init__(message)
+        self.folder, self.holder = folder, holder
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss terms."""
 
 
 # The errors the command line turns into one line and exit status 2.
-USER_ERRORS = (DatasetError, ConfigError, CheckpointError, RecipeError, FileNotFoundError)
+USER_ERRORS = (DatasetError, ConfigError, CheckpointError, RecipeError, FolderLockedError, FileNotFoundError)

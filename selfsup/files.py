@@ -14,14 +14,22 @@ def write_atomically(path: str | Path, data: bytes, *, sync_parent: bool = True)
 
     `sync_parent=False` skips the folder fsync (for callers that sync the folder themselves, or
     whose file may be lost on a power cut without harm).
+    A failure (a full disk, say) removes the temporary file and leaves `path` as it was.
     """
     path = Path(path)
     temporary = path.with_name(path.name + ".partial")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            temporary.unlink()
+        except OSError:
+            pass
+        raise
     if sync_parent:
         sync_folder(path.parent)
 

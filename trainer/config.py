@@ -3,7 +3,9 @@
 A config is a tree of dataclasses. `load_config` reads a YAML file, applies command-line
 overrides and checks every key and type; a typo raises `ConfigError` naming the valid keys.
 The method section is typed by the method's own options dataclass, looked up in
-`methods.registry.METHODS` by `method.name`. `config_to_dict` turns a config back into plain
+`methods.registry.METHODS` by `method.name`; `data.recipe`, a mapping, by the options dataclass
+of that method's view recipe (`pipeline.recipes.recipe_options_type`), and checked against the
+model section where the two meet (`RECIPE_OPTIONS_FROM_MODEL`, SimMIM's mask cells). `config_to_dict` turns a config back into plain
 Python values for checkpoints, `config.yaml` and TensorBoard.
 """
 
@@ -21,6 +23,7 @@ import yaml
 
 from selfsup.methods.registry import METHODS, method_entry
 from selfsup.errors import ConfigError
+from selfsup.pipeline.recipes import recipe_options_type
 
 
 @dataclass
@@ -31,7 +34,7 @@ class DataConfig:
     num_threads: int = 0  # DALI threads per worker; 0 = this worker's share of the cores
     shuffle_buffer: int = 1024
     prefetch_depth: int = 2
-    recipe: dict = field(default_factory=dict)  # view options passed to the method's recipe
+    recipe: dict = field(default_factory=dict)  # options of the method's view recipe (checked, typed values)
 
 
 @dataclass
@@ -73,7 +76,7 @@ class TrainerConfig:
     freeze_last_layer_epochs: float = 0.0  # no updates to the method's `last_layer_parameters()` at first
     compile: bool = False  # torch.compile the model
     channels_last: bool = False  # channels-last memory layout for model and views (faster convs on GPU)
-    resume: str | None = None  # a checkpoint to continue from (`--resume`); the run's own newer ones win
+    resume: str | None = None  # a checkpoint to continue from (`--resume`); the run's own newer intact ones win
 
 
 @dataclass
@@ -191,7 +194,7 @@ def _method_from_dict(data: Any) -> Any:
 # `config_from_dict`, so a bad value stops the command before Ray or any worker starts.
 MINIMUMS = {
     "seed": 0, "data.batch_size": 1, "data.image_size": 1, "data.num_threads": 0, "data.shuffle_buffer": 0,
-    "data.prefetch_depth": 1, "optim.lr": 0, "optim.reference_batch_size": 1, "optim.final_lr": 0,
+    "data.prefetch_depth": 1, "model.patch_size": 1, "optim.lr": 0, "optim.reference_batch_size": 1, "optim.final_lr": 0,
     "optim.warmup_epochs": 0, "optim.weight_decay": 0, "optim.final_weight_decay": 0, "optim.momentum": 0,
     "trainer.epochs": 1, "trainer.max_steps": 1, "trainer.checkpoint_every": 1, "trainer.keep_checkpoints": 1,
     "trainer.log_every": 1, "trainer.accumulate_steps": 1, "trainer.freeze_last_layer_epochs": 0,
@@ -208,10 +211,32 @@ def _check_minimums(config: Config) -> None:
             raise ConfigError(f"{key}={value!r}: expected {minimum} or more")
 
 
+# Recipe options that the model section sets, per recipe: {recipe option: model field}. MAE and BEiT
+# mask the ViT's own patches, so their recipe's patch_size is model.patch_size (see
+# trainer.model.recipe_for).
+RECIPE_OPTIONS_FROM_MODEL = {"mae": {"patch_size": "patch_size"}, "beit": {"patch_size": "patch_size"}}
+
+
+def _recipe_from_dict(config: Config) -> dict:
+    """`data.recipe` read into the options dataclass of the method's recipe (known keys, their
+    types) and checked against the model section; returns the given options with typed values."""
+    recipe, given = method_entry(config.method.name).recipe, config.data.recipe
+    options = _from_dict(recipe_options_type(recipe), given, "data.recipe")
+    for option, model_field in RECIPE_OPTIONS_FROM_MODEL.get(recipe, {}).items():
+        model_value = getattr(config.model, model_field)
+        if option in given and getattr(options, option) != model_value:
+            raise ConfigError(f"data.recipe.{option}={getattr(options, option)!r}, but the {recipe} recipe takes "
+                              f"it from model.{model_field}={model_value!r}; leave data.recipe.{option} out")
+    if recipe == "simmim" and options.patch_size % config.model.patch_size:
+        raise ConfigError(f"data.recipe.patch_size={options.patch_size}: SimMIM's mask cells must be a multiple "
+                          f"of model.patch_size={config.model.patch_size}")
+    return {key: getattr(options, key) for key in given}
+
+
 def config_from_dict(data: dict) -> Config:
     """A checked Config from plain values (a parsed YAML file or a checkpoint's config): known
-    keys, the annotated types (one of the `Literal` choices where a value is one of a few) and
-    the `MINIMUMS`."""
+    keys, the annotated types (one of the `Literal` choices where a value is one of a few), the
+    `MINIMUMS`, and `data.recipe` read as the method's recipe's options."""
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
     data = dict(data)
@@ -219,6 +244,7 @@ def config_from_dict(data: dict) -> Config:
     config = _from_dict(Config, data, "")
     config.method = method
     _check_minimums(config)
+    config.data.recipe = _recipe_from_dict(config)
     return config
 
 

@@ -42,12 +42,17 @@ def current_context() -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, local_world_size, device)
 
 
-def wrap_model(model: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
-    """DistributedDataParallel when there is more than one rank, the model itself otherwise."""
+def wrap_model(model: torch.nn.Module, context: DistributedContext, *,
+               find_unused_parameters: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel when there is more than one rank, the model itself otherwise.
+
+    `find_unused_parameters`: for a model whose forwards each reach only some of its parameters
+    (a method with several optimizer steps); DDP then finds them in each forward's graph.
+    """
     if context.world_size == 1:
         return model
     device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
 def mean_across_ranks(values: dict[str, float], context: DistributedContext) -> dict[str, float]:

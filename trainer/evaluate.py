@@ -25,7 +25,6 @@ from selfsup.pipeline.recipes import EvalRecipe
 from selfsup.trainer.checkpoint import load_checkpoint
 from selfsup.errors import CheckpointError
 from selfsup.trainer.config import Config, config_from_dict
-from selfsup.trainer.export import TEACHER_PREFIXES, teacher_prefix
 from selfsup.trainer.knn import knn_accuracy
 from selfsup.trainer.model import build_model, seed_everything
 
@@ -42,31 +41,35 @@ def load_backbone(checkpoint: str | Path, random_init: bool = False,
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
     seed_everything(config.seed)
-    model = build_model(config)
+    model = build_model(config, load_tokenizer=False)  # a BEiT checkpoint holds its tokenizer
     if not random_init:
         model.load_state_dict(state["model"], strict=True)
     if weights == "student":
         return model.backbone, config
-    prefix = teacher_prefix(model.state_dict())
-    if prefix is None:
-        names = ", ".join(candidate.rstrip(".") for candidate in TEACHER_PREFIXES)
-        raise CheckpointError(f"{checkpoint}: {config.method.name} keeps no teacher backbone ({names}); "
-                              "evaluate the student")
-    return getattr(model, prefix.rstrip(".")), config
+    teacher = model.teacher_backbone()
+    if teacher is None:
+        raise CheckpointError(f"{checkpoint}: {config.method.name} keeps no teacher backbone (no momentum "
+                              "teacher, target or key encoder); evaluate the student")
+    return teacher, config
 
 
 @torch.no_grad()
 def extract_features(backbone: torch.nn.Module, dataset: DatasetInfo, split: str, image_size: int,
-                     batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) float32 features and (N,) labels of every sample of `split`, on the CPU.
+                     batch_size: int, device: torch.device,
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) float32 features and (N,) labels of every sample of `split`, on the CPU; `progress`
+    shows a bar of the images done.
 
     The (N, D) tensor is allocated once, at the first batch, and filled in place: the peak memory
     is the bank itself, not the bank plus a list of its batches."""
+    from tqdm import tqdm
+
     loader = build_eval_loader(dataset, EvalRecipe(size=image_size), batch_size=batch_size,
                                split=split, device=device)
     backbone.eval().to(device)
     features = labels = None
     filled = 0
+    bar = tqdm(total=loader.samples, desc=f"features {split}", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         for batch in loader:
             output = backbone(batch["image"].to(device)).float().cpu()
@@ -76,7 +79,9 @@ def extract_features(backbone: torch.nn.Module, dataset: DatasetInfo, split: str
             features[filled:filled + len(output)] = output
             labels[filled:filled + len(output)] = batch["label"].cpu()
             filled += len(output)
+            bar.update(len(output))
     finally:
+        bar.close()
         loader.close()
     if filled != loader.samples:
         raise DatasetError(f"{dataset.root}: split {split!r} yielded {filled} samples, dataset.json says "
@@ -107,15 +112,16 @@ FeatureCache = dict  # (dataset root, split, image size) -> (features, labels) o
 
 
 def cached_features(cache: FeatureCache | None, backbone: torch.nn.Module, dataset: DatasetInfo, split: str,
-                    image_size: int, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                    image_size: int, batch_size: int, device: torch.device,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`extract_features`, kept in `cache` (when given) so that several measurements of the same
     backbone extract each split once. A cache belongs to one backbone state: start a new one after
     the weights or BatchNorm statistics change (`recalibrate_batch_norm`)."""
     if cache is None:
-        return extract_features(backbone, dataset, split, image_size, batch_size, device)
+        return extract_features(backbone, dataset, split, image_size, batch_size, device, progress)
     key = (str(dataset.root.resolve()), split, image_size)
     if key not in cache:
-        cache[key] = extract_features(backbone, dataset, split, image_size, batch_size, device)
+        cache[key] = extract_features(backbone, dataset, split, image_size, batch_size, device, progress)
     return cache[key]
 
 

@@ -15,7 +15,9 @@ Loading it elsewhere:
     backbone.load_state_dict(torch.load("backbone.pt", weights_only=True), strict=True)
 
 `weights="teacher"` exports the momentum teacher / target / key encoder instead of the online
-network, for the methods that keep one (DINO evaluates its teacher).
+network (the method's `teacher_backbone()`), for the methods that keep one (DINO evaluates its
+teacher). Which entries of the checkpoint's model state are the backbone is read from the method
+built on the meta device (no memory, no weights).
 
 What a method adds around its backbone is left out, so every export is a plain backbone: SimMIM's
 learned mask token (only used to replace masked patches in pretraining) is dropped, and
@@ -32,33 +34,28 @@ from pathlib import Path
 import torch
 
 from selfsup.methods.backbones import build_backbone
-from selfsup.pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.trainer.checkpoint import load_checkpoint
 from selfsup.errors import CheckpointError
-from selfsup.trainer.config import config_from_dict
-from selfsup.trainer.model import backbone_options
-
-TEACHER_PREFIXES = ("teacher_backbone.", "target_backbone.", "momentum_backbone.", "key_backbone.")
+from selfsup.trainer.config import Config, config_from_dict
+from selfsup.trainer.model import backbone_options, build_model, recipe_for
 
 
-def teacher_prefix(state_keys) -> str | None:
-    """The prefix of the teacher backbone's entries among a method's `state_dict` keys (the first
-    of `TEACHER_PREFIXES` present), or None for a method that keeps no teacher."""
-    keys = list(state_keys)
-    return next((prefix for prefix in TEACHER_PREFIXES if any(key.startswith(prefix) for key in keys)), None)
-
-
-def backbone_weights(model_state: dict, weights: str = "student") -> dict[str, torch.Tensor]:
-    """The backbone's entries of a method's `state_dict`, without their prefix."""
-    if weights == "student":
-        prefix = "backbone."
-    elif weights == "teacher":
-        prefix = teacher_prefix(model_state)
-        if prefix is None:
-            raise CheckpointError("this method keeps no teacher backbone (no teacher_/target_/momentum_/key_backbone "
-                                  "weights); export the student with weights='student'")
-    else:
+def backbone_prefix(config: Config, weights: str = "student") -> str:
+    """The prefix of the backbone's entries in the `state_dict` of `config`'s method: its `backbone`
+    ("student") or its `teacher_backbone()` ("teacher"), found on the method built on the meta device."""
+    if weights not in ("student", "teacher"):
         raise ValueError(f"weights={weights!r}; expected 'student' or 'teacher'")
+    with torch.device("meta"):
+        model = build_model(config, load_tokenizer=False)
+    backbone = model.backbone if weights == "student" else model.teacher_backbone()
+    if backbone is None:
+        raise CheckpointError(f"{config.method.name} keeps no teacher backbone; export the student with "
+                              "weights='student'")
+    return next(name for name, module in model.named_modules() if module is backbone) + "."
+
+
+def backbone_weights(model_state: dict, prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of a method's `state_dict` under `prefix` (see `backbone_prefix`), without it."""
     return {key[len(prefix):]: value for key, value in model_state.items() if key.startswith(prefix)}
 
 
@@ -81,30 +78,48 @@ def plain_backbone(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return weights, extra
 
 
-def export_backbone(checkpoint: str | Path, output: str | Path, weights: str = "student") -> dict:
-    """Write the backbone of `checkpoint` to `output` (+ `.json` sidecar); returns the sidecar's content."""
-    checkpoint, output = Path(checkpoint), Path(output)
+def load_plain_backbone(checkpoint: str | Path, weights: str = "student"):
+    """(the plain backbone of `checkpoint`, strictly loaded, in eval mode; its feature dimension;
+    the run's config; the backbone's kwargs; the checkpoint's state): what every export format
+    writes (wrappers and pretraining-only parameters removed)."""
+    checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
-    plain_weights, extra = plain_backbone(backbone_weights(state["model"], weights))
+    try:
+        prefix = backbone_prefix(config, weights)
+    except CheckpointError as error:
+        raise CheckpointError(f"{checkpoint}: {error}") from None
+    plain_weights, extra = plain_backbone(backbone_weights(state["model"], prefix))
     kwargs = backbone_options(config) | extra
     backbone, feature_dim = build_backbone(config.model.backbone, **kwargs)
     try:
         backbone.load_state_dict(plain_weights, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{checkpoint}: the backbone weights do not fit {config.model.backbone}: {error}") from None
+    return backbone.eval(), feature_dim, config, kwargs, state
+
+
+def export_backbone(checkpoint: str | Path, output: str | Path, weights: str = "student") -> dict:
+    """Write the backbone of `checkpoint` to `output` (+ `.json` sidecar); returns the sidecar's content."""
+    checkpoint, output = Path(checkpoint), Path(output)
+    backbone, feature_dim, config, kwargs, state = load_plain_backbone(checkpoint, weights)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")
     torch.save({key: value.detach().cpu().clone() for key, value in backbone.state_dict().items()}, temporary)
     os.replace(temporary, output)
     sidecar = {"backbone": config.model.backbone, "kwargs": kwargs, "feature_dim": feature_dim,
                "method": config.method.name, "weights": weights, "step": int(state.get("step", 0)),
-               "checkpoint": str(checkpoint.resolve()),
-               "input": LIGHTNESS_INPUT if kwargs.get("in_channels") == 1 else "RGB, normalized with the "
-               f"recipe's mean {list(config.data.recipe.get('mean', IMAGENET_MEAN))} and std "
-               f"{list(config.data.recipe.get('std', IMAGENET_STD))}"}
+               "checkpoint": str(checkpoint.resolve()), "input": _input_description(config, kwargs)}
     sidecar_path = output.with_suffix(".json")
     temporary = sidecar_path.with_name(f".{sidecar_path.name}.tmp")
     temporary.write_text(json.dumps(sidecar, indent=1) + "\n")
     os.replace(temporary, sidecar_path)
     return sidecar
+
+
+def _input_description(config: Config, kwargs: dict) -> str:
+    """What the exported backbone reads: one lightness channel, or RGB normalized as the recipe did."""
+    if kwargs.get("in_channels") == 1:
+        return LIGHTNESS_INPUT
+    recipe = recipe_for(config)
+    return f"RGB, normalized with the recipe's mean {list(recipe.mean)} and std {list(recipe.std)}"

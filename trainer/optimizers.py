@@ -6,7 +6,10 @@
   minutes" (ICLR 2020), Algorithm 2.
 - `parameter_groups`: biases and normalization parameters get no weight decay and no
   layer-wise adaptation (SimCLR/BYOL practice).
-- `build_optimizer`: the registry `OPTIMIZERS` turned into one call.
+- `build_optimizer`: the registry `OPTIMIZERS` turned into one call, over a model's parameters or
+  over those of one of its optimizer steps.
+- `resolved_optimizer_steps`: a method's `optimizer_steps()` (`methods.protocol`), `[]` read as
+  the one default step over every trainable parameter, checked to split the trainable parameters.
 
 The trainer overwrites `group["lr"]` every step (with the base learning rate for the groups marked
 `fixed_lr`, with the schedule's value for the others) and `group["weight_decay"]` for the groups whose
@@ -21,7 +24,12 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["LAMB", "LARS", "OPTIMIZERS", "build_optimizer", "parameter_groups", "scale_learning_rate"]
+from selfsup.methods.protocol import OptimizerStep
+
+__all__ = ["DEFAULT_STEP", "LAMB", "LARS", "OPTIMIZERS", "build_optimizer", "parameter_groups",
+           "resolved_optimizer_steps", "scale_learning_rate"]
+
+DEFAULT_STEP = "model"  # the name of the one optimizer of a method that declares no steps
 
 
 def _trust_ratio(numerator: torch.Tensor, denominator: torch.Tensor, *norms: torch.Tensor) -> torch.Tensor:
@@ -168,8 +176,12 @@ class LAMB(torch.optim.Optimizer):
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True,
-                     fixed_lr_parameters: Iterable[nn.Parameter] = ()) -> list[dict]:
+                     fixed_lr_parameters: Iterable[nn.Parameter] = (),
+                     parameters: Iterable[nn.Parameter] | None = None) -> list[dict]:
     """Split the trainable parameters of `model` into a "decay" and a "no_decay" group.
+
+    `parameters` (some of the model's own, e.g. one optimizer step's) restricts the groups to
+    those; by default every parameter of the model is grouped.
 
     With `exclude_bias_and_norm`, parameters with ndim <= 1 (biases; BatchNorm, LayerNorm and
     GroupNorm weights and biases; also 1-d tokens/scales) go to "no_decay": weight_decay 0,
@@ -189,9 +201,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     if not fixed <= owned:
         raise ValueError(f"fixed_lr_parameters of {type(model).__name__}: {len(fixed - owned)} parameter(s) "
                          "are not the model's own")
+    grouped = list(model.parameters() if parameters is None else parameters)
+    if not {id(param) for param in grouped} <= owned:
+        raise ValueError(f"parameters to group: some are not {type(model).__name__}'s own")
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {(d, f): [] for d in (True, False) for f in (False, True)}
     seen: set[int] = set()
-    for param in model.parameters():
+    for param in grouped:
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
@@ -236,16 +251,43 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
                     betas: tuple[float, float] = (0.9, 0.999),
                     exclude_bias_and_norm: bool = True,
-                    fixed_lr_parameters: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
-    """The optimizer `name` ("lars", "sgd", "adamw", "lamb") over `parameter_groups(model, ...)`.
+                    fixed_lr_parameters: Iterable[nn.Parameter] = (),
+                    parameters: Iterable[nn.Parameter] | None = None) -> torch.optim.Optimizer:
+    """The optimizer `name` ("lars", "sgd", "adamw", "lamb") over `parameter_groups(model, ...)`
+    (over `parameters` only, when given: one optimizer step's).
 
     `momentum` is used by lars/sgd, `betas` by adamw/lamb. Every group carries "name" and
     "apply_weight_decay". Unknown names raise ValueError listing the known ones.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(sorted(OPTIMIZERS))}")
-    groups = parameter_groups(model, weight_decay, exclude_bias_and_norm, fixed_lr_parameters)
+    groups = parameter_groups(model, weight_decay, exclude_bias_and_norm, fixed_lr_parameters, parameters)
     return OPTIMIZERS[name](groups, lr, weight_decay, momentum, betas)
+
+
+def resolved_optimizer_steps(model: nn.Module) -> list[OptimizerStep]:
+    """`model.optimizer_steps()`, or for `[]` the one step `DEFAULT_STEP` over every trainable
+    parameter minimising "loss". Declared steps must have distinct names and split the trainable
+    parameters: each in exactly one step (else ValueError naming the method and what is wrong)."""
+    declared = list(model.optimizer_steps())
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    if not declared:
+        return [OptimizerStep(DEFAULT_STEP, trainable, "loss")]
+    method = type(model).__name__
+    names = [step.name for step in declared]
+    if len(set(names)) != len(names) or DEFAULT_STEP in names:
+        raise ValueError(f"{method}.optimizer_steps(): names {names} must be distinct and not {DEFAULT_STEP!r}")
+    counts: dict[int, int] = {}
+    for step in declared:
+        for param in step.parameters:
+            counts[id(param)] = counts.get(id(param), 0) + 1
+    left_out = sum(1 for param in trainable if id(param) not in counts)
+    twice = sum(1 for count in counts.values() if count > 1)
+    foreign = len(set(counts) - {id(param) for param in trainable})
+    if left_out or twice or foreign:
+        raise ValueError(f"{method}.optimizer_steps() must split its trainable parameters: {left_out} in no step, "
+                         f"{twice} in more than one, {foreign} not trainable parameters of the method")
+    return declared
 
 
 def scale_learning_rate(base_lr: float, global_batch_size: int, reference_batch_size: int = 256,

@@ -129,21 +129,27 @@ def image_grid(images: torch.Tensor, columns: int = 8, padding: int = 2) -> torc
 class LossLog:
     """`losses.jsonl`: one JSON line per step, {"step": s, "loss": ..., other terms}, written by rank 0.
 
-    Opening it for a run that starts at `start_step` keeps only the lines of steps <= start_step.
+    Opening it for a run that starts at `start_step` keeps only the lines of steps <= start_step;
+    `start_terms` holds the terms of the line of `start_step` itself ({} if none, or not rank 0).
     """
 
     def __init__(self, path: Path, start_step: int, enabled: bool = True):
         self.handle = None
+        self.start_terms: dict[str, float] = {}
         if not enabled:
             return
         kept = []
         if path.exists():
             for line in path.read_text().splitlines():
                 try:
-                    if int(json.loads(line)["step"]) <= start_step:
-                        kept.append(line)
+                    entry = json.loads(line)
+                    step = int(entry["step"])
                 except (ValueError, KeyError, TypeError):
                     continue
+                if step <= start_step:
+                    kept.append(line)
+                if step == start_step and start_step > 0:
+                    self.start_terms = {name: value for name, value in entry.items() if name != "step"}
         temporary = path.with_name(f".{path.name}.tmp")
         temporary.write_text("".join(line + "\n" for line in kept))
         temporary.replace(path)

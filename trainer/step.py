@@ -1,7 +1,9 @@
 """One optimizer step: micro-batches forward and backward, then clip, freeze and update.
 
 Split in two so that the loop can decide between them (stop, skip or fail on a non-finite loss,
-agreed across ranks):
+agreed across ranks). A method with several optimizers (generator and discriminator) runs both
+halves once per optimizer, in its update order, each with its own loss key, the same
+micro-batches, its own grad scaler and its own parameters to clip:
 
 - `accumulate_gradients` runs `k` micro-batches, each loss scaled by 1/k, so the summed
   gradients are those of the mean loss over the k micro-batches: for a model without
@@ -39,13 +41,14 @@ def grad_scaler_for(precision: str, device: torch.device) -> torch.amp.GradScale
 
 def accumulate_gradients(forward: Callable[[dict], dict], parallel_model: torch.nn.Module,
                          next_batch: Callable[[], dict], micro_batches: int, *, autocast_precision: str,
-                         device: torch.device, scaler: torch.amp.GradScaler | None = None
-                         ) -> dict[str, torch.Tensor]:
+                         device: torch.device, scaler: torch.amp.GradScaler | None = None,
+                         loss_key: str = "loss") -> dict[str, torch.Tensor]:
     """Forward and backward `micro_batches` batches from `next_batch()`; the mean of each scalar output.
 
     `forward` is the (possibly compiled) model call; `parallel_model` the DDP wrapper or the model
-    (for `no_sync`). Returns detached 0-dim float32 tensors: "loss" and every other scalar term.
-    The caller zeroes gradients before (set_to_none) and checks the loss before `apply_update`.
+    (for `no_sync`); `loss_key` the output that is backpropagated. Returns detached 0-dim float32
+    tensors: `loss_key` and every other scalar term. The caller zeroes gradients before
+    (set_to_none) and checks the loss before `apply_update`.
     """
     totals: dict[str, torch.Tensor] = {}
     for index in range(micro_batches):
@@ -56,7 +59,7 @@ def accumulate_gradients(forward: Callable[[dict], dict], parallel_model: torch.
         with synchronizing:
             with autocast_for(autocast_precision, device):
                 outputs = forward(batch)
-            loss = outputs["loss"] / micro_batches
+            loss = outputs[loss_key] / micro_batches
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for key, value in outputs.items():
             if isinstance(value, torch.Tensor) and value.numel() == 1:

@@ -1,9 +1,15 @@
-"""Clustering losses: SwAV's Sinkhorn-Knopp codes and swapped prediction.
+"""Clustering losses: SwAV's Sinkhorn-Knopp codes and swapped prediction; the pseudo-label
+classification of DeepCluster and ODC, re-weighted by cluster size.
 
 Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
 NeurIPS 2020. The feature queue (used for small batches) is the method's job: compute the codes
 with ``sinkhorn_knopp`` on ``cat([queue_scores, scores])`` and keep the last B rows, then call
 ``swav_swapped_prediction``.
+
+Caron, Bojanowski, Joulin & Douze, "Deep Clustering for Unsupervised Learning of Visual
+Features", ECCV 2018 (DeepCluster); Zhan, Xie, Liu, Ong & Loy, "Online Deep Clustering for
+Unsupervised Representation Learning", CVPR 2020 (ODC): ``cluster_size_weights`` and
+``weighted_cluster_cross_entropy``.
 """
 
 from __future__ import annotations
@@ -107,3 +113,54 @@ def swav_loss(
         for view in assignments_for
     }
     return swav_swapped_prediction(scores_per_view, codes, temperature)
+
+
+def cluster_size_weights(sizes: torch.Tensor, power: float) -> torch.Tensor:
+    """Per-cluster loss weights ``w_c = n_c^-power``, scaled so that the mean weight of a sample is 1.
+
+    Args:
+        sizes: (K,) number of samples with each pseudo-label (any integer or float dtype).
+        power: 1 weighs every cluster alike whatever its size: in expectation over uniformly drawn
+            samples, the loss of samples drawn uniformly over the clusters (DeepCluster, Sec. 3.3,
+            which samples images "based on a uniform distribution over the classes"); 0.5 is ODC's
+            re-weighting (Sec. 3.3, ``reweight_pow=0.5`` in the official code); 0 is no re-weighting.
+
+    Returns (K,) float32: ``w_c = n / sum_j n_j^(1 - power) * n_c^-power`` for a non-empty
+    cluster (n = sum_c n_c, so ``sum_c n_c w_c = n``), 0 for an empty one (no sample carries it).
+    With power 1 that is ``n / (K' n_c)``, K' the number of non-empty clusters.
+    """
+    sizes = sizes.double()
+    present = sizes > 0
+    raw = torch.where(present, sizes.clamp(min=1.0) ** -power, torch.zeros_like(sizes))
+    carried = (sizes * raw).sum()
+    if float(carried) == 0.0:
+        return raw.float()
+    return (raw * sizes.sum() / carried).float()
+
+
+def weighted_cluster_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                                   cluster_weights: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a classifier against pseudo-labels, each sample weighted by its cluster.
+
+    DeepCluster (Caron et al. 2018, Eq. 1 with the pseudo-labels of k-means, Sec. 3.3 against
+    trivial solutions) and ODC (Zhan et al. 2020, Sec. 3.3, loss re-weighting).
+
+    Args:
+        logits: (B, K) classifier outputs.
+        labels: (B,) int64 pseudo-labels in [0, K), or -1 for a sample without one (left out).
+        cluster_weights: (K,) non-negative weights (``cluster_size_weights``), no gradient.
+
+    Returns the scalar ``sum_i w[y_i] CE(logits_i, y_i) / sum_i w[y_i]`` over the labelled i, the
+    mean of ``torch.nn.CrossEntropyLoss(weight=w)`` (ODC's official loss); 0, still attached to
+    the graph, when no sample of the global batch is labelled. Under DDP (W ranks) the denominator
+    is the weight of the global batch divided by W (all-reduced), so the mean of the ranks' losses
+    is the loss of one process on the concatenated batch and DDP's averaged gradient its gradient.
+    """
+    labelled = labels >= 0
+    safe_labels = labels.clamp(min=0)
+    per_sample = F.cross_entropy(logits, safe_labels, reduction="none")  # (B,)
+    weights = cluster_weights.to(per_sample.dtype)[safe_labels] * labelled  # (B,)
+    total_weight = distributed.all_reduce_sum(weights.sum().detach()) / distributed.world_size()
+    if float(total_weight) == 0.0:
+        return per_sample.sum() * 0.0
+    return (weights * per_sample).sum() / total_weight

@@ -1,4 +1,4 @@
-"""Masked image modeling losses: MAE and SimMIM, with the patch (un)folding they share.
+"""Masked image modeling losses: MAE, SimMIM and BEiT, with the patch (un)folding they share.
 
 Masks are bool tensors (B, N), N = (H / p) * (W / p), patches numbered row-major,
 True = masked (hidden from the encoder, to be reconstructed).
@@ -129,3 +129,21 @@ def normalize_locally(images: torch.Tensor, window: int) -> torch.Tensor:
                          count_include_pad=True) * window * window  # pixels inside the image
     variance = ((mean_square - mean * mean) * count / (count - 1)).clamp(min=0.0)
     return (images - mean) / (variance + 1e-6).sqrt()
+
+
+def beit_loss(masked_logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BEiT's masked image modeling loss: predict the visual token of every masked patch.
+
+    Bao et al., "BEiT: BERT Pre-Training of Image Transformers", ICLR 2022, Sec. 2.3, Eq. 1: the
+    log-likelihood of the tokenizer's codes at the masked positions, ``-mean_{i in M} ln
+    softmax(W h_i + b)[z_i]``.
+
+    Args:
+        masked_logits: (M, K) the prediction for each masked patch, M = mask.sum(), in the order
+            of ``tokens[mask]`` (sample by sample, patches in reading order within each).
+        codes: (B, N) int64 in [0, K): the tokenizer's code of every patch.
+        mask: (B, N) bool, True = masked.
+
+    Returns the scalar mean cross-entropy over the M masked patches.
+    """
+    return F.cross_entropy(masked_logits, codes[mask])

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for a pretext classification task.
+    """Cross-entropy for a classification task: a pretext's labels, or the class labels of `supervised`.
 
     Args:
         logits: (N, C) scores, e.g. C = 4 rotations, C = number of jigsaw permutations,

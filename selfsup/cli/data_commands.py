@@ -14,7 +14,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     summary = convert(args.source, args.output, shard_size=args.shard_size, max_side=args.max_side,
                       val_fraction=args.val_fraction, workers=args.workers, seed=args.seed,
-                      progress=not args.quiet, use_ray=args.ray, ray_address=args.address)
+                      progress=not args.quiet, use_ray=args.ray, ray_address=args.address, masks=args.masks)
     print(format_summary(summary))
     return 0
 
@@ -59,6 +59,8 @@ def add_commands(commands) -> None:
     convert.add_argument("--val-fraction", type=float, default=0.0, help="fraction held out as the val split")
     convert.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     convert.add_argument("--seed", type=int, default=0)
+    convert.add_argument("--masks", default=None, metavar="FOLDER",
+                         help="PNG label maps mirroring SOURCE (a/b.jpg -> FOLDER/a/b.png), carried as KEY.seg.png")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.add_argument("--ray", action="store_true", help="read the images with Ray tasks (a cluster's CPUs)")
     convert.add_argument("--address", default=None, help="with --ray: a running Ray cluster ('auto'); "

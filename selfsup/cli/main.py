@@ -11,7 +11,9 @@ import argparse
 import sys
 
 from selfsup import __version__
-from selfsup.cli import cluster_commands, data_commands, evaluate_commands, index_commands, train_commands
+from selfsup.cli import (
+    cluster_commands, data_commands, embed_commands, evaluate_commands, index_commands, train_commands,
+)
 from selfsup.errors import USER_ERRORS, NonFiniteLossError
 
 
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     index_commands.add_commands(commands)  # index
     train_commands.add_commands(commands)  # train, methods, configs
     evaluate_commands.add_commands(commands)  # eval, export
+    embed_commands.add_commands(commands)  # embed
     cluster_commands.add_commands(commands)  # tune, submit, jobs
     return parser
 

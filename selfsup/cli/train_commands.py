@@ -75,7 +75,8 @@ def add_commands(commands) -> None:
     train.add_argument("--spread", action="store_true", help="place the workers on different nodes")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
     train.add_argument("--resume", default=None, metavar="CKPT",
-                       help="continue from this checkpoint (the run's own newer checkpoints win)")
+                       help="continue from this checkpoint (the run's own newer checkpoints win, unless "
+                            "the newest cannot be read)")
     train.set_defaults(run=_train)
 
     methods = commands.add_parser("methods", help="list the pretraining methods")

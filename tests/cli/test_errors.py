@@ -102,3 +102,45 @@ def test_a_bad_value_stops_train_before_ray_starts(selfsup, demo_shards, tmp_pat
                       "--set", override)
     assert outcome.returncode == 2 and outcome.stderr.strip().splitlines() == [f"selfsup: error: simclr: {message}"]
     assert not ray_running() and not (tmp_path / "run").exists()
+
+
+def test_train_names_an_unreadable_checkpoint_in_one_line_before_ray_starts(selfsup, demo_shards, tmp_path):
+    """The run's only checkpoint is garbage: one line naming it and pointing to --resume (exit 2),
+    from the pre-launch check; tests/trainer/test_corrupt_checkpoint.py has the fallbacks."""
+    run, tiny = tmp_path / "run", tiny_config(demo_shards, "trainer.max_steps=1")
+    save_config(tiny, tmp_path / "tiny.yaml")
+    train(tiny, run)
+    state = run / "checkpoints" / "step-00000001" / "state.pt"
+    state.write_bytes(b"garbage, not a checkpoint")
+    outcome = selfsup("train", "--config", str(tmp_path / "tiny.yaml"), "--data", str(demo_shards), "--output",
+                      str(run), "--set", "trainer.max_steps=2")
+    assert outcome.returncode == 2, outcome.stderr[-2000:]
+    (line,) = outcome.stderr.strip().splitlines()
+    assert line == (f"selfsup: error: {state}: not a checkpoint (torch.save writes a zip archive; this file does "
+                    f"not begin as one); no intact checkpoint in {run / 'checkpoints'} to continue from: name one "
+                    "with --resume CKPT (trainer.resume), or move that folder aside to start afresh")
+    assert not ray_running() and state.read_bytes() == b"garbage, not a checkpoint"
+
+
+def test_supervised_needs_labels_and_the_dataset_s_classes(selfsup, demo_folder, demo_shards, tmp_path):
+    """`supervised` trains on the class labels: a dataset converted from a flat folder (no labels),
+    or a num_classes other than the dataset's, is one line before any training starts."""
+    from selfsup.pipeline.convert import convert
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for index, image in enumerate(sorted(demo_folder.glob("*/*.jpg"))[:24]):
+        (flat / f"{index:02d}.jpg").write_bytes(image.read_bytes())
+    convert(flat, tmp_path / "flat-shards", shard_size="64KB", workers=1, progress=False)
+    common = ["--config", "supervised", *TINY[:6]]
+    unlabeled = selfsup("train", *common, "--set", "method.num_classes=10", "--data", str(tmp_path / "flat-shards"),
+                        "--output", str(tmp_path / "a"))
+    assert unlabeled.returncode == 2, unlabeled.stderr[-2000:]
+    assert unlabeled.stderr.strip().splitlines() == [
+        f"selfsup: error: {tmp_path / 'flat-shards'}: method supervised trains on class labels, but this dataset "
+        "has none (converted from a flat folder); convert a folder of class folders"]
+    other = selfsup("train", *common, "--data", str(demo_shards), "--output", str(tmp_path / "b"))
+    assert other.returncode == 2, other.stderr[-2000:]
+    assert other.stderr.strip().splitlines() == [
+        f"selfsup: error: method.num_classes=1000, but {demo_shards} has 10 classes; set method.num_classes=10"]
+    assert not ray_running() and not (tmp_path / "a" / "checkpoints").exists()

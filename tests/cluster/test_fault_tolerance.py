@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.s3_server import loopback_s3
+from tests.cluster.worker_faults import kill_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "model.backbone=resnet18", "--set", "data.image_size=32", "--set", "data.batch_size=8",
@@ -29,8 +30,11 @@ TOTAL_STEPS, CHECKPOINT_EVERY, KILL_AT = 10, 3, 5
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_checkpoint(demo_shards, tmp_path):
-    run = tmp_path / "run"
-    environment = {**os.environ, "SELFSUP_TEST_KILL_AT_STEP": str(KILL_AT), "SELFSUP_TEST_KILL_RANK": "1"}
+    run, marker = tmp_path / "run", tmp_path / "killed-worker-pid"
+    # the kill comes from the test's own worker set-up hook (tests/cluster/worker_faults.py), which the
+    # local Ray's workers import from this checkout
+    environment = {**os.environ, **kill_environment(KILL_AT, rank=1, marker=marker),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
         [sys.executable, "-m", "selfsup", "train", "--config", "configs/simclr.yaml", "--data",
          str(demo_shards), "--output", str(run), "--workers", "2", "--max-failures", "2",
@@ -39,7 +43,7 @@ def test_killed_worker_resumes_from_checkpoint(demo_shards, tmp_path):
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert f"trained {TOTAL_STEPS} steps" in result.stdout
-    killed_pid = int((run / f".test-killed-at-step-{KILL_AT}").read_text())
+    killed_pid = int(marker.read_text())  # the hook did kill a worker
 
     records = [json.loads(line) for line in (run / "reports.jsonl").read_text().splitlines()]
     attempts: dict[int, list[int]] = {}

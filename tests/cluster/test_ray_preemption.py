@@ -1,8 +1,9 @@
 """`selfsup train --workers 2` as a user runs it on a real local Ray (2 DDP ranks over gloo, real
 shards), preempted: SIGTERM stops both ranks at the same step, rank 0 writes a checkpoint (which Ray
 gets at once), the command exits 143, and the same command run again continues from that
-checkpoint to the end. The run folder then holds its config, the checkpoints and TensorBoard
-scalars, and `selfsup eval knn` evaluates it. While it runs, nothing it started listens beyond
+checkpoint to the end. The driver holds the run folder's lock throughout, while its workers
+write into the folder, and lets go of it when preempted. The run folder then holds its config,
+the checkpoints and TensorBoard scalars, and `selfsup eval knn` evaluates it. While it runs, nothing it started listens beyond
 loopback (Ray's services, the DDP rendezvous, gloo)."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from selfsup.locks import LOCK_FILE, lock_holder
 from selfsup.trainer.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +97,10 @@ def test_sigterm_to_the_driver_checkpoints_every_rank_at_one_step_and_the_same_c
         while time.monotonic() < deadline and process.poll() is None and _reported_steps(run) < 2:
             time.sleep(0.2)
         assert process.poll() is None, log.read_text()[-4000:]
+        # the driver holds the run folder's lock while its Ray workers, other processes, write into it
+        holder = lock_holder(run)
+        assert holder is not None and (holder.purpose, holder.pid) == ("selfsup train", process.pid)
+        assert {record["pid"] for record in _records(run)} - {process.pid}
         exposed = _listening_beyond_loopback(process.pid) if shutil.which("ss") else []
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)
@@ -103,6 +109,7 @@ def test_sigterm_to_the_driver_checkpoints_every_rank_at_one_step_and_the_same_c
             process.kill()
     first = log.read_text()
     assert process.returncode == 128 + signal.SIGTERM, first[-4000:]  # stopped, not finished
+    assert not (run / LOCK_FILE).exists()  # preempted, the driver let go of the run folder
     assert not exposed, exposed
     assert "stopped early (SIGTERM)" in first, first[-4000:]
     stopped = int(first.split("trained ")[1].split(" steps")[0])

@@ -173,6 +173,43 @@ def test_tune_names_the_error_of_each_failed_trial(demo_shards, tmp_path):
     assert not (output / "best.yaml").exists()
 
 
+# Holds FOLDER's lock as a running search does, until its stdin closes.
+LOCK_HOLDER = """
+import sys
+from selfsup.locks import hold_folder_lock
+with hold_folder_lock(sys.argv[1], "selfsup tune"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_search_into_a_busy_output_exits_at_once_before_ray_starts(demo_shards, tmp_path, capsys,
+                                                                           monkeypatch):
+    import ray
+
+    from selfsup.cli.main import main
+    from selfsup.locks import LOCK_FILE, lock_holder
+
+    output = tmp_path / "search"
+    output.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(output)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.chdir(ROOT)
+        status = main(["tune", "--config", "simclr_search", "--data", str(demo_shards), "--output", str(output),
+                       "--samples", "1", *TINY])
+        error = capsys.readouterr().err
+        assert status == 2
+        assert error.strip().splitlines() == [
+            f"selfsup: error: {output}: in use by {lock_holder(output).describe()}; wait for it to finish or "
+            f"stop it, then run again (the lock is {output / LOCK_FILE})"]
+        assert f"pid {holder.pid} on " in error and not ray.is_initialized()
+        assert sorted(path.name for path in output.iterdir()) == [LOCK_FILE]  # nothing written
+    finally:
+        holder.communicate("", timeout=30)
+
+
 def test_the_shipped_search_config_is_found_by_name_and_builds():
     from selfsup.cluster.tune import check_search, load_raw_config, search_space, split_search
 

@@ -8,7 +8,8 @@ import torch
 from selfsup.methods.backbones import BACKBONES, build_backbone
 from selfsup.methods.vision_transformer import VisionTransformer, resize_position_embeddings
 
-FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048, "vit_tiny": 192, "vit_small": 384, "vit_base": 768}
+FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048, "vit_tiny": 192, "vit_small": 384, "vit_base": 768,
+                "dvae_encoder": 256}
 
 
 def small_kwargs(name: str) -> dict:

@@ -388,6 +388,70 @@ def test_normalize_locally_matches_loop():
         losses.normalize_locally(images, 4)
 
 
+def test_beit_loss_matches_loop_over_the_masked_patches():
+    codes = torch.tensor([[3, 0, 2, 1], [1, 1, 0, 3]])
+    mask = torch.tensor([[True, False, True, False], [False, True, True, True]])
+    masked_logits = randn(int(mask.sum()), 4)  # rows in the order of tokens[mask]
+    total, row = 0.0, 0
+    for b in range(2):
+        for n in range(4):
+            if mask[b, n]:
+                scores = masked_logits[row]
+                total -= float(scores[codes[b, n]] - torch.log(torch.exp(scores).sum()))
+                row += 1
+    assert float(losses.beit_loss(masked_logits, codes, mask)) == pytest.approx(total / row)
+
+
+# ------------------------------------------------------------------------------ discrete
+
+
+def reference_kl_to_uniform(logits):
+    """Mean over cells of sum_k q_k ln(q_k / (1 / K)), q the softmax over the K codes, cell by cell."""
+    batch, codes, rows, columns = logits.shape
+    total = 0.0
+    for b in range(batch):
+        for y in range(rows):
+            for x in range(columns):
+                weights = [math.exp(float(logits[b, k, y, x])) for k in range(codes)]
+                q = [w / sum(weights) for w in weights]
+                total += sum(p * math.log(p / (1 / codes)) for p in q)
+    return total / (batch * rows * columns)
+
+
+def test_kl_to_uniform_matches_loop_and_its_bounds():
+    logits = randn(2, 5, 3, 2) * 2
+    assert float(losses.kl_to_uniform(logits)) == pytest.approx(reference_kl_to_uniform(logits))
+    assert float(losses.kl_to_uniform(torch.zeros(2, 7, 3, 3))) == pytest.approx(0.0, abs=1e-12)
+    one_hot = torch.full((1, 7, 2, 2), -1e4, dtype=torch.float64)
+    one_hot[:, 3] = 0.0
+    assert float(losses.kl_to_uniform(one_hot)) == pytest.approx(math.log(7))
+
+
+def test_dvae_loss_is_the_negative_elb_per_value():
+    images, reconstruction, logits = randn(2, 3, 4, 4), randn(2, 3, 4, 4), randn(2, 6, 2, 2)
+    squared = [float(reconstruction[b, c, y, x] - images[b, c, y, x]) ** 2
+               for b in range(2) for c in range(3) for y in range(4) for x in range(4)]
+    error = sum(squared) / len(squared)
+    kl = reference_kl_to_uniform(logits)
+    loss, reconstruction_error, kl_term = losses.dvae_loss(reconstruction, images, logits, kl_weight=0.3)
+    assert float(reconstruction_error) == pytest.approx(error)
+    assert float(kl_term) == pytest.approx(kl)
+    assert float(loss) == pytest.approx(error + 0.3 * kl)
+    logits.requires_grad_(True)
+    losses.dvae_loss(reconstruction, images, logits, kl_weight=0.0)[0].backward()
+    assert logits.grad is None or float(logits.grad.abs().sum()) == 0.0  # beta 0: no pull towards the prior
+
+
+def test_codebook_usage_perplexity_and_fraction_used():
+    codes = torch.tensor([[0, 0, 1, 1], [2, 2, 3, 3]])  # 4 of 8 codes, evenly
+    perplexity, used = losses.codebook_usage(codes, 8)
+    assert float(perplexity) == pytest.approx(4.0) and float(used) == pytest.approx(0.5)
+    collapsed = losses.codebook_usage(torch.full((3, 5), 6), 8)
+    assert float(collapsed[0]) == pytest.approx(1.0) and float(collapsed[1]) == pytest.approx(1 / 8)
+    skewed = torch.tensor([0] * 6 + [1] * 2)  # p = (3/4, 1/4): exp(H) = 4 / 3^(3/4)
+    assert float(losses.codebook_usage(skewed, 4)[0]) == pytest.approx(4 / 3 ** 0.75)
+
+
 # ------------------------------------------------------------------------------ pretext
 
 

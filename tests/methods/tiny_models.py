@@ -12,9 +12,12 @@ SIZE = 8  # tiny images: 3 x 8 x 8
 
 
 class TinyBackbone(nn.Module):
-    """Flatten + linear: (B, 3, S, S) -> (B, 16) for any S (average-pooled to 4 x 4 first)."""
+    """Flatten + linear: (B, 3, S, S) -> (B, 16) for any S (average-pooled to 4 x 4 first).
+
+    Pooled features and no tokens: to the methods, a ResNet."""
 
     feature_dim = 16
+    kind = "resnet"
 
     def __init__(self):
         super().__init__()

@@ -45,6 +45,7 @@ def test_the_fingerprint_hashes_the_same_bytes_as_json_dumps_of_each_file(tmp_pa
 
     from selfsup.pipeline.convert_plan import source_fingerprint
     from selfsup.pipeline.dataset import FORMAT_VERSION
+    from selfsup.pipeline.source_scan import scan_source
 
     files = ["a/plain.jpg", "b/ünïcode \"quoted\".png", "c/deep/x.webp"]
     for relative in files:
@@ -55,4 +56,6 @@ def test_the_fingerprint_hashes_the_same_bytes_as_json_dumps_of_each_file(tmp_pa
     for relative in files:
         stat = (tmp_path / relative).stat()
         digest.update(json.dumps([relative, stat.st_size, stat.st_mtime_ns]).encode())
-    assert source_fingerprint(tmp_path, files, options) == digest.hexdigest()
+    scan = scan_source(tmp_path)
+    assert scan.files == files and not scan.skipped
+    assert source_fingerprint(tmp_path, scan, options) == digest.hexdigest()

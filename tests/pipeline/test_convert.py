@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import webdataset
 from PIL import Image, ImageOps
 
 from selfsup.pipeline.convert import convert, format_summary
@@ -24,6 +23,7 @@ from selfsup.pipeline.shards import ShardWriter, parse_size, read_index
 from selfsup.pipeline.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
+from dataset_checks import check_complete, shard_samples  # noqa: E402
 from image_files import BAD_FILES, noise, write_all_kinds, write_class_folders  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,13 +37,6 @@ def all_kinds(tmp_path_factory):
     output = source.parent / "out"
     summary = convert(source, output, shard_size="64KB", val_fraction=0.25, workers=1, seed=3, progress=False)
     return source, output, expected, summary
-
-
-def shard_samples(output: Path) -> list[dict]:
-    """Every sample of every shard in OUT, read back with the webdataset library."""
-    description = json.loads((output / "dataset.json").read_text())
-    urls = [str(output / shard) for split in description["splits"].values() for shard in split["shards"]]
-    return list(webdataset.WebDataset(urls, shardshuffle=False))
 
 
 # --- shards ---------------------------------------------------------------------------------------
@@ -65,7 +58,7 @@ def test_shard_index_matches_dalis_wds2idx_byte_for_byte(tmp_path):
         writer.write_sample("000000002", {"png": os.urandom(512), "json": b"{}"})
         writer.write_sample("000000003", {"jpg": os.urandom(1), "json": b"x" * 1023})
     assert not (tmp_path / "a.tar.partial").exists()
-    subprocess.run([str(ROOT / ".venv/bin/wds2idx"), str(tmp_path / "a.tar"), str(tmp_path / "dali.idx")],
+    subprocess.run([str(Path(sys.executable).with_name("wds2idx")), str(tmp_path / "a.tar"), str(tmp_path / "dali.idx")],
                    check=True, capture_output=True)
     assert (tmp_path / "a.idx").read_bytes() == (tmp_path / "dali.idx").read_bytes()
     entries = read_index(tmp_path / "a.idx")
@@ -279,7 +272,7 @@ def test_worker_pool_gives_the_same_shards_and_max_side_downscales(tmp_path):
 # SIGINT back to Python's handler first: a process started from a background job inherits SIGINT
 # ignored (POSIX shells do that to `cmd &`), and Python then never raises KeyboardInterrupt.
 CONVERT_CALL = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                "import time; from pipeline.convert import convert; from pipeline.images import prepare_image; "
+                "import time; from selfsup.pipeline.convert import convert; from selfsup.pipeline.images import prepare_image; "
                 "paced = lambda tasks: (time.sleep(0.01) or prepare_image(*task) for task in tasks); "
                 "convert({source!r}, {output!r}, shard_size='150KB', val_fraction=0.1, workers=1, progress=False, "
                 "map_in_order=paced)")
@@ -298,19 +291,6 @@ def start_and_interrupt(source: Path, output: Path, signal_number: int, after_sh
     process.communicate(timeout=60)
     assert not (output / "dataset.json").exists(), "conversion finished before it could be interrupted"
     return process.returncode
-
-
-def check_complete(source_files: list[str], output: Path) -> None:
-    """Every source image exactly once in manifest and shards, unique keys, nothing partial, verify ok."""
-    rows = read_manifest(output / "manifest.parquet")
-    assert sorted(row["source"] for row in rows) == sorted(source_files)
-    assert len({row["key"] for row in rows}) == len(rows)
-    samples = shard_samples(output)
-    assert sorted(sample["__key__"] for sample in samples) == sorted(row["key"] for row in rows)
-    assert sorted(json.loads(sample["json"])["source"] for sample in samples) == sorted(source_files)
-    assert not list(output.rglob("*.partial"))
-    report = verify(output)
-    assert report.ok, report.problems
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +326,7 @@ def test_ctrl_c_leaves_only_complete_shards(many_images, tmp_path):
 
 
 def test_crash_between_shard_rename_and_its_record_is_redone(tmp_path, monkeypatch):
-    import selfsup.pipeline.convert as convert_module
+    import selfsup.pipeline.convert_output as convert_module  # where the shard records are written
 
     source = tmp_path / "classes"
     files = write_class_folders(source, classes=2, per_class=15)

@@ -82,3 +82,44 @@ def test_missing_shard_or_index_is_named(dataset):
     shard.unlink()
     with pytest.raises(DatasetError, match=f"{shard.name}: missing"):
         load_dataset_info(dataset)
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda d: d.update(labeled="yes"), "'labeled' must be a bool"),
+    (lambda d: d.update(classes=["c0", 1]), r"'classes\[1\]' must be a class name"),
+    (lambda d: d.update(skipped=-1), "'skipped' must be a count"),
+    (lambda d: d.update(source=["not", "a", "path"]), "'source' must be a str"),
+    (lambda d: d["splits"].update(train=[]), "'splits.train' must be an object"),
+    (lambda d: d["splits"]["train"].update(count="14"), "'splits.train.count' must be a count"),
+    (lambda d: d["splits"]["train"].update(count=True), "'splits.train.count' must be a count"),
+    (lambda d: d["splits"]["train"].update(shards="train-000000.tar"), "'splits.train.shards' must be a list"),
+    (lambda d: d["splits"]["val"]["shards"].insert(0, 7), r"'splits.val.shards\[0\]' must be a shard file name"),
+    (lambda d: d["splits"]["train"].update(class_counts=[14]), "'splits.train.class_counts' must be a list of 2"),
+])
+def test_a_description_that_breaks_the_schema_names_the_file_and_key(dataset, change, key):
+    description = json.loads((dataset / "dataset.json").read_text())
+    change(description)
+    (dataset / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(DatasetError, match=rf"{dataset / 'dataset.json'}: key {key}"):
+        load_dataset_info(dataset)
+
+
+@pytest.mark.parametrize("name", ["../outside/train-000000.tar", "/OUTSIDE/train-000000.tar",
+                                  "sub/../../outside/train-000000.tar", "train-000000.idx"])
+def test_shard_paths_that_leave_the_dataset_folder_are_refused_unopened(dataset, tmp_path, name):
+    """The file the name points to exists and is a valid shard; it is refused all the same."""
+    from selfsup.pipeline.verify import verify
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    description = json.loads((dataset / "dataset.json").read_text())
+    first = description["splits"]["train"]["shards"][0]
+    for suffix in (".tar", ".idx"):
+        shutil.copy(dataset / first.replace(".tar", suffix), outside / first.replace(".tar", suffix))
+    description["splits"]["train"]["shards"][0] = name.replace("/OUTSIDE", str(outside))
+    (dataset / "dataset.json").write_text(json.dumps(description))
+    expected = rf"{dataset / 'dataset.json'}: key 'splits.train.shards\[0\]' must be a shard file name inside"
+    with pytest.raises(DatasetError, match=expected):
+        load_dataset_info(dataset)
+    with pytest.raises(DatasetError, match=expected):
+        verify(dataset)

@@ -156,6 +156,8 @@ def test_unlabeled_datasets_decode_whole_images(tmp_path):
     ("byol", 32, {}), ("dino", 32, {"local_size": 16, "local_crops": 2}), ("rotation", 32, {"mode": "one"}),
     ("jigsaw", 48, {}), ("relative_location", 48, {}), ("mae", 32, {"patch_size": 8}),
     ("beit", 32, {"patch_size": 8}), ("colorization", 32, {}), ("inpainting", 32, {"region": "random"}),
+    ("super_resolution", 32, {}), ("denoising", 32, {"corruption": "masking"}),
+    ("denoising", 32, {"corruption": "gaussian"}),
 ])
 def test_every_pretext_graph_runs_on_gpu(demo_shards, name, size, options):
     dataset = load_dataset_info(demo_shards)

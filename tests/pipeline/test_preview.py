@@ -15,7 +15,8 @@ SMALL = {"jigsaw": (48, {}), "relative_location": (48, {}), "mae": (32, {"patch_
 
 
 # one recipe per kind of picture (the others share a drawing with one of these)
-KINDS = ["byol", "dino", "rotation", "jigsaw", "relative_location", "mae", "beit", "colorization", "inpainting"]
+KINDS = ["byol", "dino", "rotation", "jigsaw", "relative_location", "mae", "beit", "colorization", "inpainting",
+         "super_resolution", "denoising"]
 
 
 def test_the_kinds_cover_every_pretext():

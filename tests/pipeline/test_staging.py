@@ -16,7 +16,7 @@ from selfsup.pipeline.dataset import load_dataset_info, read_manifest
 
 from selfsup.errors import DatasetError
 from selfsup.pipeline.loader import build_train_loader
-from selfsup.pipeline.node_staging import session_for, stage_node_parts
+from selfsup.pipeline.node_staging import stage_node_parts
 from selfsup.pipeline.recipes import build_recipe
 from selfsup.pipeline.staging import is_placeholder, is_uri, public_uri, stage_dataset, staged_folder
 from selfsup.pipeline.verify import verify
@@ -198,19 +198,21 @@ def _small_bytes(dataset) -> int:
 def test_each_node_stages_only_the_files_of_its_parts(demo_shards, tmp_path):
     uri, world_size = demo_shards.resolve().as_uri(), 4
     nodes = {"a": [0, 1], "b": [2, 3]}
-    folders = {name: stage_node_parts(uri, tmp_path / name, node_ranks=ranks, world_size=world_size)
-               for name, ranks in nodes.items()}
+    staged = {name: stage_node_parts(uri, tmp_path / name, node_ranks=ranks, world_size=world_size)
+              for name, ranks in nodes.items()}
+    folders = {name: folder for name, (folder, _) in staged.items()}
+    sessions = {name: session for name, (_, session) in staged.items()}
     for name, folder in folders.items():  # the small files are there, no shard yet
         assert _staged_shards(folder) == set()
         for path in demo_shards.iterdir():
             if path.suffix != ".tar":
                 assert (folder / path.name).read_bytes() == path.read_bytes()
         load_dataset_info(folder)  # the trainer reads the description as usual
-        session_for(folder).prefetch_next = False
+        sessions[name].prefetch_next = False
     for name, ranks in nodes.items():
         folder = folders[name]
         for rank in ranks:
-            paths, indexes = session_for(folder).prepare(rank, world_size, 0)
+            paths, indexes = sessions[name].prepare(rank, world_size, 0)
             assert {Path(path).name for path in paths} == _expected_files(demo_shards, [rank], world_size, 0)
             assert len(indexes) == len(paths)
         assert _staged_shards(folder) == _expected_files(demo_shards, ranks, world_size, 0)
@@ -219,7 +221,7 @@ def test_each_node_stages_only_the_files_of_its_parts(demo_shards, tmp_path):
         assert not list(folder.glob("val-*.tar")) or not any(
             not is_placeholder(path) for path in folder.glob("val-*.tar"))
     # the next epoch's files arrive in the background while the epoch trains
-    session = session_for(folders["a"])
+    session = sessions["a"]
     session.prefetch_next = True
     stamps = {path.name: path.stat().st_mtime_ns for path in folders["a"].glob("*.tar") if not is_placeholder(path)}
     session.prepare(0, world_size, 0)  # already there: nothing copied again
@@ -238,13 +240,13 @@ def test_the_loader_reads_the_same_batches_from_a_partial_copy(demo_shards, tmp_
     local = load_dataset_info(demo_shards)
     staged = {}
     for name, ranks in {"a": [0], "b": [1, 2]}.items():
-        folder = stage_node_parts(uri, tmp_path / name, node_ranks=ranks, world_size=world_size)
+        folder, session = stage_node_parts(uri, tmp_path / name, node_ranks=ranks, world_size=world_size)
         for rank in ranks:
-            staged[rank] = load_dataset_info(folder)
+            staged[rank] = (load_dataset_info(folder), session)
 
-    def batches(dataset, rank, epoch):
+    def batches(dataset, rank, epoch, staging=None):
         loader = build_train_loader(dataset, recipe, batch_size=8, rank=rank, world_size=world_size, seed=3,
-                                    num_threads=1, epoch=epoch, shuffle_buffer=16)
+                                    num_threads=1, epoch=epoch, shuffle_buffer=16, staging=staging)
         iterator = iter(loader)
         result = [next(iterator) for _ in range(loader.steps_per_epoch)]
         loader.close()
@@ -252,7 +254,7 @@ def test_the_loader_reads_the_same_batches_from_a_partial_copy(demo_shards, tmp_
 
     for epoch in (0, 1):
         for rank in range(world_size):
-            expected, got = batches(local, rank, epoch), batches(staged[rank], rank, epoch)
+            expected, got = batches(local, rank, epoch), batches(staged[rank][0], rank, epoch, staging=staged[rank][1])
             assert len(got) == len(expected) == 5
             for mine, theirs in zip(got, expected):
                 assert mine.keys() == theirs.keys()
@@ -277,10 +279,30 @@ def test_a_local_dataset_with_linked_shards_is_read_and_a_staged_placeholder_is_
     assert sum(len(batch["label"]) for batch in loader) == load_dataset_info(linked).splits["val"].count
     loader.close()
 
-    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0], world_size=1)
+    folder, _ = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0], world_size=1)
     assert all(is_placeholder(shard) for shard in folder.glob("val-*.tar"))
     with pytest.raises(DatasetError, match="not on this node"):
         build_eval_loader(load_dataset_info(folder), EvalRecipe(size=16), batch_size=64, split="val")
+
+
+def test_the_train_loader_stages_only_through_the_session_it_is_given(demo_shards, tmp_path):
+    """No module remembers a staging session: a per-epoch copy's train loader without its session
+    refuses the placeholders, and a session of another folder is refused by name."""
+    uri, recipe = demo_shards.resolve().as_uri(), build_recipe("simclr", 16)
+    folder, session = stage_node_parts(uri, tmp_path / "cache", node_ranks=[0], world_size=1)
+    _, other_session = stage_node_parts(uri, tmp_path / "other", node_ranks=[0], world_size=1)
+    session.prefetch_next = False
+    dataset = load_dataset_info(folder)
+    with pytest.raises(DatasetError, match="not on this node"):
+        build_train_loader(dataset, recipe, batch_size=8, num_threads=1)
+    with pytest.raises(ValueError, match=f"staging session of {re.escape(str(other_session.folder))} given for "
+                                         f"the dataset at {re.escape(str(folder))}"):
+        build_train_loader(dataset, recipe, batch_size=8, num_threads=1, staging=other_session)
+    assert _staged_shards(folder) == set()
+    loader = build_train_loader(dataset, recipe, batch_size=8, num_threads=1, staging=session)
+    assert len(next(iter(loader))["index"]) == 8
+    loader.close()
+    assert _staged_shards(folder) == {path.name for path in demo_shards.glob("train-*.tar")}
 
 
 def test_dali_maps_every_file_it_is_given(demo_shards, tmp_path):
@@ -288,8 +310,8 @@ def test_dali_maps_every_file_it_is_given(demo_shards, tmp_path):
     when the pipeline is built, also those outside the part it reads."""
     from nvidia.dali import fn, pipeline_def
 
-    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0], world_size=2)
-    session = session_for(folder)
+    folder, session = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0],
+                                       world_size=2)
     session.prefetch_next = False
     session.prepare(0, 2, 0)
     shards = load_dataset_info(folder).split("train").shards
@@ -313,8 +335,8 @@ def test_eviction_keeps_the_node_within_its_limit(demo_shards, tmp_path):
     part_bytes = [sum(sizes[name] for name in _expected_files(demo_shards, [0], world_size, epoch))
                   for epoch in range(world_size)]
     limit = _small_bytes(demo_shards) + 2 * max(part_bytes) + 4096
-    folder = stage_node_parts(uri, tmp_path / "cache", node_ranks=[0], world_size=world_size, max_bytes=limit)
-    session = session_for(folder)
+    folder, session = stage_node_parts(uri, tmp_path / "cache", node_ranks=[0], world_size=world_size,
+                                       max_bytes=limit)
     evicted = set()
     for epoch in range(6):
         session.prepare(0, world_size, epoch)
@@ -335,8 +357,8 @@ def test_a_rank_never_evicts_what_another_rank_of_its_node_reads(demo_shards, tm
     sizes = {path.name: path.stat().st_size for path in demo_shards.glob("train-*.tar")}
     first_three = _expected_files(demo_shards, [0, 1, 2], world_size, 0)
     limit = _small_bytes(demo_shards) + sum(sizes[name] for name in first_three) - 1
-    folder = stage_node_parts(uri, tmp_path / "cache", node_ranks=[0, 1], world_size=world_size, max_bytes=limit)
-    session = session_for(folder)
+    folder, session = stage_node_parts(uri, tmp_path / "cache", node_ranks=[0, 1], world_size=world_size,
+                                       max_bytes=limit)
     session.prefetch_next = False
     session.prepare(0, world_size, 0)
     session.prepare(1, world_size, 0)
@@ -362,23 +384,25 @@ def test_a_limit_below_one_epoch_is_refused(demo_shards, tmp_path):
 
 
 def test_one_worker_from_a_uri_stages_the_train_split(demo_shards, tmp_path):
-    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0], world_size=1)
-    session = session_for(folder)
+    folder, session = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0],
+                                       world_size=1)
     session.prepare(0, 1, 0)
     session.wait_for_prefetch()
     assert _staged_shards(folder) == {path.name for path in demo_shards.glob("train-*.tar")}
-    assert stage_node_parts(str(demo_shards), tmp_path / "cache", node_ranks=[0], world_size=1) == demo_shards
+    assert stage_node_parts(str(demo_shards), tmp_path / "cache", node_ranks=[0], world_size=1) == (demo_shards, None)
 
 
 def test_a_stream_over_a_partial_copy_resumes_from_its_dali_checkpoint(demo_shards, tmp_path, capsys):
     """Rank 1 of 3 staged per epoch: restored mid-epoch from DALI's checkpoint, the stream goes on
     with the batches of the straight run, across the epoch boundary (the next part staged then)."""
-    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[1], world_size=3)
+    folder, session = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[1],
+                                       world_size=3)
     dataset, recipe = load_dataset_info(folder), build_recipe("simclr", 16)
 
     def build(epoch, dali_checkpoint):
         return build_train_loader(dataset, recipe, batch_size=8, rank=1, world_size=3, seed=5, num_threads=1,
-                                  epoch=epoch, shuffle_buffer=16, resumable=True, dali_checkpoint=dali_checkpoint)
+                                  epoch=epoch, shuffle_buffer=16, resumable=True, dali_checkpoint=dali_checkpoint,
+                                  staging=session)
 
     straight = DataStream(build, build_ahead=1)
     expected = [next(straight)["index"] for _ in range(7)]  # 5 per epoch
@@ -407,8 +431,8 @@ def test_ranks_of_a_node_staging_at_once_copy_each_file_once(demo_shards, tmp_pa
     monkeypatch.setattr(node_staging, "copy_file",
                         lambda filesystem, source, target, size: (copies.append(target.name),
                                                                   original_copy(filesystem, source, target, size)))
-    folder = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0, 1, 2], world_size=3)
-    session = session_for(folder)
+    folder, session = stage_node_parts(demo_shards.resolve().as_uri(), tmp_path / "cache", node_ranks=[0, 1, 2],
+                                       world_size=3)
     session.prefetch_next = False
     errors = []
 
@@ -426,3 +450,19 @@ def test_ranks_of_a_node_staging_at_once_copy_each_file_once(demo_shards, tmp_pa
     assert not errors
     train = {path.name for path in demo_shards.glob("train-*.tar")}
     assert _staged_shards(folder) == train and sorted(copies) == sorted(train)
+
+
+def test_a_shard_name_that_leaves_the_dataset_is_refused_before_any_copy(demo_shards, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(demo_shards, source)
+    description = json.loads((source / "dataset.json").read_text())
+    first = description["splits"]["train"]["shards"][0]
+    (tmp_path / "escaped").mkdir()  # a real shard there: only the name's check keeps it out
+    for name in (first, first.replace(".tar", ".idx")):
+        shutil.copy(source / name, tmp_path / "escaped" / name)
+    description["splits"]["train"]["shards"][0] = f"../escaped/{first}"
+    (source / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(DatasetError, match=r"dataset.json: key 'splits.train.shards\[0\]' must be a shard file "
+                                           "name inside the dataset folder"):
+        stage_dataset(source.as_uri(), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()

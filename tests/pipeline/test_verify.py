@@ -112,6 +112,26 @@ def test_unusable_output_raises(tmp_path):
         verify(tmp_path)
 
 
+def test_verify_needs_no_lock_and_is_not_fooled_by_one(dataset, tmp_path):
+    """A lock held on the dataset (a conversion re-run, a crashed one's file) changes nothing; an
+    unfinished conversion's folder is refused with the name of the process writing it."""
+    import os
+
+    from selfsup.locks import LOCK_FILE, hold_folder_lock
+
+    with hold_folder_lock(dataset, "selfsup convert"):
+        report = verify(dataset)
+    assert report.ok and report.samples_checked == 25, report.problems
+    (dataset / LOCK_FILE).write_text('{"purpose": "selfsup convert", "host": "h", "pid": 1, "since": "s"}')
+    assert verify(dataset).ok  # the file a killed conversion leaves behind
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    with hold_folder_lock(unfinished, "selfsup convert"):
+        with pytest.raises(DatasetError, match=rf"dataset.json: missing; {unfinished} is not a finished conversion; "
+                                               rf"its lock names selfsup convert, pid {os.getpid()} on "):
+            verify(unfinished)
+
+
 def test_a_manifest_in_small_row_groups_and_any_order_verifies_the_same(dataset):
     """verify reads the manifest a row group at a time and finds each shard's rows wherever they are."""
     from selfsup.pipeline.dataset import write_manifest

@@ -1,13 +1,18 @@
 import random
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from selfsup.trainer.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from selfsup.trainer.checkpoint import (
+    check_compatible, latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint, step_name, step_of,
+    try_load_checkpoint,
+)
 
 from selfsup.errors import CheckpointError
+from selfsup.trainer.leftovers import this_host
 
 
 def _state(step):
@@ -59,8 +64,11 @@ def test_failed_save_leaves_previous_checkpoint_and_latest(tmp_path):
 
 
 def test_leftover_temp_dirs_are_ignored_and_cleaned(tmp_path):
+    """A leftover of a writer that is gone (see test_checkpoint_writers.py for the others)."""
     save_checkpoint(tmp_path, 1, {"step": 1})
-    leftover = tmp_path / ".tmp-step-00000099-deadbeef"
+    writer = subprocess.Popen(["true"])
+    writer.wait()
+    leftover = tmp_path / f".tmp-{writer.pid}@{this_host()}~step-00000099-deadbeef"
     leftover.mkdir()
     (leftover / "state.pt").write_bytes(b"half a file")
     (tmp_path / "latest").unlink()  # crash before latest was written
@@ -128,6 +136,30 @@ class _Picklable:
     pass
 
 
+def test_an_unreadable_state_file_is_named_with_what_is_wrong(tmp_path):
+    """try_load_checkpoint: one line naming the file and its damage, found from the file's first
+    bytes and end where it can be (truncated, foreign, empty), else from weights_only's refusal."""
+    folder = save_checkpoint(tmp_path, 3, {"step": 3, "weights": torch.ones(10_000)})
+    file = folder / "state.pt"
+    complete = file.read_bytes()
+    assert try_load_checkpoint(folder)[1] is None and try_load_checkpoint(file)[0]["step"] == 3
+    cases = {
+        complete[: len(complete) // 2]: "truncated or damaged: the end of its zip archive is missing",
+        b"\x89not a checkpoint" * 100: "not a checkpoint (torch.save writes a zip archive",
+        b"": "empty (0 bytes)",
+    }
+    for data, problem in cases.items():
+        file.write_bytes(data)
+        state, found = try_load_checkpoint(folder)
+        assert state is None and found.startswith(f"{file}: {problem}"), found
+    torch.save({"object": _Picklable()}, file)
+    state, found = try_load_checkpoint(folder)
+    assert state is None and found.startswith(f"{file}: cannot load it (UnpicklingError: Unsupported global")
+    assert "weights_only` set to `False`" not in found  # torch's advice, wrong for a damaged file, left out
+    file.unlink()
+    assert try_load_checkpoint(folder) == (None, f"{folder}: no state.pt there")
+
+
 def _draw():
     return (torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(1).tolist(),
             [random.random() for _ in range(3)], random.gauss(0, 1))
@@ -157,3 +189,12 @@ def test_check_compatible_names_differing_keys():
     assert "method.name: checkpoint has 'simclr', this run has 'byol'" in message
     assert "model.backbone: checkpoint has 'resnet18', this run has 'resnet50'" in message
     assert "optim.betas: checkpoint has [0.9, 0.999], this run has no value" in message
+
+
+def test_step_names_are_parsed_in_one_place(tmp_path):
+    saved = save_checkpoint(tmp_path, 12, {"step": 12})
+    assert saved.name == step_name(12) == "step-00000012"
+    assert step_of(saved) == step_of(saved / "state.pt") == step_of(saved.name) == 12
+    assert step_of(step_name(123456789)) == 123456789
+    for other in (None, tmp_path, "step-12", "step-0000001x", "restored", "state.pt"):
+        assert step_of(other) == -1, other

@@ -10,9 +10,11 @@ import yaml
 
 from selfsup.errors import ConfigError
 from selfsup.methods.simclr import SimCLROptions
+from selfsup.trainer.checkpoint import load_checkpoint
 from selfsup.trainer.config import config_from_dict, config_to_dict, load_config, save_config, shipped_configs
 
-SIMCLR = Path(__file__).resolve().parents[2] / "configs" / "simclr.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SIMCLR = CONFIGS / "simclr.yaml"
 
 
 def test_shipped_simclr_config_loads_typed():
@@ -30,7 +32,7 @@ def test_overrides_are_parsed_and_typed():
     assert config.optim.lr == 0.6 and isinstance(config.optim.lr, float)
     assert config.trainer.max_steps == 5
     assert config.method.temperature == 0.2
-    assert config.data.recipe == {"scale": [0.2, 1.0]}
+    assert config.data.recipe == {"scale": (0.2, 1.0)}  # typed as the simclr recipe's option
     assert config.optim.weight_decay == 1e-5
 
 
@@ -66,7 +68,7 @@ def test_dilated_stages_reach_the_resnet_and_are_refused_for_a_vit():
 
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: no such file and no shipped config of that name; "
-                                          "shipped configs: barlow_twins, byol"):
+                                          "shipped configs: barlow_twins, .*byol"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: [unclosed\n")
@@ -84,15 +86,42 @@ def test_round_trip_through_plain_dict_and_yaml(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["method"]["name"] == "simclr"
 
 
-@pytest.mark.parametrize("method", ["npid", "deepcluster_v2"])
-def test_a_memory_bank_must_match_the_training_split(method, demo_shards, tmp_path):
+@pytest.mark.parametrize("method", ["npid", "deepcluster_v2", "deepcluster", "odc"])
+def test_a_memory_bank_is_sized_from_the_training_split(method, demo_shards, tmp_path):
+    """The shipped configs say memory_bank_size 0: the bank gets one row per training image of the
+    dataset at hand (the 120 of demo_shards), in the saved config too; an explicit size that differs
+    is refused with one line before Ray starts (the command's pre-flight check) and in `train`."""
+    from selfsup.api import check_before_launch
     from selfsup.trainer.loop import train
 
     train_samples = 120  # the demo_shards train split
-    config = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{method}.yaml",
-                         [f"data.path={demo_shards}"])
-    with pytest.raises(ConfigError, match=rf"memory_bank_size=1281167.*has {train_samples} samples; "
-                                          rf"set method.memory_bank_size={train_samples}"):
+    small = ["model.backbone=resnet18", "data.image_size=32", "data.batch_size=8", "data.num_threads=1",
+             "trainer.max_steps=1", "optim.warmup_epochs=0"]
+    if method == "deepcluster_v2":
+        small += ["method.projection_hidden_dim=64", "method.num_prototypes=10", "method.num_heads=1",
+                  "data.recipe={local_size: 16, local_crops: 2}"]
+    if method in ("deepcluster", "odc"):
+        small += ["method.num_clusters=10"]
+    config = load_config(f"{method}", [f"data.path={demo_shards}", *small])
+    assert config.method.memory_bank_size == 0
+    assert check_before_launch(config, tmp_path / "run").method.memory_bank_size == train_samples
+    train(config, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000001")
+    assert state["config"]["method"]["memory_bank_size"] == train_samples
+    wrong = load_config(f"{method}", [f"data.path={demo_shards}", *small, "method.memory_bank_size=1281167"])
+    for attempt in (lambda: check_before_launch(wrong, tmp_path / "other"), lambda: train(wrong, tmp_path / "other")):
+        with pytest.raises(ConfigError, match=rf"memory_bank_size=1281167.*has {train_samples} samples; "
+                                              rf"set method.memory_bank_size={train_samples}"):
+            attempt()
+    assert not (tmp_path / "other" / "checkpoints").exists() or not any((tmp_path / "other" / "checkpoints").iterdir())
+
+
+def test_supervised_must_have_the_dataset_s_classes(demo_shards, tmp_path):
+    """The trainer itself refuses it (not only the command line), before the first step."""
+    from selfsup.trainer.loop import train
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "supervised.yaml", [f"data.path={demo_shards}"])
+    with pytest.raises(ConfigError, match=r"method.num_classes=1000, but .* has 10 classes; set method.num_classes=10"):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
@@ -122,3 +151,53 @@ def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch
 def test_a_bad_value_is_refused_when_the_config_is_read(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(SIMCLR, [override])
+
+
+@pytest.mark.parametrize("config, override, message", [
+    ("simclr", "data.recipe.blurr=0.1",
+     "unknown config key data.recipe.blurr; valid keys in data.recipe: solarize_probability, scale, ratio"),
+    ("simclr", "data.recipe.scale=0.5", "data.recipe.scale: expected a list of 2 values, got 0.5"),
+    ("simclr", "data.recipe.hue=strong", "data.recipe.hue: expected a number, got 'strong'"),
+    ("rotation", "data.recipe.mode=two", "data.recipe.mode: expected one of 'all', 'one', got 'two'"),
+    ("inpainting", "data.recipe.region=corner", "data.recipe.region: expected one of 'center', 'random', got 'corner'"),
+    ("jigsaw", "data.recipe.permutation_count=many", "data.recipe.permutation_count: expected an integer, got 'many'"),
+    # multi-crop recipes set scale, blur and solarize per crop (global_scale, local_blur, ...)
+    ("dino", "data.recipe.scale=[0.2, 1.0]", "unknown config key data.recipe.scale; valid keys in data.recipe: "
+                                             "local_crops, local_size, global_scale, local_scale, global_blur"),
+    ("swav", "data.recipe.blur_probability=0.5", "unknown config key data.recipe.blur_probability"),
+])
+def test_a_bad_recipe_option_is_refused_when_the_config_is_read(config, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(CONFIGS / f"{config}.yaml", [override])
+
+
+def test_recipe_options_are_typed_as_the_methods_recipe_takes_them():
+    config = load_config(CONFIGS / "dino.yaml", ["data.recipe.local_crops=2.0", "data.recipe.local_blur=1"])
+    assert config.data.recipe["local_crops"] == 2 and isinstance(config.data.recipe["local_crops"], int)
+    assert config.data.recipe["local_blur"] == 1.0 and isinstance(config.data.recipe["local_blur"], float)
+    assert config.data.recipe["global_scale"] == (0.4, 1.0)  # from the YAML list
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_the_mae_recipe_takes_its_patch_size_from_the_model():
+    from selfsup.trainer.model import recipe_for
+
+    config = load_config(CONFIGS / "mae.yaml", ["model.patch_size=8", "data.image_size=32"])
+    assert "patch_size" not in config.data.recipe
+    assert recipe_for(config).pretext.patch_size == 8  # not the recipe's default of 16
+    same = load_config(CONFIGS / "mae.yaml", ["model.patch_size=8", "data.image_size=32", "data.recipe.patch_size=8"])
+    assert recipe_for(same) == recipe_for(config)  # the same value twice is allowed (older configs have it)
+    with pytest.raises(ConfigError, match=re.escape("data.recipe.patch_size=16, but the mae recipe takes it from "
+                                                    "model.patch_size=8; leave data.recipe.patch_size out")):
+        load_config(CONFIGS / "mae.yaml", ["model.patch_size=8", "data.recipe.patch_size=16"])
+
+
+def test_simmim_mask_cells_must_be_a_multiple_of_the_vit_patch():
+    from selfsup.trainer.model import recipe_for
+
+    config = load_config(CONFIGS / "simmim.yaml", ["model.patch_size=8", "data.image_size=48",
+                                                   "data.recipe.patch_size=16"])
+    assert recipe_for(config).pretext.patch_size == 16  # cells of 2 x 2 patches
+    with pytest.raises(ConfigError, match=re.escape("data.recipe.patch_size=12: SimMIM's mask cells must be a "
+                                                    "multiple of model.patch_size=8")):
+        load_config(CONFIGS / "simmim.yaml", ["model.patch_size=8", "data.recipe.patch_size=12"])

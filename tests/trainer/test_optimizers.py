@@ -8,8 +8,12 @@ from torch import nn
 from tests.trainer.training_run import OneTorchThread, tiny_config
 from selfsup.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.trainer.loop import train
+from selfsup.methods import inpainting
+from selfsup.methods.backbones import resnet18
+from selfsup.methods.protocol import OptimizerStep
 from selfsup.trainer.optimizers import (
-    LAMB, LARS, OPTIMIZERS, build_optimizer, parameter_groups, scale_learning_rate,
+    DEFAULT_STEP, LAMB, LARS, OPTIMIZERS, build_optimizer, parameter_groups, resolved_optimizer_steps,
+    scale_learning_rate,
 )
 from selfsup.trainer.schedules import cosine_schedule
 
@@ -234,3 +238,38 @@ def test_simsiam_predictor_keeps_the_base_learning_rate(demo_shards, tmp_path, f
     assert lrs == ({"decay": pytest.approx(last), "decay_fixed_lr": pytest.approx(base)} if fixed
                    else {"decay": pytest.approx(last)})
     assert last < 0.5 * base
+
+
+def _context_encoder(adversarial_weight: float) -> inpainting.Inpainting:
+    options = inpainting.InpaintingOptions(decoder_width=16, adversarial_weight=adversarial_weight,
+                                           discriminator_width=8)
+    return inpainting.build_inpainting(options, resnet18(), 512)
+
+
+def test_optimizer_steps_default_to_one_over_every_trainable_parameter():
+    model = _context_encoder(0.0)
+    (step,) = resolved_optimizer_steps(model)
+    assert (step.name, step.loss, step.lr_multiplier) == (DEFAULT_STEP, "loss", 1.0)
+    assert [id(p) for p in step.parameters] == [id(p) for p in model.parameters()]
+
+
+def test_declared_optimizer_steps_must_split_the_trainable_parameters(monkeypatch):
+    model = _context_encoder(0.001)
+    discriminator, generator = model.optimizer_steps()
+    assert resolved_optimizer_steps(model) == [discriminator, generator]
+    groups = parameter_groups(model, 1e-4, parameters=discriminator.parameters)
+    assert sum(len(group["params"]) for group in groups) == len(list(model.discriminator.parameters()))
+    wrong = {
+        "1 in no step": [discriminator, OptimizerStep("generator", generator.parameters[1:], "loss")],
+        "1 in more than one": [discriminator, OptimizerStep("generator", generator.parameters
+                                                            + discriminator.parameters[:1], "loss")],
+        "must be distinct": [discriminator, OptimizerStep("discriminator", generator.parameters, "loss")],
+        "1 not trainable parameters": [discriminator, OptimizerStep("generator", generator.parameters
+                                                                    + [nn.Parameter(torch.zeros(1))], "loss")],
+    }
+    for message, steps in wrong.items():
+        monkeypatch.setattr(model, "optimizer_steps", lambda steps=steps: steps)
+        with pytest.raises(ValueError, match=message):
+            resolved_optimizer_steps(model)
+    with pytest.raises(ValueError, match="not Inpainting's own"):
+        parameter_groups(model, 1e-4, parameters=[nn.Parameter(torch.zeros(1))])

@@ -3,6 +3,8 @@ bit for bit on the CPU (torchtune-style), and the loader yields the same batches
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -123,3 +125,39 @@ def test_resume_from_a_named_checkpoint_into_a_new_folder(demo_shards, tmp_path)
     # started again (as after a preemption), the folder's own newer checkpoint wins over the named one
     summary = train(tiny_config(demo_shards, "trainer.max_steps=6", f"trainer.resume={named}"), tmp_path / "second")
     assert summary["step"] == 6 and sorted(read_losses(tmp_path / "second")) == [4, 5, 6]
+
+
+def test_the_summary_reports_the_last_steps_loss_also_when_no_step_is_left(demo_shards, tmp_path):
+    """Started again after its last step, a run trains nothing and still reports that step's loss
+    terms (kept in the checkpoint); continued further, the loss of its new last step."""
+    run = tmp_path / "run"
+    config = tiny_config(demo_shards, "trainer.max_steps=3")
+    first = train(config, run)
+    last_line = json.loads((run / "losses.jsonl").read_text().splitlines()[-1])
+    assert last_line["step"] == 3 and first["loss"] == last_line["loss"]
+    again = train(config, run)
+    assert again["step"] == 3 and again["start_step"] == 3
+    assert {name: again[name] for name in last_line if name != "step"} == {
+        name: value for name, value in last_line.items() if name != "step"}
+    assert json.loads((run / "metrics.json").read_text())["loss"] == last_line["loss"]
+
+    further = train(tiny_config(demo_shards, "trainer.max_steps=5"), run)
+    assert further["step"] == 5 and further["loss"] == read_losses(run)[5] != last_line["loss"]
+
+    # a checkpoint written before the loss terms were kept in it: the loss line of its step stands in
+    step = run / "checkpoints" / "step-00000005"
+    state = load_checkpoint(step)
+    assert state["loss_terms"]["loss"] == read_losses(run)[5]
+    torch.save({key: value for key, value in state.items() if key != "loss_terms"}, step / "state.pt")
+    assert train(tiny_config(demo_shards, "trainer.max_steps=5"), run)["loss"] == read_losses(run)[5]
+
+
+def test_a_run_stopped_between_logged_steps_reports_the_loss_of_its_last_step(demo_shards, tmp_path):
+    """Stopped at step 1 with logging every 1000 steps and no checkpoint hook: the summary still has
+    step 1's loss."""
+    stop = StopRequest()
+    stop.request("test")  # seen during the first step: every rank stops after it
+    summary = train(tiny_config(demo_shards, "trainer.max_steps=10", "trainer.log_every=1000"), tmp_path / "run",
+                    stop=stop)
+    assert summary["step"] == 1 and summary["stopped"] == "test"
+    assert summary["loss"] == read_losses(tmp_path / "run")[1]

@@ -3,10 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from selfsup.trainer.schedules import (
-    constant_schedule, cosine_schedule, linear_warmup_then_constant, momentum_schedule,
-    teacher_temperature_schedule,
-)
+from selfsup.trainer.schedules import cosine_schedule
 
 
 def test_cosine_without_warmup_endpoints_and_formula():
@@ -54,34 +51,3 @@ def test_warmup_larger_than_total_names_both_values():
     with pytest.raises(ValueError) as error:
         cosine_schedule(1.0, 0.0, 10, 20)
     assert "warmup_steps=20" in str(error.value) and "total_steps=10" in str(error.value)
-
-
-def test_constant_and_linear_warmup_then_constant():
-    np.testing.assert_allclose(constant_schedule(0.04, 3), [0.04, 0.04, 0.04])
-    np.testing.assert_allclose(linear_warmup_then_constant(1.0, 5, warmup_steps=2), [0.0, 0.5, 1.0, 1.0, 1.0])
-    with pytest.raises(ValueError):
-        constant_schedule(1.0, 0)
-
-
-def test_momentum_schedule_byol_formula():
-    total = 101
-    schedule = momentum_schedule(0.996, 1.0, total)
-    assert len(schedule) == total
-    assert schedule[0] == pytest.approx(0.996)
-    assert schedule[-1] == pytest.approx(1.0)
-    for k in (10, 50, 77):
-        expected = 1 - (1 - 0.996) * (math.cos(math.pi * k / (total - 1)) + 1) / 2
-        assert schedule[k] == pytest.approx(expected, abs=1e-12)
-    assert np.all(np.diff(schedule) >= 0)
-    np.testing.assert_allclose(momentum_schedule(total_steps=5), momentum_schedule(0.996, 1.0, 5))
-    with pytest.raises(ValueError, match="total_steps"):
-        momentum_schedule()
-
-
-def test_teacher_temperature_schedule_dino():
-    schedule = teacher_temperature_schedule(0.04, 0.07, warmup_steps=3, total_steps=6)
-    np.testing.assert_allclose(schedule, [0.04, 0.05, 0.06, 0.07, 0.07, 0.07])
-    assert np.all(np.diff(schedule) >= -1e-15)
-    np.testing.assert_allclose(teacher_temperature_schedule(warmup_steps=0, total_steps=2), [0.07, 0.07])
-    with pytest.raises(ValueError, match="warmup_steps=7"):
-        teacher_temperature_schedule(0.04, 0.07, 7, 6)
