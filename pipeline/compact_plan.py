@@ -32,7 +32,7 @@ class CompactPlan:
     @classmethod
     def build(cls, files: list[str], classes: list[str], val_fraction: float, seed: int) -> "CompactPlan":
         """The plan of `build_plan(files, classes, val_fraction, seed)`."""
-        encoded = [name.encode("utf-8") for name in files]
+        encoded = [name.encode("utf-8", "surrogateescape") for name in files]  # names os gives undecodable
         ends = np.cumsum(np.fromiter((len(name) for name in encoded), dtype=np.int64, count=len(encoded)))
         order = np.random.default_rng(seed).permutation(len(files))
         validation = round(val_fraction * len(files)) if val_fraction > 0 else 0
@@ -44,7 +44,7 @@ class CompactPlan:
     def path(self, index: int) -> str:
         """The `index`-th sorted candidate path."""
         start = int(self.ends[index - 1]) if index else 0
-        return self.paths[start:int(self.ends[index])].decode("utf-8")
+        return self.paths[start:int(self.ends[index])].decode("utf-8", "surrogateescape")
 
     def span(self, split: str) -> range:
         """The plan positions of `split`, in plan order."""
