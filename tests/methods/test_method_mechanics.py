@@ -243,9 +243,8 @@ def test_spherical_kmeans_recovers_separated_clusters():
         assert labels[group * 10:(group + 1) * 10].unique().numel() == 1
     assert labels.unique().numel() == 3
     assert torch.allclose(found.norm(dim=1), torch.ones(3), atol=1e-5)
-    # assigning in blocks of 4 points (a budget of 12 similarities) finds the same clustering
-    blocked, blocked_labels = deepcluster_v2.spherical_kmeans(points, 3, 10, torch.Generator().manual_seed(0),
-                                                              similarity_budget=12)
+    # assigning in blocks of 4 points finds the same clustering
+    blocked, blocked_labels = deepcluster_v2.spherical_kmeans(points, 3, 10, torch.Generator().manual_seed(0), 4)
     assert torch.equal(blocked_labels, labels) and torch.allclose(blocked, found)
 
 
