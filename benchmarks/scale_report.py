@@ -11,7 +11,7 @@ from __future__ import annotations
 
 # stage -> (cost growth target, peak RSS growth target or None where memory is O(N * D) by design)
 TARGETS = {
-    "listing": (1.15, 1.2),
+    "listing": (1.15, None),
     "convert": (1.15, 1.2),
     "verify": (1.15, 1.2),
     "index": (1.15, 1.2),
@@ -32,6 +32,9 @@ WHAT = {
     "knn": "kNN (1k queries, full bank) + rank",
     "kmeans": "k-means (k=3000, 128-d, 10 it.)",
 }
+# Why a stage's memory grows with N by design (no RSS target): what it holds.
+HELD = {"listing": "the N paths themselves", "features": "the (N, 512) float32 bank",
+        "knn": "the (N, 512) float32 bank", "kmeans": "the (N, 128) float32 bank"}
 PROJECTED_SIZES = (1_281_167, 10_000_000)
 BANK_DIMENSION = 128  # NPID's and DeepCluster-v2's embedding size (configs/npid.yaml, deepcluster_v2.yaml)
 ODC_CLUSTERS = 10_000  # ODC (Zhan et al. 2020) as OpenSelfSup configures it for ImageNet
@@ -138,8 +141,8 @@ def format_growth_lines(stage_growths: dict[str, dict]) -> str:
             rss = (f"peak RSS {high}/{low} = {growth['rss_growth']:.2f} (target <= {growth['rss_target']}: "
                    f"{growth['rss_verdict']})")
         else:
-            rss = f"peak RSS {high}/{low} = {growth['rss_growth']:.2f} (O(N*D) by design"
-            rss += f": the bank, {growth['bank_mib'][0]} -> {growth['bank_mib'][1]} MiB)" if "bank_mib" in growth else ")"
+            rss = f"peak RSS {high}/{low} = {growth['rss_growth']:.2f} (no target: it holds {HELD.get(stage, 'O(N) data')}"
+            rss += f", {growth['bank_mib'][0]} -> {growth['bank_mib'][1]} MiB)" if "bank_mib" in growth else ")"
         lines.append(f"{stage:9s} {cost}; {rss}")
     return "\n".join(lines)
 

@@ -3,8 +3,9 @@
 `build_plan` makes a `PlanItem` per candidate file; with the lists `convert` derived from it (per
 split, the items still to do, their tasks) that was about 450 bytes per image: 4.5 GB of driver
 memory for 10 million images, and a peak RSS that grew with the folder. `CompactPlan` keeps the
-sorted paths (the data itself) and one int64 permutation; `PlanItem`s and worker tasks are made
-one at a time as the conversion reaches them. It yields exactly the items `build_plan` lists, in
+sorted paths as one UTF-8 buffer with their offsets (a path's bytes + 8, instead of a Python
+string's 50 + its length) and one int64 permutation; `PlanItem`s and worker tasks are made one
+at a time as the conversion reaches them, so the caller can drop its list of paths. It yields exactly the items `build_plan` lists, in
 the same order, with the same positions, splits, keys and labels (tests/pipeline/test_convert.py).
 """
 
@@ -20,9 +21,10 @@ from selfsup.pipeline.convert_plan import SPLITS, PlanItem
 
 @dataclass(frozen=True)
 class CompactPlan:
-    """Position p of the shuffled plan is `files[order[p]]`; positions below `validation` are "val"."""
+    """Position p of the shuffled plan is `path(order[p])`; positions below `validation` are "val"."""
 
-    files: list[str]
+    paths: bytes  # every sorted candidate path, UTF-8, one after the other
+    ends: np.ndarray  # (N,) int64: where each path's bytes end in `paths`
     order: np.ndarray  # (N,) int64
     validation: int
     class_index: dict[str, int]
@@ -30,22 +32,29 @@ class CompactPlan:
     @classmethod
     def build(cls, files: list[str], classes: list[str], val_fraction: float, seed: int) -> "CompactPlan":
         """The plan of `build_plan(files, classes, val_fraction, seed)`."""
+        encoded = [name.encode("utf-8", "surrogateescape") for name in files]  # names os gives undecodable
+        ends = np.cumsum(np.fromiter((len(name) for name in encoded), dtype=np.int64, count=len(encoded)))
         order = np.random.default_rng(seed).permutation(len(files))
         validation = round(val_fraction * len(files)) if val_fraction > 0 else 0
-        return cls(files, order, validation, {name: index for index, name in enumerate(classes)})
+        return cls(b"".join(encoded), ends, order, validation, {name: index for index, name in enumerate(classes)})
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.ends)
+
+    def path(self, index: int) -> str:
+        """The `index`-th sorted candidate path."""
+        start = int(self.ends[index - 1]) if index else 0
+        return self.paths[start:int(self.ends[index])].decode("utf-8", "surrogateescape")
 
     def span(self, split: str) -> range:
         """The plan positions of `split`, in plan order."""
-        return range(0, self.validation) if split == "val" else range(self.validation, len(self.files))
+        return range(0, self.validation) if split == "val" else range(self.validation, len(self))
 
     def count(self, split: str) -> int:
         return len(self.span(split))
 
     def item(self, position: int) -> PlanItem:
-        relative = self.files[int(self.order[position])]
+        relative = self.path(int(self.order[position]))
         label = self.class_index[relative.split("/", 1)[0]] if self.class_index else -1
         return PlanItem(position, "val" if position < self.validation else "train", relative, label)
 
@@ -87,7 +96,7 @@ class PlanTasks:
     def __iter__(self) -> Iterator[tuple[str, str, int | None]]:
         for span in self.spans:
             for position in span:
-                yield self.source, self.plan.files[int(self.plan.order[position])], self.max_side
+                yield self.source, self.plan.path(int(self.plan.order[position])), self.max_side
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -96,4 +105,4 @@ class PlanTasks:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError("task index out of range")
-        return (self.source, self.plan.files[int(self.plan.order[self._position(index)])], self.max_side)
+        return (self.source, self.plan.path(int(self.plan.order[self._position(index)])), self.max_side)

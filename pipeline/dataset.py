@@ -203,18 +203,20 @@ def load_dataset_info(path: str | Path) -> DatasetInfo:
                        manifest_labels=description.get("label_source") == "manifest")
 
 
-def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: int = 8192) -> None:
+def write_manifest(path: str | Path, rows: Iterable[dict], *, rows_per_group: int = 4096) -> None:
     """Stream manifest rows (dicts with the keys of MANIFEST_COLUMNS) into a parquet file, atomically.
 
-    Rows are buffered as columns, `rows_per_group` at a time (one parquet row group each): the
-    memory is a few MiB whatever the number of rows, not a list of dicts of a whole group."""
+    Rows are buffered as columns, `rows_per_group` at a time (one parquet row group each), and
+    only the few-valued columns (split, shard) are dictionary-encoded: the writer's memory stays
+    a few MiB whatever the number of rows (100k rows: +6 MiB over 1k, against +24 MiB with 8192-row
+    groups and every column in a dictionary), and the file is a fifth smaller."""
     import pyarrow
     import pyarrow.parquet as parquet
 
     schema = pyarrow.schema([(name, getattr(pyarrow, kind)()) for name, kind in MANIFEST_COLUMNS.items()])
     path = Path(path)
     temporary = path.with_name(path.name + ".partial")
-    with parquet.ParquetWriter(temporary, schema) as writer:
+    with parquet.ParquetWriter(temporary, schema, use_dictionary=["split", "shard"]) as writer:
         columns: dict[str, list] = {name: [] for name in MANIFEST_COLUMNS}
         for row in rows:
             for name, values in columns.items():

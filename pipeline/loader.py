@@ -59,13 +59,19 @@ def parse_label_digits(digits: torch.Tensor) -> torch.Tensor:
 def read_shards(paths: list[str], index_paths: list[str], labeled: bool, **reader_options) -> list:
     """DALI's webdataset reader over the shards, named READER_NAME: [encoded image, class bytes]
     (class bytes only when `labeled`). With one `ext` the reader returns a bare node, which `[0]`
-    would index byte-wise (the first byte of every file), so the outputs are always a list."""
+    would index byte-wise (the first byte of every file), so the outputs are always a list.
+
+    The shards are read with plain file I/O (`dont_use_mmap`): mapped, every page of every tar
+    read stays in the process's resident set, so one epoch over 100k small images (490 MB of
+    shards) took the loader from 0.49 to 1.10 GB, against 0.70 read (benchmarks/RESULTS.md,
+    "Scale"); over ImageNet it would map all 140 GB."""
     outputs = fn.readers.webdataset(
         paths=paths,
         index_paths=index_paths,
         ext=[IMAGE_EXTENSIONS, "cls"] if labeled else [IMAGE_EXTENSIONS],
         missing_component_behavior="error",
         name=READER_NAME,
+        dont_use_mmap=True,
         **reader_options,
     )
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]

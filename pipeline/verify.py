@@ -12,8 +12,8 @@ match `dataset.json`. A dataset adopted with
 samples (the excluded ones are in the tar, never read), only the image members, exactly the
 manifest's rows (`check_adopted_shard`).
 
-The manifest is read as columns and sorted by shard; only the shard being checked has its rows
-as Python objects, so memory does not grow with the dataset.
+The manifest is read one row group at a time (`pipeline.manifest_reader`): only the shard being
+checked has its rows in memory, so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from selfsup.pipeline.dataset import MANIFEST_FILE, read_description
+from selfsup.pipeline.manifest_reader import ManifestRuns
 
 from selfsup.errors import DatasetError
 from selfsup.pipeline.segmentation_masks import MASK_MEMBER, mask_problem
@@ -216,44 +217,20 @@ def _check_shard(path: Path, rows: dict[str, dict] | None, labeled: bool, class_
 MANIFEST_CHECKED = ["key", "split", "shard", "offset", "bytes", "label", "width", "height", "crc32"]
 
 
-def _manifest_by_shard(path: Path):
-    """(the manifest's checked columns sorted by shard, {shard: (first row, row count)}); the rows
-    of one shard become Python dicts only while that shard is checked, so memory stays columnar."""
-    import numpy as np
-    import pyarrow.compute as compute
-    import pyarrow.parquet as parquet
-
-    try:
-        table = parquet.read_table(path, columns=MANIFEST_CHECKED)
-    except (OSError, ValueError, KeyError) as error:
-        raise DatasetError(f"{path}: cannot read the manifest ({error})") from error
-    table = table.take(compute.sort_indices(table, sort_keys=[("shard", "ascending")]))
-    encoded = table.column("shard").combine_chunks().dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.diff(codes, prepend=-1)) if len(codes) else np.array([], dtype=np.int64)
-    stops = np.append(starts[1:], len(codes))
-    names = encoded.dictionary.to_pylist()
-    return table, {names[codes[start]]: (int(start), int(stop - start)) for start, stop in zip(starts, stops)}
-
-
-def _check_counts(description: dict, table, found: Counter, report: VerifyReport) -> None:
+def _check_counts(description: dict, manifest: ManifestRuns | None, found: Counter, report: VerifyReport) -> None:
     """Each split's sample count in its shards and its manifest rows, and its class counts, against dataset.json."""
-    import numpy as np
-    import pyarrow.compute as compute
-
     class_count = len(description["classes"])
     for name, split in description["splits"].items():
         if found[name] != split.get("count"):
             report.add("dataset.json", None, f"split {name!r}: dataset.json says {split.get('count')} samples, "
                                              f"its shards hold {found[name]}")
-        if table is None:
+        if manifest is None:
             continue
-        labels = table.column("label").filter(compute.equal(table.column("split"), name)).to_numpy()
-        if len(labels) != split.get("count"):
-            report.add(MANIFEST_FILE, None, f"split {name!r}: {len(labels)} manifest rows, "
+        rows = manifest.split_rows.get(name, 0)
+        if rows != split.get("count"):
+            report.add(MANIFEST_FILE, None, f"split {name!r}: {rows} manifest rows, "
                                             f"dataset.json says {split.get('count')}")
-        in_range = labels[(labels >= 0) & (labels < class_count)]
-        counts = np.bincount(in_range, minlength=class_count).tolist() if class_count else []
+        counts = manifest.class_counts(name, class_count)
         if description["labeled"] and counts != list(split.get("class_counts", [])):
             report.add("dataset.json", None, f"split {name!r}: class_counts {split.get('class_counts')} "
                                              f"differ from the manifest's {counts}")
@@ -271,28 +248,26 @@ def verify(output: str | Path, *, progress: bool = False) -> VerifyReport:
     labeled, class_count = description["labeled"], len(description["classes"])
     adopted = description.get("origin") == "index"
     mask_classes = (description.get("segmentation") or {}).get("classes")
-    table, ranges = None, {}
+    manifest = None
     try:
-        table, ranges = _manifest_by_shard(root / MANIFEST_FILE)
+        manifest = ManifestRuns(root / MANIFEST_FILE, MANIFEST_CHECKED)
     except DatasetError as error:
         report.add(MANIFEST_FILE, None, str(error))
     listed = {shard for split in description["splits"].values() for shard in split.get("shards", [])}
-    for shard in sorted(ranges.keys() - listed):
-        report.add(shard, None, f"{ranges[shard][1]} manifest rows name this shard, dataset.json does not")
+    for shard in sorted((manifest.runs if manifest is not None else {}).keys() - listed):
+        rows = sum(count for _, count in manifest.runs[shard])
+        report.add(shard, None, f"{rows} manifest rows name this shard, dataset.json does not")
     work = [(name, shard) for name, split in description["splits"].items() for shard in split.get("shards", [])]
     from tqdm import tqdm
 
     found = Counter()
     for name, shard in tqdm(work, desc="verify", unit="shard", disable=not progress):
-        rows = None
-        if table is not None:
-            start, length = ranges.get(shard, (0, 0))
-            rows = {row["key"]: row for row in table.slice(start, length).to_pylist()}
+        rows = {row["key"]: row for row in manifest.rows(shard)} if manifest is not None else None
         if adopted:
             found[name] += check_adopted_shard(root / shard, rows, labeled, class_count, report)
         else:
             found[name] += _check_shard(root / shard, rows, labeled, class_count, report, mask_classes)
-    _check_counts(description, table, found, report)
+    _check_counts(description, manifest, found, report)
     return report
 
 

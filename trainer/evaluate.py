@@ -202,7 +202,7 @@ def recalibrate_batch_norm(backbone: torch.nn.Module, data: str | Path, *, image
     return seen
 
 
-def effective_rank(features: torch.Tensor, epsilon: float = 1e-7, chunk: int = 65536) -> float:
+def effective_rank(features: torch.Tensor, epsilon: float = 1e-7, chunk: int = 8192) -> float:
     """RankMe: the effective rank of a feature matrix (Garrido, Balestriero, Najman & LeCun,
     "RankMe: Assessing the Downstream Performance of Pretrained Self-Supervised Representations
     by Their Rank", ICML 2023, Eq. 1): ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum(s) + eps``

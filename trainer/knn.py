@@ -52,7 +52,8 @@ def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tenso
     """(M, num_classes) class scores of each query from its k nearest train features.
 
     Args:
-        train_features: (N, D) bank features (any scale: L2-normalized here).
+        train_features: (N, D) bank features (any scale: each similarity is divided by the bank
+            row's norm, so the bank is never copied normalized).
         train_labels: (N,) long class indices in [0, num_classes).
         query_features: (M, D) features to classify (L2-normalized here).
         num_classes: C.
@@ -72,7 +73,8 @@ def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tenso
     """
     _check_inputs(train_features, train_labels, query_features, num_classes, k, temperature, exclude_self)
     device = train_features.device
-    train = F.normalize(train_features.float(), dim=1)                      # (N, D)
+    train = train_features.float()                                          # (N, D): no copy when float32
+    train_norms = train.norm(dim=1).clamp_min(1e-12)                        # (N,): the bank is not copied
     queries = F.normalize(query_features.to(device).float(), dim=1)         # (M, D)
     labels = train_labels.to(device).long()                                 # (N,)
     neighbours = min(k, train.shape[0] - (1 if exclude_self else 0))
@@ -80,7 +82,7 @@ def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tenso
     block_rows = max(1, min(chunk_size, similarity_budget // max(1, train.shape[0])))
     for start in range(0, queries.shape[0], block_rows):
         block = queries[start:start + block_rows]                           # (c, D)
-        similarity = block @ train.T                                        # (c, N)
+        similarity = (block @ train.T).div_(train_norms)                    # (c, N) cosine similarities
         if exclude_self:
             rows = torch.arange(block.shape[0], device=device)
             similarity[rows, start + rows] = float("-inf")

@@ -28,10 +28,12 @@ def test_every_stage_is_measured_at_every_size_in_its_own_process(measured):
     assert sorted((item["stage"], item["size"]) for item in summary["measurements"]) == sorted(
         (stage, size) for stage in ("convert", "verify", "index", "loader") for size in (60, 120))
     for item in summary["measurements"]:
-        assert item["samples"] >= item["size"] - 16 and item["seconds"] > 0
-        assert item["wall_seconds"] > item["seconds"]  # the process also imported and started
-        assert 0 < item["cpu_seconds"] < item["wall_seconds"] * 3  # the work's CPU, not the imports
-        assert item["rss_mib"] > 30  # the stage process's own peak (python, numpy, pyarrow at least)
+        assert item["samples"] >= item["size"] - 16 and item["seconds"] > 0, item
+        assert item["wall_seconds"] > item["seconds"], item  # the process also imported and started
+        # the work's CPU, not the imports: rusage's user/system split is kept in clock ticks, so a
+        # stage of a few tens of milliseconds may come out a few ms either side of its true value
+        assert -0.05 < item["cpu_seconds"] < item["wall_seconds"] * 3, item
+        assert item["rss_mib"] > 30, item  # the stage process's own peak (python, numpy, pyarrow at least)
     loader = [item for item in summary["measurements"] if item["stage"] == "loader"]
     assert all(item["rss_mib"] > max(other["rss_mib"] for other in summary["measurements"]
                                      if other["stage"] == "convert") for item in loader)  # DALI and torch

@@ -7,7 +7,8 @@ import pytest
 from selfsup.pipeline.compact_plan import CompactPlan
 from selfsup.pipeline.convert_plan import SPLITS, build_plan
 
-FILES = sorted(f"{name}/img{number:03d}.jpg" for name in ("cat", "dog", "fish") for number in range(17))
+FILES = sorted([f"{name}/img{number:03d}.jpg" for name in ("cat", "dog", "fish") for number in range(16)]
+               + ["cat/ünïcödé 日本.jpg", "dog/deep/é.png", "fish/x y.webp", "fish/not-utf8-\udce9.jpg"])
 
 
 @pytest.mark.parametrize("classes, val_fraction, seed", [(["cat", "dog", "fish"], 0.2, 3), ([], 0.0, 0),

@@ -130,3 +130,19 @@ def test_verify_needs_no_lock_and_is_not_fooled_by_one(dataset, tmp_path):
         with pytest.raises(DatasetError, match=rf"dataset.json: missing; {unfinished} is not a finished conversion; "
                                                rf"its lock names selfsup convert, pid {os.getpid()} on "):
             verify(unfinished)
+
+
+def test_a_manifest_in_small_row_groups_and_any_order_verifies_the_same(dataset):
+    """verify reads the manifest a row group at a time and finds each shard's rows wherever they are."""
+    from selfsup.pipeline.dataset import write_manifest
+
+    rows = read_manifest(dataset / "manifest.parquet")
+    write_manifest(dataset / "manifest.parquet", rows[::-1][::2] + rows[::-1][1::2], rows_per_group=3)
+    report = verify(dataset)
+    assert report.ok, report.problems
+    assert report.samples_checked == 25
+    row = rows[4]
+    write_manifest(dataset / "manifest.parquet", [other for other in rows if other is not row], rows_per_group=4)
+    lost = verify(dataset)
+    assert {(problem.shard, problem.key) for problem in lost.problems if problem.key} == {(row["shard"], row["key"])}
+    assert any("manifest rows" in problem.message for problem in lost.problems if problem.shard == "manifest.parquet")
