@@ -119,7 +119,7 @@ def run_stage(stage: str, arguments: dict, code: Path, threads: int) -> dict:
         raise SystemExit(f"stage {stage} failed (exit {process.returncode}):\n{text[-3000:]}")
     result = json.loads(text.strip().splitlines()[-1])
     cpu = usage.ru_utime + usage.ru_stime - result.pop("cpu_before_work") - result.pop("cpu_after_work")
-    return {**result, "stage": stage, "rss_mib": usage.ru_maxrss / 1024, "wall_seconds": wall, "cpu_seconds": cpu}
+    return {**result, "stage": stage, "rss_mib": result.pop("peak_rss_kib") / 1024, "wall_seconds": wall, "cpu_seconds": cpu}
 
 
 def file_sizes(shards: Path) -> dict[str, int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -198,9 +199,20 @@ STAGES = {"listing": stage_listing, "convert": stage_convert, "verify": stage_ve
           "loader_fixed_heap": stage_loader, "features": stage_features, "knn": stage_knn, "kmeans": stage_kmeans}
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak RSS (VmHWM), or its largest waited-for worker's if that is higher.
+
+    Not the parent's wait4 figure: Linux carries the pre-exec high-water mark of the forking process
+    (the benchmark, or pytest at a gigabyte) into the exec'd child's ru_maxrss.
+    """
+    own = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+
 if __name__ == "__main__":
     name, arguments = sys.argv[1], json.loads(sys.argv[2])
     result = STAGES[name](arguments)
     result.update(cpu_before_work=CLOCK.cpu_at_start, cpu_after_work=time.process_time() - CLOCK.cpu_at_stop,
-                  load_average=os.getloadavg()[0])
+                  load_average=os.getloadavg()[0], peak_rss_kib=peak_rss_kib())
     print(json.dumps(result), flush=True)
