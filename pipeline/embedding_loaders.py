@@ -26,7 +26,8 @@ from selfsup.pipeline.augment import eval_view, label_digits
 from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.pipeline.images import prepare_image
 from selfsup.pipeline.loader import (
-    READER_NAME, SOURCE_INFO, DaliLoader, _check_on_disk, _split_files, dali_device, default_threads, read_shards,
+    READER_NAME, SOURCE_INFO, DaliLoader, _check_on_disk, _split_files, dali_device, default_threads, in_order_batch,
+    in_order_diagnosis, read_shards, start_iterator,
 )
 from selfsup.pipeline.positions import split_positions
 from selfsup.pipeline.recipes import EvalRecipe
@@ -38,6 +39,7 @@ def build_indexed_eval_loader(dataset: DatasetInfo, recipe: EvalRecipe, *, batch
     info, paths, index_paths = _split_files(dataset, split)
     _check_on_disk(dataset, split, paths)
     decoder_device, device_id = dali_device(device)
+    batch_size = in_order_batch(batch_size, info.count, decoder_device)
     labeled = dataset.labeled
     manifest_labels = labeled and dataset.manifest_labels  # `selfsup index`: labels in the manifest, not .cls
     from_members = labeled and not manifest_labels
@@ -53,12 +55,15 @@ def build_indexed_eval_loader(dataset: DatasetInfo, recipe: EvalRecipe, *, batch
                                 device_id=device_id, seed=0)
     pipeline.build()
     names = ["image", "label", SOURCE_INFO] if from_members else ["image", SOURCE_INFO]
-    iterator = DALIGenericIterator([pipeline], names, reader_name=READER_NAME,
+    class_count = len(dataset.classes) if from_members else None
+    diagnose = in_order_diagnosis(dataset, split, batch_size, class_count)
+    iterator = start_iterator(pipeline, names, diagnose, reader_name=READER_NAME,
                                    last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
     output_names = ("image", "label", "index") if labeled else ("image", "index")
     return DaliLoader(iterator, output_names, batch_size, -(-info.count // batch_size), info.count,
                       positions=split_positions(dataset, split, with_labels=manifest_labels),
-                      manifest_labels=manifest_labels)
+                      manifest_labels=manifest_labels,
+                      diagnose=diagnose, class_count=class_count)
 
 
 def prepared_images(root: Path, files: list[str], skipped: list[dict], workers: int):

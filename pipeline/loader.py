@@ -22,8 +22,11 @@ its `label` is looked up by position too, and DALI reads the image members alone
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +35,8 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from selfsup.pipeline.augment import eval_view, label_digits
+from selfsup.pipeline.damaged import (damaged_error, find_damaged, indexes_without, invalid_label_rows, part_range,
+                                      sample_count)
 from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.errors import DatasetError
 from selfsup.pipeline.graph import finish_batch, recipe_outputs
@@ -107,11 +112,31 @@ class DaliLoader:
     positions: SplitPositions | None = None  # SOURCE_INFO -> positions in the split
     with_index: bool = True  # hand out the positions as `index` (the train loader)
     manifest_labels: bool = False  # `label` from the manifest by position (datasets adopted by `index`)
+    diagnose: Callable[[int, bool], Exception | None] | None = None  # (batches handed out, images?) -> error
+    class_count: int | None = None  # `.cls` labels are checked against it when set
+    trimmed_indexes: str | None = None  # a folder of `.idx` copies without damaged samples, removed on close
 
     def __iter__(self):
-        for outputs in self.iterator:
+        handed = 0
+        while True:
+            try:
+                outputs = next(self.iterator)
+            except StopIteration:
+                return
+            except RuntimeError:  # DALI names neither shard nor sample: find them
+                self.close()  # DALI's pipeline is no longer valid
+                found = self.diagnose(handed, True) if self.diagnose is not None else None
+                if found is None:
+                    raise
+            else:
+                found = None
+            if found is not None:
+                raise found
             batch = dict(outputs[0])
-            if "label" in batch:
+            if "label" in batch and not self.manifest_labels:
+                if self.class_count is not None and bool(invalid_label_rows(batch["label"], self.class_count).any()):
+                    found = self.diagnose(handed, False) if self.diagnose is not None else None
+                    raise found or DatasetError(f"a .cls member that is not a class index in 0..{self.class_count - 1}")
                 batch["label"] = parse_label_digits(batch["label"])
             if SOURCE_INFO in batch:
                 positions = self.positions.positions(batch.pop(SOURCE_INFO))
@@ -119,6 +144,7 @@ class DaliLoader:
                     batch["index"] = positions
                 if self.manifest_labels:
                     batch["label"] = torch.from_numpy(self.positions.labels[positions.numpy()].astype(np.int64))
+            handed += 1
             yield finish_batch(batch, self.recipe) if self.recipe is not None else batch
 
     def checkpoint(self) -> bytes:
@@ -126,7 +152,49 @@ class DaliLoader:
         return self.iterator.checkpoints()[0]
 
     def close(self) -> None:
+        if self.iterator is not None:
+            for pipeline in self.iterator._pipes:
+                shut_down(pipeline)
         self.iterator = None
+        if self.trimmed_indexes is not None:
+            shutil.rmtree(self.trimmed_indexes, ignore_errors=True)
+            self.trimmed_indexes = None
+
+
+def shut_down(pipeline) -> None:
+    """Stop a DALI pipeline's threads now. After a pipeline error, leaving that to the garbage
+    collector crashed the process (DALI 2.4: a segmentation fault at the next thread start)."""
+    pipeline._shutdown()
+
+
+def start_iterator(pipeline, names: list[str], diagnose: Callable[[int, bool], Exception | None],
+                   **options) -> DALIGenericIterator:
+    """DALI's iterator over a built `pipeline`. Given a reader name it reads the first batch at
+    once, so a damaged sample among the first ones stops it here: `diagnose` names it."""
+    try:
+        return DALIGenericIterator([pipeline], names, **options)
+    except RuntimeError:
+        shut_down(pipeline)
+        found = diagnose(0, True)
+        if found is None:
+            raise
+    raise found
+
+
+def _diagnosis(dataset: DatasetInfo, split: str, paths: list[str], indexes: list[str], sample_range,
+               class_count: int | None) -> Callable[[int, bool], Exception | None]:
+    """`DaliLoader.diagnose` for a reader of `paths`: the damaged samples among those that
+    `sample_range(handed)` gives (then among all the reader's samples), as one user error; None
+    when there are none (the failure was something else)."""
+    def diagnose(handed: int, images: bool) -> Exception | None:
+        start, stop = sample_range(handed)
+        for low, high in ((start, stop), (0, None)):
+            found = find_damaged(paths, indexes, low, high, class_count=class_count, images=images)
+            if found:
+                return damaged_error(found, dataset.root, split)
+        return None
+
+    return diagnose
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -184,6 +252,7 @@ def build_train_loader(
     resumable: bool = False,
     dali_checkpoint: bytes | None = None,
     staging: NodeStaging | None = None,
+    excluded: frozenset[tuple[str, int]] = frozenset(),
 ) -> DaliLoader:
     """An endless stream of augmented batches for one rank.
 
@@ -197,6 +266,11 @@ def build_train_loader(
     reproducibly. `resumable=True` enables DALI checkpointing
     (`DaliLoader.checkpoint()`); `dali_checkpoint` (from that method) restores a loader built
     with the same arguments to the position where the checkpoint was taken.
+
+    A sample that cannot be decoded (or whose `.cls` is no class index) stops the iteration with
+    a `DamagedSamplesError` naming its shard and key (`pipeline.damaged`); `excluded` lists
+    samples (shard file name, image data offset) to leave out, through trimmed copies of the
+    `.idx` files. The epoch keeps its number of steps, which counts the whole split.
     """
     validate_recipe(recipe)
     info, paths, index_paths = _split_files(dataset, split)
@@ -212,6 +286,12 @@ def build_train_loader(
     names: list[str] = []  # filled while the graph is defined
     part_paths, part_indexes, shard_id, num_shards = _reader_part(
         dataset, split, paths, index_paths, rank=rank, world_size=world_size, epoch=epoch, staging=staging)
+    trimmed = tempfile.mkdtemp(prefix="selfsup-without-damaged-") if excluded else None
+    if excluded:
+        part_paths, part_indexes = indexes_without(part_paths, part_indexes, excluded, Path(trimmed))
+    part = part_range(sample_count(part_indexes), shard_id, num_shards)
+    diagnose = _diagnosis(dataset, split, part_paths, part_indexes, lambda handed: part,
+                          len(dataset.classes) if read_label else None)
 
     @pipeline_def(enable_conditionals=True, enable_checkpointing=resumable)
     def views_pipeline():
@@ -239,11 +319,13 @@ def build_train_loader(
         checkpoint=dali_checkpoint,
     )
     pipeline.build()
-    iterator = DALIGenericIterator([pipeline], list(names), auto_reset=False)  # no reader_name: endless
+    iterator = start_iterator(pipeline, list(names), diagnose, auto_reset=False)  # no reader_name: endless
     manifest_labels = with_label and not read_label
     names = [name for name in names if name != SOURCE_INFO] + ["index"] + (["label"] if manifest_labels else [])
     return DaliLoader(iterator, tuple(names), batch_size, steps_per_epoch, info.count, recipe,
-                      split_positions(dataset, split, with_labels=manifest_labels), manifest_labels=manifest_labels)
+                      split_positions(dataset, split, with_labels=manifest_labels), manifest_labels=manifest_labels,
+                      diagnose=diagnose, class_count=len(dataset.classes) if read_label else None,
+                      trimmed_indexes=trimmed)
 
 
 def build_eval_loader(
@@ -259,6 +341,7 @@ def build_eval_loader(
     info, paths, index_paths = _split_files(dataset, split)
     _check_on_disk(dataset, split, paths)
     decoder_device, device_id = dali_device(device)
+    batch_size = in_order_batch(batch_size, info.count, decoder_device)
     labeled, manifest_labels = dataset.labeled, dataset.labeled and dataset.manifest_labels
 
     @pipeline_def
@@ -274,9 +357,39 @@ def build_eval_loader(
                              device_id=device_id, seed=0)
     pipeline.build()
     names = ("image", "label") if labeled else ("image",)
-    iterator = DALIGenericIterator([pipeline], ["image", SOURCE_INFO] if manifest_labels else list(names),
-                                   reader_name=READER_NAME, last_batch_policy=LastBatchPolicy.PARTIAL,
-                                   auto_reset=False)
+    class_count = len(dataset.classes) if labeled and not manifest_labels else None
+    diagnose = in_order_diagnosis(dataset, split, batch_size, class_count)
+    iterator = start_iterator(pipeline, ["image", SOURCE_INFO] if manifest_labels else list(names), diagnose,
+                              reader_name=READER_NAME, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
     positions = split_positions(dataset, split, with_labels=True) if manifest_labels else None
     return DaliLoader(iterator, names, batch_size, -(-info.count // batch_size), info.count,
-                      positions=positions, with_index=False, manifest_labels=manifest_labels)
+                      positions=positions, with_index=False, manifest_labels=manifest_labels,
+                      diagnose=diagnose, class_count=class_count)
+
+
+CPU_IN_ORDER_BATCH = 16
+
+
+def in_order_batch(batch_size: int, count: int, decoder_device: str) -> int:
+    """The batch DALI reads for a loader going through `count` samples once in order.
+
+    In DALI 2.4's CPU mode, a pipeline whose batch met an image it could not decode often crashed
+    the process (a segmentation fault inside `share_outputs`) instead of raising: here, with the
+    damaged image in the first batch of 120 samples, 0 of 11 runs crashed at batches of 16-24,
+    2 of 6 at 32, 4 of 6 at 48, 4 of 5 at 64 and most at 119 or more. So on the CPU the loader
+    reads batches of at most 16 (the samples and their order are the same; CPU decoding gains
+    little from larger batches), and never the whole split in one batch. GPU decoding (`mixed`)
+    keeps the batch asked for."""
+    if decoder_device == "cpu":
+        batch_size = min(batch_size, CPU_IN_ORDER_BATCH)
+    return max(1, min(batch_size, count - 1))
+
+
+def in_order_diagnosis(dataset: DatasetInfo, split: str, batch_size: int,
+                       class_count: int | None) -> Callable[[int, bool], Exception | None]:
+    """`DaliLoader.diagnose` for a loader reading `split` once in order: the damaged samples among
+    the few batches it was about to hand out (then among the whole split)."""
+    _, paths, index_paths = _split_files(dataset, split)
+    ahead = 2 + 2  # the batch asked for, DALI's prefetch queue (2) and one more
+    return _diagnosis(dataset, split, paths, index_paths,
+                      lambda handed: (handed * batch_size, (handed + ahead) * batch_size), class_count)

@@ -14,6 +14,19 @@ class DatasetError(ValueError):
     """A dataset folder, shard, index or conversion input is missing or malformed."""
 
 
+class DamagedSamplesError(DatasetError):
+    """Samples inside a shard that cannot be decoded or whose `.cls` is not a class index
+    (`selfsup.pipeline.damaged`); `samples` lists them (`DamagedSample`s), the message names the
+    first one's shard and key."""
+
+    def __init__(self, message: str, samples=()):
+        super().__init__(message, tuple(samples))
+        self.samples = tuple(samples)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class ConfigError(ValueError):
     """A config value or key that cannot be used; the message names the key and what is valid."""
 

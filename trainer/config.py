@@ -34,6 +34,7 @@ class DataConfig:
     num_threads: int = 0  # DALI threads per worker; 0 = this worker's share of the cores
     shuffle_buffer: int = 1024
     prefetch_depth: int = 2
+    skip_corrupt: bool = False  # leave out samples that do not decode (or whose .cls is no class index) instead of stopping
     recipe: dict = field(default_factory=dict)  # options of the method's view recipe (checked, typed values)
 
 

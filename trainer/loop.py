@@ -258,6 +258,9 @@ def _step_metrics(run: Run, progress: Progress, terms: dict[str, float]) -> dict
     metrics = {**progress.loss_terms, "lr": float(run.lr_schedule[step - 1]),
                "weight_decay": float(run.wd_schedule[step - 1]), **progress.window.rates(),
                "epoch": run.epoch_of(step), "skipped_steps": progress.skipped_steps}
+    if run.config.data.skip_corrupt:  # damaged samples left out, each rank's count summed
+        left_out = mean_across_ranks({"left_out": float(len(run.data.excluded))}, run.context)["left_out"]
+        metrics["skipped_samples"] = round(left_out * run.context.world_size)
     if run.context.device.type == "cuda":
         metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(run.context.device) / 2**30
     return metrics

@@ -20,6 +20,7 @@ the generator out), and DDP has to be told which ones it will not see gradients 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -181,7 +182,13 @@ class Run:
 
 def _data_stream(config: Config, context: DistributedContext, dataset: DatasetInfo, recipe: Recipe,
                  position: dict, staging: NodeStaging | None) -> DataStream:
-    def build_loader(epoch: int, dali_checkpoint: bytes | None):
+    def on_skip(samples: list) -> None:  # every rank says what it leaves out (the logger speaks for rank 0 only)
+        listed = "; ".join(f"{sample.shard} sample {sample.key}: {sample.reason}" for sample in samples[:5])
+        more = f"; and {len(samples) - 5} more" if len(samples) > 5 else ""
+        print(f"selfsup: rank {context.rank}: data.skip_corrupt: leaving out {len(samples)} damaged "
+              f"samples ({listed}{more})", file=sys.stderr, flush=True)
+
+    def build_loader(epoch: int, dali_checkpoint: bytes | None, excluded: frozenset = frozenset()):
         if context.device.type == "cuda":  # also called from the next-epoch thread
             torch.cuda.set_device(context.device)
         return build_train_loader(
@@ -189,12 +196,13 @@ def _data_stream(config: Config, context: DistributedContext, dataset: DatasetIn
             world_size=context.world_size, seed=config.seed, device=context.device,
             num_threads=config.data.num_threads or default_threads(context.local_world_size),
             prefetch_depth=config.data.prefetch_depth, shuffle_buffer=config.data.shuffle_buffer,
-            epoch=epoch, resumable=True, dali_checkpoint=dali_checkpoint, staging=staging,
+            epoch=epoch, resumable=True, dali_checkpoint=dali_checkpoint, staging=staging, excluded=excluded,
         )
 
     return DataStream(build_loader, epoch=position["epoch"], batches=position["batches"],
                       dali_checkpoint=None if position["dali"] is None else tensor_to_bytes(position["dali"]),
-                      group=config.trainer.accumulate_steps)
+                      group=config.trainer.accumulate_steps, skip_damaged=config.data.skip_corrupt,
+                      excluded=position.get("excluded", ()), on_skip=on_skip)
 
 
 def build_run(config: Config, output_dir: Path, context: DistributedContext,
