@@ -170,6 +170,7 @@ def _write_conversion(source: Path, output: Path, scan: SourceScan, fingerprint:
                       started: float) -> ConvertSummary:
     """Write (or, with `resume`, finish writing) the conversion into OUT, whose lock is held."""
     plan = CompactPlan.build(scan.files, scan.classes, options["val_fraction"], options["seed"])  # no object per image
+    scan.candidates.clear()  # the plan holds the paths now: one Candidate object per image less for the whole run
     counts = {split: plan.count(split) for split in SPLITS}
     state = output / STATE_FOLDER
     if not resume:
