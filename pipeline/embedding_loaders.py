@@ -39,7 +39,7 @@ def build_indexed_eval_loader(dataset: DatasetInfo, recipe: EvalRecipe, *, batch
     info, paths, index_paths = _split_files(dataset, split)
     _check_on_disk(dataset, split, paths)
     decoder_device, device_id = dali_device(device)
-    batch_size = in_order_batch(batch_size, info.count, decoder_device)
+    batch_size = in_order_batch(batch_size, decoder_device)
     labeled = dataset.labeled
     manifest_labels = labeled and dataset.manifest_labels  # `selfsup index`: labels in the manifest, not .cls
     from_members = labeled and not manifest_labels
