@@ -37,6 +37,7 @@ def test_every_method_builds_with_the_profile_s_settings(name):
     assert config.data.image_size == (33 if name == "jigsaw" else 32) and not config.model.small_input
 
 
+@pytest.mark.slow
 def test_a_sample_run_measures_every_row_and_resumes(tmp_path, capsys):
     threads = torch.get_num_threads()
     write_idx_folder(tmp_path / "idx", {"train": 240, "test": 200}, patterned=True)

@@ -88,6 +88,7 @@ def part(name: str) -> gpu.Part:
     return {part.name: part for part in gpu.build_parts(Path("/tmp/work"), 2)}[name]
 
 
+@pytest.mark.slow
 def test_the_pipeline_cell_is_made_from_the_pipeline_benchmarks_own_output(tmp_path):
     command = [sys.executable, "-m", "benchmarks.pipeline", "--work", str(tmp_path), "--images", "48",
                "--batch-size", "8", "--batches", "2", "--repeats", "1", "--size", "64", "--threads", "1", "--json"]
@@ -98,6 +99,7 @@ def test_the_pipeline_cell_is_made_from_the_pipeline_benchmarks_own_output(tmp_p
     assert f"a/c {measured['selfsup_over_decode']}" in cell
 
 
+@pytest.mark.slow
 def test_the_train_step_cell_is_made_from_the_train_step_benchmarks_own_output(demo_shards):
     command = [sys.executable, "-m", "benchmarks.train_step", "--json", "--data", str(demo_shards), "--steps", "1",
                "--warmup", "1", "--rounds", "1", "--memory-batches", "1", "--torch-threads", "1",

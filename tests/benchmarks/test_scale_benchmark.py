@@ -13,6 +13,9 @@ from benchmarks import scale
 from benchmarks.scale_report import format_growth_lines, growths, projection
 
 
+pytestmark = pytest.mark.slow  # spawns a benchmark process per stage and size: `make test`, not test-fast
+
+
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     work, printed = tmp_path_factory.mktemp("scale"), io.StringIO()

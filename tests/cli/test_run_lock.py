@@ -60,6 +60,7 @@ def in_this_process(capsys, monkeypatch):
     return run
 
 
+@pytest.mark.slow
 def test_a_second_train_into_a_busy_run_folder_exits_at_once_naming_the_first(demo_shards, tmp_path,
                                                                                 in_this_process):
     run = tmp_path / "run"

@@ -52,6 +52,7 @@ def worker(rank: int, data: str, output: str, init_file: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_optimizers_under_ddp_keep_the_ranks_in_step(demo_shards, tmp_path):
     root = str(Path(__file__).resolve().parents[2])
     with pytest.MonkeyPatch.context() as patch:

@@ -47,6 +47,7 @@ def run_two_ranks(data: Path, run: Path, init_file: Path, stop_after: int = 0) -
     return [json.loads((run / f"summary-{rank}.json").read_text())["step"] for rank in range(WORLD_SIZE)]
 
 
+@pytest.mark.slow
 def test_two_rank_run_stopped_and_resumed_matches_a_straight_one(demo_shards, tmp_path):
     root = str(Path(__file__).resolve().parents[2])
     with pytest.MonkeyPatch.context() as patch:

@@ -78,6 +78,7 @@ def worker(rank: int, data: str, run: str, init_file: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_skipping_stay_on_the_same_steps(damaged, tmp_path):
     """7 steps per epoch of 2 x 8 samples; the rank whose part holds the sample rebuilds its loader,
     the other does not, and both end at the same step (a collective every step would hang if not)."""
