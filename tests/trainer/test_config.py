@@ -179,17 +179,20 @@ def test_recipe_options_are_typed_as_the_methods_recipe_takes_them():
     assert config_from_dict(config_to_dict(config)) == config
 
 
-def test_the_mae_recipe_takes_its_patch_size_from_the_model():
+@pytest.mark.parametrize("method", ["mae", "beit"])
+def test_a_masked_recipe_takes_its_patch_size_from_the_model(method):
+    """MAE and BEiT mask the ViT's own patches (BEiT's blocks are counted in them)."""
     from selfsup.trainer.model import recipe_for
 
-    config = load_config(CONFIGS / "mae.yaml", ["model.patch_size=8", "data.image_size=32"])
+    config = load_config(CONFIGS / f"{method}.yaml", ["model.patch_size=8", "data.image_size=32"])
     assert "patch_size" not in config.data.recipe
     assert recipe_for(config).pretext.patch_size == 8  # not the recipe's default of 16
-    same = load_config(CONFIGS / "mae.yaml", ["model.patch_size=8", "data.image_size=32", "data.recipe.patch_size=8"])
+    same = load_config(CONFIGS / f"{method}.yaml", ["model.patch_size=8", "data.image_size=32",
+                                                   "data.recipe.patch_size=8"])
     assert recipe_for(same) == recipe_for(config)  # the same value twice is allowed (older configs have it)
-    with pytest.raises(ConfigError, match=re.escape("data.recipe.patch_size=16, but the mae recipe takes it from "
-                                                    "model.patch_size=8; leave data.recipe.patch_size out")):
-        load_config(CONFIGS / "mae.yaml", ["model.patch_size=8", "data.recipe.patch_size=16"])
+    with pytest.raises(ConfigError, match=re.escape(f"data.recipe.patch_size=16, but the {method} recipe takes it "
+                                                    "from model.patch_size=8; leave data.recipe.patch_size out")):
+        load_config(CONFIGS / f"{method}.yaml", ["model.patch_size=8", "data.recipe.patch_size=16"])
 
 
 def test_simmim_mask_cells_must_be_a_multiple_of_the_vit_patch():
