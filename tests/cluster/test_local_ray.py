@@ -59,7 +59,7 @@ def test_two_runs_on_one_machine_each_start_their_own_ray(demo_shards, tmp_path)
     "Found multiple active Ray instances" in both runs while two local Rays were up."""
     def start(name: str) -> subprocess.Popen:
         command = [sys.executable, "-m", "selfsup", "train", "--config", "simclr", "--data", str(demo_shards),
-                   "--output", str(tmp_path / name), "--set", "trainer.max_steps=6", *TINY]
+                   "--output", str(tmp_path / name), "--set", "trainer.max_steps=20", *TINY]
         return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     first = start("first")
@@ -68,5 +68,5 @@ def test_two_runs_on_one_machine_each_start_their_own_ray(demo_shards, tmp_path)
     outputs = [run.communicate(timeout=600)[0] for run in (first, second)]
     for run, output in zip((first, second), outputs):
         assert run.returncode == 0, output[-3000:]
-        assert "trained 6 steps" in output
+        assert "trained 20 steps" in output
         assert "multiple active Ray instances" not in output and "Traceback" not in output, output[-3000:]
