@@ -21,11 +21,11 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dali_math
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.pipeline.loader import (
-    IMAGE_EXTENSIONS, READER_NAME, DaliLoader, _check_on_disk, _split_files, dali_device, default_threads,
+    IMAGE_EXTENSIONS, READER_NAME, DaliLoader, _check_on_disk, _diagnosis, _split_files, dali_device, default_threads,
+    in_order_batch, in_order_diagnosis, start_iterator,
 )
 from selfsup.pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.pipeline.segmentation_masks import MASK_MEMBER
@@ -64,6 +64,11 @@ def build_segmentation_loader(dataset: DatasetInfo, *, split: str, size: int, ba
     info, paths, index_paths = _split_files(dataset, split)
     _check_on_disk(dataset, split, paths)
     decoder_device, device_id = dali_device(device)
+    if not train:
+        batch_size = in_order_batch(batch_size, decoder_device)
+    # a damaged image names its shard and key (`pipeline.damaged`); a damaged mask keeps DALI's message
+    diagnose = (_diagnosis(dataset, split, paths, index_paths, lambda handed: (0, None), None) if train
+                else in_order_diagnosis(dataset, split, batch_size, None))
 
     @pipeline_def
     def segmentation_pipeline():
@@ -82,13 +87,13 @@ def build_segmentation_loader(dataset: DatasetInfo, *, split: str, size: int, ba
                                      device_id=device_id, seed=seed)
     pipeline.build()
     if train:
-        iterator = DALIGenericIterator([pipeline], ["image", "mask"], auto_reset=False)
+        iterator = start_iterator(pipeline, ["image", "mask"], diagnose, auto_reset=False)
         steps = max(1, info.count // batch_size)
     else:
-        iterator = DALIGenericIterator([pipeline], ["image", "mask"], reader_name=READER_NAME,
-                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        iterator = start_iterator(pipeline, ["image", "mask"], diagnose, reader_name=READER_NAME,
+                                  last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
         steps = -(-info.count // batch_size)
-    return DaliLoader(iterator, ("image", "mask"), batch_size, steps, info.count)
+    return DaliLoader(iterator, ("image", "mask"), batch_size, steps, info.count, diagnose=diagnose)
 
 
 def mask_batch(batch: dict) -> torch.Tensor:

@@ -122,3 +122,20 @@ def test_eval_and_preview_end_with_one_line_naming_the_sample(garbled, demo_shar
     assert knn.returncode == 2, knn.stderr[-2000:]
     last = knn.stderr.strip().splitlines()[-1]
     assert last.startswith("selfsup: error:") and row["shard"] in last and row["key"] in last
+
+
+def test_the_segmentation_loader_names_a_damaged_image(demo_masked_shards, tmp_path):
+    from selfsup.pipeline.segmentation_loader import build_segmentation_loader
+
+    dataset = copy_dataset(demo_masked_shards, tmp_path / "masked")
+    rows = [number for number, row in enumerate(read_manifest(dataset / "manifest.parquet")) if row["split"] == "val"]
+    row = overwrite_image(dataset, rows[3])
+    for train in (False, True):  # DALI may meet it while the iterator starts (its first batch) or later
+        with pytest.raises(DamagedSamplesError, match=f"{row['shard']}: sample {row['key']} "):
+            loader = build_segmentation_loader(load_dataset_info(dataset), split="val", size=32, batch_size=8,
+                                               train=train, num_threads=1)
+            try:
+                for _ in zip(range(20), loader):
+                    pass
+            finally:
+                loader.close()
