@@ -20,6 +20,9 @@ def _train(args: argparse.Namespace) -> int:
     checkpoint = latest_checkpoint(Path(args.output) / "checkpoints")
     loss = summary.get("loss")
     print(f"trained {summary.get('step', '?')} steps" + (f", final loss {loss:.4f}" if loss is not None else ""))
+    if summary.get("skipped_samples"):
+        print(f"left out {summary['skipped_samples']} damaged samples (data.skip_corrupt; "
+              f"`selfsup verify {args.data or 'DATA'}` lists them)")
     if summary.get("stopped"):
         print(f"stopped early ({summary['stopped']}); run the same command again to continue")
     print(f"checkpoint: {checkpoint}")
