@@ -94,4 +94,6 @@ def prepared_in_order(tasks: list[Task], workers: int) -> Iterator[dict]:
     finally:
         if not finished:
             _kill_workers(executor)
-        executor.shutdown(wait=True, cancel_futures=True)
+        # not finished: do not wait for the pool's manager thread, which can stay blocked feeding
+        # chunks to the killed workers' call queue (a Ctrl-C then hung for 30 s now and then)
+        executor.shutdown(wait=finished, cancel_futures=True)

@@ -99,6 +99,7 @@ def test_a_second_train_into_a_busy_run_folder_exits_at_once_naming_the_first(de
     assert not (run / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_train_is_taken_over(demo_shards, tmp_path, in_this_process):
     run = tmp_path / "run"
     killed = start_training(demo_shards, run, tmp_path / "killed.log")

@@ -106,6 +106,7 @@ def run_selfsup(*arguments: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_eval_and_preview_end_with_one_line_naming_the_sample(garbled, demo_shards, tmp_path):
     """In their own processes: DALI crashed the process (a segmentation fault) after such an error
     until its pipeline was shut down explicitly."""

@@ -149,6 +149,7 @@ def test_s3_credentials_stay_out_of_names_and_messages(s3, tmp_path, capsys):
     assert "NOT-TO-BE-PRINTED" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_s3_errors_name_the_uri(s3, tmp_path):
     with pytest.raises(DatasetError, match=r"s3://missing/shapes\?endpoint_override=.*the bucket 'missing' "
                                            r"does not exist"):

@@ -84,6 +84,7 @@ def test_methods_that_change_their_backbone_export_a_plain_one(method, overrides
             assert torch.equal(fresh.eval()(images), original.eval()(images))
 
 
+@pytest.mark.slow
 def test_dino_is_evaluated_and_exported_on_its_teacher(trained_run, demo_shards, tmp_path):
     """`weights="teacher"` (DINO's evaluation protocol): the momentum teacher's backbone, not the student's."""
     run = tmp_path / "dino"

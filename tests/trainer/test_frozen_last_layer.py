@@ -22,6 +22,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(CASES))
 def test_the_last_layer_stays_frozen_for_the_first_epochs_then_trains(method, demo_shards, tmp_path):
     overrides, last_layer = CASES[method]

@@ -43,6 +43,7 @@ def _backbone():
     return backbone
 
 
+@pytest.mark.slow
 def test_knn_queries_are_every_test_sample_against_the_train_bank(demo_shards, test_shards):
     backbone = _backbone()
     with OneTorchThread():
@@ -72,6 +73,7 @@ def test_linear_probe_is_measured_on_the_test_set(demo_shards, test_shards):
     assert result["top1"] == pytest.approx(100.0 * sum(result["top1_correct"]) / 60)
 
 
+@pytest.mark.slow
 def test_a_feature_cache_extracts_each_split_once_and_changes_no_result(demo_shards, test_shards):
     backbone = _backbone()
     cache = {}

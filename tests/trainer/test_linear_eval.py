@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.trainer.training_run import ROOT, OneTorchThread, tiny_config
@@ -32,6 +33,7 @@ def test_linear_classifier_separates_separable_features():
         assert topk_accuracy(classifier(features), labels, (1,))["top1"] == 100.0
 
 
+@pytest.mark.slow
 def test_cli_linear_eval_reports_top1_and_top5_as_json(demo_shards, tmp_path):
     run = tmp_path / "run"
     with OneTorchThread():

@@ -1,5 +1,6 @@
 """Precise BatchNorm statistics for evaluation, on real shards read by DALI in CPU mode."""
 
+import pytest
 import torch
 
 from selfsup.methods.backbones import build_backbone
@@ -68,6 +69,7 @@ def test_backbone_without_batch_norm_is_untouched(demo_shards):
         torch.testing.assert_close(tensor, before[name])
 
 
+@pytest.mark.slow
 def test_recalibrated_features_are_measured(demo_shards):
     torch.manual_seed(0)
     backbone, _ = build_backbone("resnet18", small_input=True)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from tests.trainer.training_run import ROOT, OneTorchThread, read_losses, tiny_config
 from selfsup.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.trainer.loop import train
@@ -23,6 +24,7 @@ print("SUMMARY", summary["step"], summary.get("stopped"))
 """
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_the_next_start_resumes(demo_shards, tmp_path):
     run = tmp_path / "run"
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}

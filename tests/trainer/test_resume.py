@@ -76,6 +76,7 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(demo_shards, tmp_p
     assert resumed == straight  # bitwise: floats compared exactly
 
 
+@pytest.mark.slow
 def test_going_further_with_a_larger_max_steps(demo_shards, tmp_path):
     """`--set trainer.max_steps=N` on a finished run continues it (constant schedule, so the first
     half does not depend on the final length)."""

@@ -47,6 +47,7 @@ def test_scores_on_the_real_masks_the_answer_known(demo_masked_shards):
     assert background["mIoU"] == pytest.approx(100 * share / present)  # background's IoU is its share; others 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["linear", "fcn"])
 def test_a_head_trains_on_the_frozen_feature_map(head, demo_masked_shards):
     torch.manual_seed(0)

@@ -43,6 +43,7 @@ def test_a_damaged_sample_stops_the_run_naming_it(damaged, tmp_path):
     assert "data.skip_corrupt=true" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_skip_corrupt_leaves_it_out_counts_it_and_resumes_around_it(damaged, tmp_path, capfd):
     dataset, row = damaged
     run = tmp_path / "run"
