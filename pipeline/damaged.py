@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from selfsup.errors import DamagedSamplesError
@@ -61,10 +60,10 @@ def _image_problem(data: bytes) -> str | None:
     return None
 
 
-def _label_problem(data: bytes | None, class_count: int) -> str | None:
-    if data is None:
-        return "no .cls member (the dataset is labeled)"
-    text = data.decode("ascii", errors="replace")  # as strict as `selfsup verify` and the loader
+def cls_problem(data: bytes, class_count: int) -> str | None:
+    """What is wrong with a `.cls` member's bytes, or None when they are a class index in
+    0..class_count-1 (the check of `selfsup verify` and of the loader)."""
+    text = data.decode("ascii", errors="replace")
     if not text.isdigit() or int(text) >= class_count:
         return f".cls is {text!r}, expected a class index in 0..{class_count - 1}"
     return None
@@ -83,7 +82,8 @@ def _check_shard(shard: str, entries: list, class_count: int | None, images: boo
                 continue  # the reader fails on such a sample before decoding; `selfsup verify` names it
             problem = _image_problem(member(components[image_ext])) if images else None
             if problem is None and class_count is not None:
-                problem = _label_problem(member(components["cls"]) if "cls" in components else None, class_count)
+                problem = (cls_problem(member(components["cls"]), class_count) if "cls" in components
+                           else "missing the .cls member (the dataset is labeled)")
             if problem is not None:
                 found.append(DamagedSample(shard, key, components[image_ext][0], problem))
     return found
@@ -151,16 +151,3 @@ def _image_offset(components: dict[str, tuple[int, int]]) -> int | None:
 
 def sample_count(indexes: list[str]) -> int:
     return sum(len(index_lines(index)) for index in indexes)
-
-
-def invalid_label_rows(digits, class_count: int):
-    """(B, W) uint8 zero-padded ASCII `.cls` bytes -> (B,) bool: rows that are not a class index
-    in 0..class_count-1 (a non-digit byte, nothing, a gap, or a number past the classes)."""
-    present = digits > 0
-    is_digit = (digits >= ord("0")) & (digits <= ord("9"))
-    malformed = (present & ~is_digit).any(1) | ~present[:, 0] | (present[:, 1:] & ~present[:, :-1]).any(1)
-    values = torch.zeros(digits.shape[0], dtype=torch.int64, device=digits.device)
-    for column in range(digits.shape[1]):
-        step = values * 10 + (digits[:, column].to(torch.int64) - ord("0"))
-        values = torch.where(present[:, column] & is_digit[:, column], step.clamp_max(2**40), values)
-    return malformed | (values >= class_count)

@@ -35,8 +35,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from selfsup.pipeline.augment import eval_view, label_digits
-from selfsup.pipeline.damaged import (damaged_error, find_damaged, indexes_without, invalid_label_rows, part_range,
-                                      sample_count)
+from selfsup.pipeline.damaged import damaged_error, find_damaged, indexes_without, part_range, sample_count
 from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.errors import DatasetError
 from selfsup.pipeline.graph import finish_batch, recipe_outputs
@@ -59,6 +58,14 @@ def parse_label_digits(digits: torch.Tensor) -> torch.Tensor:
         step = values * 10 + (digits[:, column] - ord("0"))
         values = torch.where(present[:, column], step, values)
     return values
+
+
+def malformed_label_rows(digits: torch.Tensor) -> torch.Tensor:
+    """(B, W) uint8 ASCII digits, zero-padded on the right -> (B,) bool: rows that are no number
+    (a byte that is not a digit, nothing at all, or a gap before the padding)."""
+    present = digits > 0
+    is_digit = (digits >= ord("0")) & (digits <= ord("9"))
+    return (present & ~is_digit).any(1) | ~present[:, 0] | (present[:, 1:] & ~present[:, :-1]).any(1)
 
 
 def read_shards(paths: list[str], index_paths: list[str], labeled: bool, **reader_options) -> list:
@@ -128,16 +135,14 @@ class DaliLoader:
                 found = self.diagnose(handed, True) if self.diagnose is not None else None
                 if found is None:
                     raise
-            else:
-                found = None
-            if found is not None:
-                raise found
+                raise found from None
             batch = dict(outputs[0])
             if "label" in batch and not self.manifest_labels:
-                if self.class_count is not None and bool(invalid_label_rows(batch["label"], self.class_count).any()):
+                digits, batch["label"] = batch["label"], parse_label_digits(batch["label"])
+                if self.class_count is not None and bool((malformed_label_rows(digits)
+                                                          | (batch["label"] >= self.class_count)).any()):
                     found = self.diagnose(handed, False) if self.diagnose is not None else None
                     raise found or DatasetError(f"a .cls member that is not a class index in 0..{self.class_count - 1}")
-                batch["label"] = parse_label_digits(batch["label"])
             if SOURCE_INFO in batch:
                 positions = self.positions.positions(batch.pop(SOURCE_INFO))
                 if self.with_index:
@@ -178,17 +183,18 @@ def start_iterator(pipeline, names: list[str], diagnose: Callable[[int, bool], E
         found = diagnose(0, True)
         if found is None:
             raise
-    raise found
+        raise found from None
 
 
-def _diagnosis(dataset: DatasetInfo, split: str, paths: list[str], indexes: list[str], sample_range,
-               class_count: int | None) -> Callable[[int, bool], Exception | None]:
+def diagnosis(dataset: DatasetInfo, split: str, paths: list[str], indexes: list[str], sample_range,
+              class_count: int | None) -> Callable[[int, bool], Exception | None]:
     """`DaliLoader.diagnose` for a reader of `paths`: the damaged samples among those that
     `sample_range(handed)` gives (then among all the reader's samples), as one user error; None
     when there are none (the failure was something else)."""
     def diagnose(handed: int, images: bool) -> Exception | None:
         start, stop = sample_range(handed)
-        for low, high in ((start, stop), (0, None)):
+        whole = start == 0 and (stop is None or stop >= sample_count(indexes))
+        for low, high in [(start, stop)] + ([] if whole else [(0, None)]):
             found = find_damaged(paths, indexes, low, high, class_count=class_count, images=images)
             if found:
                 return damaged_error(found, dataset.root, split)
@@ -290,7 +296,7 @@ def build_train_loader(
     if excluded:
         part_paths, part_indexes = indexes_without(part_paths, part_indexes, excluded, Path(trimmed))
     part = part_range(sample_count(part_indexes), shard_id, num_shards)
-    diagnose = _diagnosis(dataset, split, part_paths, part_indexes, lambda handed: part,
+    diagnose = diagnosis(dataset, split, part_paths, part_indexes, lambda handed: part,
                           len(dataset.classes) if read_label else None)
 
     @pipeline_def(enable_conditionals=True, enable_checkpointing=resumable)
@@ -389,5 +395,5 @@ def in_order_diagnosis(dataset: DatasetInfo, split: str, batch_size: int,
     the few batches it was about to hand out (then among the whole split)."""
     _, paths, index_paths = _split_files(dataset, split)
     ahead = 2 + 2  # the batch asked for, DALI's prefetch queue (2) and one more
-    return _diagnosis(dataset, split, paths, index_paths,
+    return diagnosis(dataset, split, paths, index_paths,
                       lambda handed: (handed * batch_size, (handed + ahead) * batch_size), class_count)

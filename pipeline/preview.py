@@ -23,8 +23,7 @@ from PIL import Image, ImageDraw
 from selfsup.pipeline.dataset import load_dataset_info
 from selfsup.pipeline.graph import finish_batch, patch_grid, recipe_outputs, recipe_permutations
 from selfsup.pipeline.lab import in_gamut_bins, lab_to_srgb
-from selfsup.pipeline.damaged import damaged_error, find_damaged
-from selfsup.pipeline.loader import read_shards
+from selfsup.pipeline.loader import diagnosis, read_shards, shut_down
 from selfsup.pipeline.pretext import (
     ColorizationSpec, DenoisingSpec, InpaintingSpec, JigsawSpec, MaskSpec, RelativeLocationSpec, RotationSpec,
     SuperResolutionSpec,
@@ -66,12 +65,13 @@ def _preview_batch(data: Path, recipe: Recipe, count: int, seed: int) -> dict[st
     pipe.build()
     try:
         results = pipe.run()
-    except RuntimeError as error:  # DALI names neither shard nor sample: find them
-        shards, indexes = [str(p) for p in split.shards], [str(p) for p in split.indexes]
-        found = find_damaged(shards, indexes, 0, count) or find_damaged(shards, indexes)
-        if not found:
+    except RuntimeError:  # DALI names neither shard nor sample: find them
+        shut_down(pipe)  # DALI's pipeline is no longer valid
+        found = diagnosis(dataset, split.name, [str(p) for p in split.shards], [str(p) for p in split.indexes],
+                          lambda handed: (0, count), None)(0, True)
+        if found is None:
             raise
-        raise damaged_error(found, dataset.root, split.name) from error
+        raise found from None
     batch = {}
     for name, output in zip(names, results):
         samples = [np.array(output[index]) for index in range(count)]

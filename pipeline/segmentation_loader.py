@@ -24,7 +24,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 
 from selfsup.pipeline.dataset import DatasetInfo
 from selfsup.pipeline.loader import (
-    IMAGE_EXTENSIONS, READER_NAME, DaliLoader, _check_on_disk, _diagnosis, _split_files, dali_device, default_threads,
+    IMAGE_EXTENSIONS, READER_NAME, DaliLoader, _check_on_disk, _split_files, dali_device, default_threads, diagnosis,
     in_order_batch, in_order_diagnosis, start_iterator,
 )
 from selfsup.pipeline.recipes import IMAGENET_MEAN, IMAGENET_STD
@@ -67,7 +67,7 @@ def build_segmentation_loader(dataset: DatasetInfo, *, split: str, size: int, ba
     if not train:
         batch_size = in_order_batch(batch_size, decoder_device)
     # a damaged image names its shard and key (`pipeline.damaged`); a damaged mask keeps DALI's message
-    diagnose = (_diagnosis(dataset, split, paths, index_paths, lambda handed: (0, None), None) if train
+    diagnose = (diagnosis(dataset, split, paths, index_paths, lambda handed: (0, None), None) if train
                 else in_order_diagnosis(dataset, split, batch_size, None))
 
     @pipeline_def

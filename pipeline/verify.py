@@ -28,6 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from selfsup.pipeline.damaged import cls_problem
 from selfsup.pipeline.dataset import MANIFEST_FILE, read_description
 from selfsup.pipeline.manifest_reader import ManifestRuns
 
@@ -148,9 +149,10 @@ def _check_sample(handle, shard: str, key: str, components: dict, row: dict | No
         if "cls" not in components:
             report.add(shard, key, "missing the .cls member (the dataset is labeled)")
         else:
-            text = read("cls").decode("ascii", errors="replace")
-            if not text.isdigit() or int(text) >= class_count:
-                report.add(shard, key, f".cls is {text!r}, expected a class index in 0..{class_count - 1}")
+            data = read("cls")
+            text, problem = data.decode("ascii", errors="replace"), cls_problem(data, class_count)
+            if problem is not None:
+                report.add(shard, key, problem)
             elif row is not None and int(text) != row["label"]:
                 report.add(shard, key, f".cls is {text}, the manifest says label {row['label']}")
     decoded = _check_image(handle, shard, key, image_ext, components[image_ext], row, report)
